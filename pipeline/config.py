@@ -1,0 +1,325 @@
+"""Topology config: a TOML file plus `--set key=value` overrides, validated into typed objects.
+
+Validation happens in the supervisor before anything starts, and every problem becomes one
+`ConfigError` line naming the key and what is allowed, so `pipeline-up` can exit 2 cleanly.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+MODEL_NAMES = (
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+    "resnet18",
+    "resnet50",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "googlenet",
+    "inception_v3",
+)
+ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
+Policy = Literal["latest", "drop_new", "block"]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# Keys whose values are file paths: relative to the config file when written there,
+# relative to the working directory when given with --set.
+PATH_KEYS = (("source", "path"), ("model", "weights"))
+WEIGHTS_SPECIAL = ("DEFAULT", "none")
+
+
+class ConfigError(Exception):
+    """A config problem, phrased as one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class _SourceBase(_Strict):
+    id: str = Field("", pattern=r"^[A-Za-z0-9_.:-]{0,40}$")
+
+
+class SyntheticSource(_SourceBase):
+    """Built-in moving test pattern: runs anywhere, needs no file or device."""
+
+    kind: Literal["synthetic"]
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: float = Field(30.0, ge=0, le=1000)  # 0: as fast as possible
+    frames: int = Field(0, ge=0)  # 0: endless
+
+
+class VideoSource(_SourceBase):
+    kind: Literal["video"]
+    path: str
+    loop: bool = False
+    realtime: bool = True  # pace at `fps` (or the file's own rate); false: as fast as possible
+    fps: float = Field(0.0, ge=0, le=1000)  # 0: the file's own frame rate
+
+
+class ImagesSource(_SourceBase):
+    kind: Literal["images"]
+    path: str  # a folder or a glob pattern
+    loop: bool = False
+    fps: float = Field(0.0, ge=0, le=1000)  # 0: as fast as possible
+
+
+class CameraSource(_SourceBase):
+    kind: Literal["camera"]
+    device: int | str = 0  # index N for /dev/videoN, or a device path
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: float = Field(30.0, gt=0, le=1000)
+    fourcc: str = Field("", pattern=r"^([A-Za-z0-9 ]{4})?$")  # e.g. "MJPG"; empty: driver default
+    backend: Literal["v4l2", "any"] = "v4l2"  # "any": let OpenCV choose (RTSP/HTTP URLs, files)
+
+
+Source = Annotated[
+    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="kind")
+]
+
+
+class CaptureStage(_Strict):
+    cores: list[int] | None = None  # None: first allowed core
+
+
+class PreprocessStage(_Strict):
+    cores: list[int] | None = None  # None: first allowed core
+    threads: int = Field(1, ge=1, le=64)  # OpenCV threads
+    resize: Literal["crop", "squash"] = "crop"
+    resize_size: int = Field(256, ge=16, le=4096)  # shorter side before the center crop
+    crop_size: int = Field(224, ge=16, le=4096)  # model input is crop_size x crop_size
+
+
+class InferenceStage(_Strict):
+    cores: list[int] | None = None  # None: every allowed core but the first
+    threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core
+
+
+class ModelConfig(_Strict):
+    name: ModelName = "mobilenet_v2"
+    weights: str = "DEFAULT"  # a state-dict path, "DEFAULT" (torchvision's) or "none" (random)
+    engine: Literal["auto", "qnnpack", "x86", "fbgemm", "onednn"] = "auto"
+    jit: bool = True
+    top_k: int = Field(5, ge=1, le=1000)
+    warmup: int = Field(10, ge=0, le=10000)
+
+
+class Edge(_Strict):
+    policy: Policy = "latest"
+    slots: int = Field(4, ge=2, le=256)
+
+
+class Edges(_Strict):
+    frames: Edge = Edge()  # capture -> preprocess (raw BGR frames)
+    tensors: Edge = Edge()  # preprocess -> inference (model inputs)
+
+
+class Config(_Strict):
+    name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    source: Source = SyntheticSource(kind="synthetic")
+    capture: CaptureStage = CaptureStage()
+    preprocess: PreprocessStage = PreprocessStage()
+    inference: InferenceStage = InferenceStage()
+    model: ModelConfig = ModelConfig()
+    edges: Edges = Edges()
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> "Config":
+        allowed = sorted(os.sched_getaffinity(0))
+        for stage in ("capture", "preprocess", "inference"):
+            cores = getattr(self, stage).cores
+            if cores is None:
+                continue
+            if not cores:
+                raise ValueError(f"{stage}.cores: empty list (give at least one of {_core_list(allowed)})")
+            bad = [c for c in cores if c not in allowed]
+            if bad:
+                raise ValueError(
+                    f"{stage}.cores: core {bad[0]} does not exist here (allowed: {_core_list(allowed)})"
+                )
+            if len(set(cores)) != len(cores):
+                raise ValueError(f"{stage}.cores: core listed twice in {cores}")
+        pre = self.preprocess
+        if pre.resize == "crop" and pre.crop_size > pre.resize_size:
+            raise ValueError(
+                f"preprocess.crop_size: {pre.crop_size} is larger than preprocess.resize_size "
+                f"{pre.resize_size} (the crop must fit in the resized image)"
+            )
+        return self
+
+    def cores_of(self, stage: str) -> list[int]:
+        """Cores a stage is pinned to; unset stages get the default layout
+        (capture + preprocess on the first core, inference on the others)."""
+        cores = getattr(self, stage).cores
+        if cores is not None:
+            return list(cores)
+        allowed = sorted(os.sched_getaffinity(0))
+        if stage == "inference" and len(allowed) > 1:
+            return allowed[1:]
+        return allowed[:1]
+
+    @property
+    def source_id(self) -> str:
+        return self.source.id or self.source.kind
+
+
+def _core_list(cores: list[int]) -> str:
+    if cores == list(range(cores[0], cores[-1] + 1)) and len(cores) > 1:
+        return f"{cores[0]}-{cores[-1]}"
+    return ", ".join(map(str, cores))
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value); the value is read as TOML, else kept as a string."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(re.fullmatch(r"[A-Za-z0-9_]+", p) for p in parts):
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY like source.path")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return parts, value
+
+
+def _set(tree: dict, parts: list[str], value: Any, origin: str) -> None:
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{origin}: {'.'.join(parts[: i + 1])} is not a table")
+    node[parts[-1]] = value
+
+
+def _resolve_path(tree: dict, base: Path) -> None:
+    for section, key in PATH_KEYS:
+        value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
+        if isinstance(value, str) and value and value not in WEIGHTS_SPECIAL:
+            tree[section][key] = os.path.normpath(base / os.path.expanduser(value))
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
+    """Read, override and validate a topology; raises ConfigError with one readable line."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            with open(path, "rb") as f:
+                tree = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"config path is a directory, not a TOML file: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+        _resolve_path(tree, path.resolve().parent)
+    for text in overrides:
+        parts, value = parse_override(text)
+        single = {}
+        _set(single, parts, value, f"--set {text}")
+        _resolve_path(single, Path.cwd())
+        node = single
+        for p in parts[:-1]:
+            node = node[p]
+        _set(tree, parts, node[parts[-1]], f"--set {text}")
+    return validate(tree)
+
+
+def validate(tree: dict[str, Any]) -> Config:
+    try:
+        config = Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_describe(e, tree)) from None
+    _check_files(config)
+    return config
+
+
+def _check_files(config: Config) -> None:
+    src = config.source
+    if isinstance(src, VideoSource) and not os.path.isfile(src.path):
+        raise ConfigError(f"source.path: no such video file: {src.path}")
+    if isinstance(src, ImagesSource) and not image_files(src.path):
+        raise ConfigError(
+            f"source.path: no image files ({', '.join(IMAGE_SUFFIXES)}) at {src.path} "
+            "(give a folder or a glob pattern)"
+        )
+    if isinstance(src, CameraSource) and isinstance(src.device, str) and src.backend == "v4l2":
+        if not os.path.exists(src.device):
+            raise ConfigError(f"source.device: no such camera device: {src.device} ({_video_devices()})")
+    if isinstance(src, CameraSource) and isinstance(src.device, int):
+        if src.device < 0:
+            raise ConfigError(f"source.device: camera index must be >= 0, got {src.device}")
+        if src.backend == "v4l2" and not os.path.exists(f"/dev/video{src.device}"):
+            raise ConfigError(
+                f"source.device: no camera /dev/video{src.device} ({_video_devices()})"
+            )
+    weights = config.model.weights
+    if weights not in WEIGHTS_SPECIAL and not os.path.isfile(weights):
+        raise ConfigError(
+            f"model.weights: no such file: {weights} (give a state-dict path, \"DEFAULT\" or \"none\")"
+        )
+
+
+def _video_devices() -> str:
+    found = sorted(glob.glob("/dev/video*"))
+    return "video devices here: " + (", ".join(found) if found else "none")
+
+
+def image_files(pattern: str) -> list[str]:
+    """The image files a folder or glob names, sorted; used by config checks and the source."""
+    if os.path.isdir(pattern):
+        names = [os.path.join(pattern, n) for n in os.listdir(pattern)]
+    else:
+        names = glob.glob(pattern)
+    return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(n))
+
+
+def _describe(error: ValidationError, tree: dict) -> str:
+    """First pydantic error as `key: problem (allowed ...)`."""
+    err = error.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    # Drop the discriminator tag pydantic inserts for the source union.
+    if len(loc) > 1 and loc[0] == "source" and loc[1] in ("synthetic", "video", "images", "camera"):
+        loc = [loc[0]] + loc[2:]
+    if loc and loc[0] == "source" and len(loc) > 1 and loc[1] in ("int", "str"):
+        loc = loc[:1]
+    key = ".".join(loc) or "(top level)"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more problem{'s' * (more > 1)})" if more else ""
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1], tree)
+        return f"{key}: unknown key (allowed here: {', '.join(allowed)}){suffix}"
+    if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        return f"{key}.kind: must be one of synthetic, video, images, camera{suffix}"
+    if kind == "value_error":
+        return f"{err['msg'].removeprefix('Value error, ')}{suffix}"
+    if kind == "missing":
+        return f"{key}: required key is missing{suffix}"
+    return f"{key}: {err['msg']} (got {err['input']!r}){suffix}"
+
+
+def _allowed_keys(loc: list[str], tree: dict) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if part == "source":
+            kind = tree.get("source", {}).get("kind", "synthetic")
+            model = {"synthetic": SyntheticSource, "video": VideoSource, "images": ImagesSource,
+                     "camera": CameraSource}.get(kind, SyntheticSource)
+            continue
+        ann = model.model_fields[part].annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+    return list(model.model_fields)

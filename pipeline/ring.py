@@ -1,0 +1,158 @@
+"""Shared-memory ring of fixed-size slots, each guarded by a sequence lock.
+
+One writer process fills slots round-robin; readers learn (slot, seq) from a ZeroMQ message and
+read the payload in place. The writer stores `seq` in the slot's `begin` word before touching the
+payload and in its `end` word after, so a reader that finished reading can tell whether the slot
+still holds the frame it was told about (`intact`): if the writer lapped it, `begin` has moved on
+and the frame is dropped as torn instead of being classified half-overwritten.
+
+Two counters in the header carry flow control for the `block` and `drop_new` policies: `written`
+(frames published, writer-owned) and `released` (frames finished, reader-owned).
+
+Segments are plain files in /dev/shm (POSIX shared memory on Linux), created and unlinked by name,
+so no resource tracker process is involved and the supervisor can remove them after any crash.
+The space is reserved at creation (posix_fallocate): a full /dev/shm fails there, loudly, instead
+of raising SIGBUS in the middle of a frame.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+
+import numpy as np
+
+SHM_DIR = "/dev/shm"
+MAGIC = 0x52494E4731  # "RING1"
+_HEADER_WORDS = 8  # magic, version, slots, slot_bytes, written, released, reserved x2
+_W_MAGIC, _W_VERSION, _W_SLOTS, _W_SLOT_BYTES, _W_WRITTEN, _W_RELEASED = range(6)
+_PAGE = 4096
+_SLOT_ALIGN = 64
+
+
+def _align(n: int, to: int) -> int:
+    return (n + to - 1) // to * to
+
+
+def shm_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name)
+
+
+class Ring:
+    """A mapped ring segment; use `Ring.create` (writer) or `Ring.attach` (reader)."""
+
+    def __init__(self, name: str, mm: mmap.mmap, owner: bool):
+        self.name = name
+        self.owner = owner
+        self._mm = mm
+        head = np.frombuffer(mm, dtype=np.uint64, count=_HEADER_WORDS)
+        if int(head[_W_MAGIC]) != MAGIC:
+            raise ValueError(f"shared memory {name} is not a frame ring")
+        self.slots = int(head[_W_SLOTS])
+        self.slot_bytes = int(head[_W_SLOT_BYTES])
+        self._head = head
+        self._seq = np.frombuffer(mm, dtype=np.uint64, count=2 * self.slots,
+                                  offset=_HEADER_WORDS * 8).reshape(self.slots, 2)
+        stride = _align(self.slot_bytes, _SLOT_ALIGN)
+        base = _align((_HEADER_WORDS + 2 * self.slots) * 8, _PAGE)
+        self._payload = [
+            np.frombuffer(mm, dtype=np.uint8, count=self.slot_bytes, offset=base + i * stride)
+            for i in range(self.slots)
+        ]
+        self._views: dict[tuple, np.ndarray] = {}
+
+    @staticmethod
+    def nbytes(slots: int, slot_bytes: int) -> int:
+        """Size of the segment for a ring of this shape (for /dev/shm budgeting)."""
+        base = _align((_HEADER_WORDS + 2 * slots) * 8, _PAGE)
+        return base + slots * _align(slot_bytes, _SLOT_ALIGN)
+
+    @classmethod
+    def create(cls, name: str, slots: int, slot_bytes: int) -> "Ring":
+        if slots < 1 or slot_bytes < 1:
+            raise ValueError(f"ring {name}: slots and slot_bytes must be positive")
+        size = cls.nbytes(slots, slot_bytes)
+        fd = os.open(shm_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        try:
+            try:
+                os.posix_fallocate(fd, 0, size)
+            except OSError as e:
+                os.unlink(shm_path(name))
+                raise OSError(e.errno, f"cannot reserve {size / 2**20:.1f} MiB in {SHM_DIR} "
+                                       f"for ring {name}: {e.strerror}") from None
+            mm = mmap.mmap(fd, size)
+        finally:
+            os.close(fd)
+        head = np.frombuffer(mm, dtype=np.uint64, count=_HEADER_WORDS)
+        head[_W_SLOTS] = slots
+        head[_W_SLOT_BYTES] = slot_bytes
+        head[_W_VERSION] = 1
+        head[_W_MAGIC] = MAGIC
+        del head
+        return cls(name, mm, owner=True)
+
+    @classmethod
+    def attach(cls, name: str) -> "Ring":
+        fd = os.open(shm_path(name), os.O_RDWR)
+        try:
+            mm = mmap.mmap(fd, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+        return cls(name, mm, owner=False)
+
+    def view(self, slot: int, shape: tuple[int, ...], dtype: str | np.dtype = np.uint8) -> np.ndarray:
+        """The slot's payload as an array of `shape` (views are cached: no per-frame allocation)."""
+        key = (slot, shape, dtype)
+        v = self._views.get(key)
+        if v is None:
+            dt = np.dtype(dtype)
+            n = int(np.prod(shape)) * dt.itemsize
+            if n > self.slot_bytes:
+                raise ValueError(f"ring {self.name}: {shape} {dt} needs {n} bytes, slot has {self.slot_bytes}")
+            v = self._payload[slot][:n].view(dt).reshape(shape)
+            if len(self._views) > 4 * self.slots:  # frame shapes changed (images source)
+                self._views.clear()
+            self._views[key] = v
+        return v
+
+    # Writer side.
+    def begin_write(self, slot: int, seq: int) -> None:
+        self._seq[slot, 0] = seq
+
+    def end_write(self, slot: int, seq: int) -> None:
+        self._seq[slot, 1] = seq
+        self._head[_W_WRITTEN] += 1
+
+    # Reader side.
+    def intact(self, slot: int, seq: int) -> bool:
+        """True while the slot still holds `seq` and no newer write has started on it."""
+        return int(self._seq[slot, 1]) == seq and int(self._seq[slot, 0]) == seq
+
+    def release(self) -> None:
+        self._head[_W_RELEASED] += 1
+
+    @property
+    def written(self) -> int:
+        return int(self._head[_W_WRITTEN])
+
+    @property
+    def released(self) -> int:
+        return int(self._head[_W_RELEASED])
+
+    def close(self) -> None:
+        """Unmap (the segment itself stays until `unlink`)."""
+        self._views.clear()
+        self._payload = []
+        self._head = self._seq = None  # type: ignore[assignment]
+        try:
+            self._mm.close()
+        except BufferError:  # a caller still holds a view; the mapping goes with the process
+            pass
+
+    @staticmethod
+    def unlink(name: str) -> bool:
+        try:
+            os.unlink(shm_path(name))
+            return True
+        except FileNotFoundError:
+            return False

@@ -1,0 +1,142 @@
+"""Entry point of every stage process, and the context a worker runs in.
+
+The supervisor execs `python -m pipeline.stage --stage NAME --run-dir DIR --parent PID`. Before
+anything heavy is imported, the process pins itself to its cores (so torch's and OpenCV's thread
+pools inherit the mask), asks the kernel to send it SIGTERM if the supervisor dies, and ignores
+SIGINT (Ctrl-C reaches the whole process group; the supervisor decides how to stop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .runtime import RunPaths
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the supervisor died before prctl took effect
+        sys.exit(1)
+
+
+class StageContext:
+    """What a worker needs from its surroundings: config, endpoints, the control channel, stats."""
+
+    STATS_INTERVAL = 1.0
+
+    def __init__(self, stage: str, run: "RunPaths", config: "Config"):
+        import zmq
+
+        self.stage = stage
+        self.run = run
+        self.config = config
+        self.cores = self.config.cores_of(stage)
+        self.zmq = zmq.Context()
+        self._ctl = self.zmq.socket(zmq.DEALER)
+        self._ctl.setsockopt(zmq.IDENTITY, stage.encode())
+        self._ctl.setsockopt(zmq.LINGER, 1000)
+        self._ctl.connect(self.run.endpoint("control"))
+        self.stopping = False
+        self.started = False
+        self._next_stats = 0.0
+        self.stats_source = lambda: {}  # the worker installs a snapshot function
+
+    def send(self, kind: str, **fields: Any) -> None:
+        from .messages import pack
+
+        fields["type"] = kind
+        fields["stage"] = self.stage
+        self._ctl.send(pack(fields))
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        if msg.get("type") == "start":
+            self.started = True
+        elif msg.get("type") == "stop":
+            self.stopping = True
+
+    def ready(self, **info: Any) -> bool:
+        """Report ready, then wait for the supervisor's start; False if told to stop instead."""
+        import zmq
+
+        from .messages import unpack
+
+        self.send("ready", pid=os.getpid(), cores=self.cores, **info)
+        while not self.started and not self.stopping:
+            if self._ctl.poll(200, zmq.POLLIN):
+                self._handle(unpack(self._ctl.recv()))
+        self._next_stats = time.monotonic() + self.STATS_INTERVAL
+        return not self.stopping
+
+    def alive(self) -> bool:
+        """Cheap per-frame check: handles control messages, sends stats once a second."""
+        import zmq
+
+        from .messages import unpack
+
+        while True:
+            try:
+                self._handle(unpack(self._ctl.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                break
+        now = time.monotonic()
+        if now >= self._next_stats:
+            self._next_stats = now + self.STATS_INTERVAL
+            self.send("stats", **self.stats_source())
+        return not self.stopping
+
+    def close(self, **final: Any) -> None:
+        self.send("bye", **self.stats_source(), **final)
+        self._ctl.close()
+        self.zmq.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pipeline.stage")
+    ap.add_argument("--stage", required=True, choices=["capture", "preprocess", "inference"])
+    ap.add_argument("--run-dir", required=True)
+    ap.add_argument("--parent", type=int, required=True)
+    args = ap.parse_args(argv)
+    _die_with_parent(args.parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    from .config import Config
+    from .runtime import RunPaths
+
+    run = RunPaths.load(args.run_dir)
+    config = Config.model_validate_json(run.config_file.read_text())
+    os.sched_setaffinity(0, config.cores_of(args.stage))  # before torch/OpenCV start threads
+
+    ctx = StageContext(args.stage, run, config)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(ctx, "stopping", True))
+    worker = importlib.import_module(f"workers.{args.stage}")
+    try:
+        worker.run(ctx)
+    except Exception as e:  # report one line to the supervisor, full detail to stderr
+        detail = getattr(e, "user_message", None) or f"{type(e).__name__}: {e}"
+        if not getattr(e, "user_message", None):
+            traceback.print_exc()
+        ctx.send("error", message=detail)
+        ctx.close()
+        return 1
+    ctx.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

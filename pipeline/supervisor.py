@@ -1,0 +1,238 @@
+"""The supervisor: starts one process per stage, holds the readiness handshake, watches the
+stages, prints status, and tears everything down, leaving no process and no shared memory behind.
+
+Stages are exec'd (`python -m pipeline.stage`), never forked, so no torch or OpenMP state is
+inherited. The supervisor owns the names of every socket and segment, so it can clean up after a
+stage that was killed without a chance to clean up itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import zmq
+
+from .config import Config
+from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
+from .report import STAGES, RunReport, format_summary
+from .ring import Ring
+from .runtime import EDGES, RunPaths
+
+READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
+STOP_GRACE_S = 3.0  # then SIGTERM, then SIGKILL: all within 5 s
+
+
+class Supervisor:
+    def __init__(self, config: Config, *, duration: float | None = None, record: str | None = None,
+                 summary_json: str | None = None, quiet: bool = False, log: IO[str] = sys.stderr):
+        self.config = config
+        self.duration = duration
+        self.record_path = record
+        self.summary_path = summary_json
+        self.quiet = quiet
+        self.log = log
+        self.paths = RunPaths.for_instance(config.name, os.getpid())
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.errors: dict[str, str] = {}
+        self.report = RunReport(config.name)
+        self.stop_reason: str | None = None
+        self.failure: str | None = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.log, flush=True)
+
+    # -- life cycle -----------------------------------------------------------------------
+    def run(self) -> int:
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.paths.create(self.config.model_dump_json())
+        self.zctx = zmq.Context()
+        self.ctl = self.zctx.socket(zmq.ROUTER)
+        self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.bind(self.paths.endpoint("control"))
+        self.results = self.zctx.socket(zmq.SUB)
+        self.results.setsockopt(zmq.LINGER, 0)
+        self.results.setsockopt(zmq.RCVHWM, 100000)
+        self.results.setsockopt(zmq.SUBSCRIBE, b"")
+        self.results.connect(self.paths.endpoint("results"))
+        record = open(self.record_path, "w") if self.record_path else None
+        try:
+            self._spawn_all()
+            if self._await_ready():
+                self._broadcast("start")
+                self.report.started = time.monotonic()
+                self.say(f"running: results on {self.paths.endpoint('results')}  (Ctrl-C stops)")
+                self._monitor(record)
+        finally:
+            self._shutdown()
+            if record:
+                record.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        summary = self.report.summary(self.stop_reason or "failure", self.failure)
+        print(format_summary(summary), flush=True)
+        if self.summary_path:
+            Path(self.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+        if self.failure:
+            self.say(f"pipeline-up: {self.failure}")
+            return 1
+        return 0
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = signal.Signals(signum).name
+
+    def _spawn_all(self) -> None:
+        root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        for stage in reversed(STAGES):  # the model loads longest: start it first
+            threads = len(self.config.cores_of(stage))
+            if stage == "inference" and self.config.inference.threads:
+                threads = self.config.inference.threads
+            stage_env = dict(env, OMP_NUM_THREADS=str(threads))
+            self.procs[stage] = subprocess.Popen(
+                [sys.executable, "-m", "pipeline.stage", "--stage", stage,
+                 "--run-dir", str(self.paths.dir), "--parent", str(os.getpid())],
+                env=stage_env, stdin=subprocess.DEVNULL)
+
+    def _await_ready(self) -> bool:
+        ready: dict[str, dict] = {}
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while len(ready) < len(STAGES):
+            if self.stop_reason or self._check_children():
+                return False
+            if time.monotonic() > deadline:
+                self.failure = f"stages not ready after {READY_TIMEOUT_S:.0f} s: " + \
+                    ", ".join(s for s in STAGES if s not in ready)
+                return False
+            for stage, msg in self._control(100):
+                if msg.get("type") == READY:
+                    ready[stage] = msg
+        inf = ready["inference"]
+        self.say(f"ready: {self.config.source.kind} source, {inf.get('model')} on "
+                 f"{inf.get('engine')} with {inf.get('threads')} thread(s); cores "
+                 + ", ".join(f"{s} {ready[s].get('cores')}" for s in STAGES))
+        return True
+
+    def _monitor(self, record: IO[str] | None) -> None:
+        end = time.monotonic() + self.duration if self.duration else None
+        next_status = time.monotonic() + 1.0
+        eos_at: float | None = None
+        poller = zmq.Poller()
+        poller.register(self.ctl, zmq.POLLIN)
+        poller.register(self.results, zmq.POLLIN)
+        while self.stop_reason is None:
+            events = dict(poller.poll(100))
+            if self.results in events:
+                if self._drain_results(record):
+                    self.stop_reason = "end of stream"
+                    break
+            if self.ctl in events:
+                for stage, msg in self._control(0):
+                    if msg.get("type") == EOS and stage == "inference":
+                        eos_at = time.monotonic()
+            now = time.monotonic()
+            if eos_at is not None and now - eos_at > 1.0:  # eos seen but its result-stream marker lost
+                self.stop_reason = "end of stream"
+            if end is not None and now >= end:
+                self.stop_reason = "duration"
+            if self._check_children():
+                return
+            if now >= next_status:
+                next_status = now + 1.0
+                if not self.quiet:
+                    elapsed = now - self.report.started
+                    lines = self.report.status_lines()
+                    self.say(f"[{elapsed:6.1f}s] " + f"\n{'':9}".join(lines))
+
+    def _drain_results(self, record: IO[str] | None) -> bool:
+        """Take every waiting result; True once the end-of-stream marker arrives."""
+        while True:
+            try:
+                raw = self.results.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            try:
+                msg = unpack(raw)
+            except Exception:
+                continue
+            if msg.get("type") == EOS:
+                return True
+            self.report.on_result(msg)
+            if record:
+                record.write(json.dumps(msg) + "\n")
+
+    def _control(self, timeout_ms: int) -> list[tuple[str, dict]]:
+        """Control messages waiting (stats and errors are absorbed here)."""
+        out = []
+        if not self.ctl.poll(timeout_ms):
+            return out
+        while True:
+            try:
+                ident, raw = self.ctl.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return out
+            try:
+                msg = unpack(raw)
+            except Exception:
+                continue
+            stage = ident.decode(errors="replace")
+            kind = msg.get("type")
+            if kind in (STATS, BYE):
+                self.report.on_stats(msg)
+            elif kind == ERROR:
+                self.errors[stage] = str(msg.get("message", ""))
+            out.append((stage, msg))
+
+    def _check_children(self) -> bool:
+        """True (and `failure` set) if any stage has exited on its own."""
+        for stage, proc in self.procs.items():
+            code = proc.poll()
+            if code is None:
+                continue
+            self._control(0)  # pick up its error message, if it sent one
+            if stage in self.errors:
+                self.failure = f"stage '{stage}' failed: {self.errors[stage]}"
+            elif code < 0:
+                self.failure = f"stage '{stage}' died (killed by {signal.Signals(-code).name})"
+            else:
+                self.failure = f"stage '{stage}' exited unexpectedly with code {code}"
+            return True
+        return False
+
+    def _broadcast(self, kind: str) -> None:
+        for stage in self.procs:
+            try:
+                self.ctl.send_multipart([stage.encode(), pack({"type": kind})], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass
+
+    def _shutdown(self) -> None:
+        """Stop every stage within STOP_GRACE_S (escalating to signals), then remove all traces."""
+        self._broadcast("stop")
+        deadline = time.monotonic() + STOP_GRACE_S
+        while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
+            self._control(50)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            alive = [p for p in self.procs.values() if p.poll() is None]
+            for p in alive:
+                p.send_signal(sig)
+            for p in alive:
+                try:
+                    p.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:
+                    pass
+        self._control(0)  # final stats ("bye") from stages that stopped cleanly
+        for edge in EDGES:
+            Ring.unlink(self.paths.shm_name(edge))
+        self.ctl.close(0)
+        self.results.close(0)
+        self.zctx.term()
+        self.paths.remove()

@@ -1,0 +1,162 @@
+"""Edges between stages: a shared-memory ring for the pixels, a ZeroMQ PUSH/PULL pair for the
+descriptors, and the edge's back-pressure policy.
+
+- `latest`: the writer never waits; the reader drains everything queued and takes only the newest
+  frame (the others are counted as `latest` drops). A writer that laps a slow reader is caught by
+  the slot's sequence lock and counted as `torn`.
+- `drop_new`: while every slot holds a frame the reader has not finished, new frames are dropped
+  at the writer (counted as `drop_new`).
+- `block`: the writer waits for a free slot; nothing is dropped.
+The reader processes `drop_new` and `block` edges in order and releases each slot when done.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from .messages import pack, unpack
+from .ring import Ring
+
+
+class EdgeWriter:
+    """Producer end of an edge: owns the ring and applies the policy."""
+
+    def __init__(self, zctx: zmq.Context, endpoint: str, ring: Ring, policy: str):
+        self.ring = ring
+        self.policy = policy
+        self.drops = {"drop_new": 0, "latest": 0}
+        self._count = 0  # frames published (mirrors ring.written)
+        self.sock = zctx.socket(zmq.PUSH)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, max(16, 4 * ring.slots))
+        self.sock.setsockopt(zmq.SNDTIMEO, 100)
+        self.sock.bind(endpoint)
+
+    def acquire(self, alive: Callable[[], bool]) -> int | None:
+        """Slot for the next frame, or None if the policy drops it (or the stage is stopping)."""
+        if self.policy != "latest":
+            while self._count - self.ring.released >= self.ring.slots:
+                if self.policy == "drop_new":
+                    self.drops["drop_new"] += 1
+                    return None
+                if not alive():
+                    return None
+                time.sleep(0.0005)
+        return self._count % self.ring.slots
+
+    def view(self, slot: int, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+        return self.ring.view(slot, shape, dtype)
+
+    def begin(self, slot: int, seq: int) -> None:
+        self.ring.begin_write(slot, seq)
+
+    def publish(self, slot: int, seq: int, desc: dict[str, Any], alive: Callable[[], bool]) -> None:
+        """Mark the slot complete and announce it downstream."""
+        self.ring.end_write(slot, seq)
+        self._count += 1
+        desc["slot"] = slot
+        desc["seq"] = seq
+        self._send(pack(desc), alive)
+
+    def send_eos(self, alive: Callable[[], bool]) -> None:
+        self._send(pack({"eos": True}), alive, lossless=True)
+
+    def _send(self, msg: bytes, alive: Callable[[], bool], lossless: bool = False) -> None:
+        if self.policy == "latest" and not lossless:
+            try:
+                self.sock.send(msg, zmq.NOBLOCK)
+            except zmq.Again:  # reader stalled: its queue is full of older frames anyway
+                self.drops["latest"] += 1
+            return
+        while True:  # lossless: a lost descriptor would leak a slot
+            try:
+                self.sock.send(msg)
+                return
+            except zmq.Again:
+                if not alive():
+                    return
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ring.close()
+
+
+class EdgeReader:
+    """Consumer end of an edge: takes frames by policy and checks they were not overwritten."""
+
+    def __init__(self, zctx: zmq.Context, endpoint: str, ring_name: str, policy: str):
+        self.policy = policy
+        self.ring_name = ring_name
+        self.ring: Ring | None = None  # attached on the first frame: the writer creates it
+        self.drops = {"latest": 0, "torn": 0, "malformed": 0}
+        self.depth = 0  # frames that were waiting behind the one taken last
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self.sock = zctx.socket(zmq.PULL)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def take(self, timeout_ms: int) -> dict[str, Any] | None:
+        """Next descriptor by policy (`{"eos": True}` at end of stream), or None on timeout."""
+        self._drain()
+        if not self._pending:
+            if not self.sock.poll(timeout_ms):
+                return None
+            self._drain()
+            if not self._pending:
+                return None
+        pending = self._pending
+        if self.policy != "latest":
+            self.depth = len(pending) - 1
+            return pending.popleft()
+        eos = pending[-1] if pending[-1].get("eos") else None
+        frames = len(pending) - (eos is not None)
+        if frames == 0:
+            pending.clear()
+            return eos
+        newest = pending[frames - 1]
+        self.drops["latest"] += frames - 1
+        self.depth = frames - 1
+        pending.clear()
+        if eos is not None:
+            pending.append(eos)
+        return newest
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                raw = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                self._pending.append(unpack(raw))
+            except Exception:
+                self.drops["malformed"] += 1
+
+    def frame(self, desc: dict[str, Any]) -> np.ndarray:
+        """The descriptor's payload, in place in shared memory (check `intact` after reading)."""
+        if self.ring is None:
+            self.ring = Ring.attach(self.ring_name)
+        return self.ring.view(desc["slot"], tuple(desc["shape"]), desc["dtype"])
+
+    def intact(self, desc: dict[str, Any]) -> bool:
+        """True if the slot still held this frame for the whole read; else counts a torn drop."""
+        assert self.ring is not None
+        if self.ring.intact(desc["slot"], desc["seq"]):
+            return True
+        self.drops["torn"] += 1
+        return False
+
+    def release(self) -> None:
+        """Done with the frame taken last: its slot may be reused (drop_new/block edges)."""
+        if self.policy != "latest" and self.ring is not None:
+            self.ring.release()
+
+    def close(self) -> None:
+        self.sock.close(0)
+        if self.ring is not None:
+            self.ring.close()

@@ -1,0 +1,106 @@
+"""Capture stage: reads the source into the frames ring and never waits for the model.
+
+Only a `block` frames edge can make this stage wait; with `latest` it writes every frame and lets
+the reader take the newest, with `drop_new` it decodes into a scratch buffer when the ring is full
+(a camera must still be read, or its driver queue fills with stale frames).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from pipeline.ring import Ring
+from pipeline.stage import StageContext
+from pipeline.stats import Window
+from pipeline.transport import EdgeWriter
+
+from .sources import open_source
+
+log = logging.getLogger("capture")
+
+
+class Pacer:
+    """Holds a loop to `fps` on a fixed schedule; falls back in step instead of bursting."""
+
+    def __init__(self, fps: float):
+        self.period = 1.0 / fps if fps > 0 else 0.0
+        self.due = time.monotonic()
+
+    def wait(self) -> None:
+        if not self.period:
+            return
+        self.due += self.period
+        delay = self.due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        elif delay < -self.period:
+            self.due = time.monotonic()
+
+
+def run(ctx: StageContext) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    edge = ctx.config.edges.frames
+    source = open_source(ctx.config.source)
+    ring = Ring.create(ctx.run.shm_name("frames"), edge.slots, source.max_frame_bytes)
+    out = EdgeWriter(ctx.zmq, ctx.run.endpoint("frames"), ring, edge.policy)
+    scratch = np.empty(source.max_frame_bytes, np.uint8)
+    src_id = ctx.config.source_id
+    interval = Window()
+    state: dict[str, Any] = {"slot": None, "captured": 0, "frames": 0, "last": 0, "shape": None}
+
+    def buffer_for(shape: tuple[int, int, int]) -> np.ndarray:
+        state["shape"] = shape
+        slot = state["slot"]
+        if slot is None:
+            return scratch[: shape[0] * shape[1] * shape[2]].reshape(shape)
+        return out.view(slot, shape)
+
+    def stats() -> dict[str, Any]:
+        return {"frames_in": state["captured"], "frames_out": state["frames"], "interval_ms": interval.take(),
+                "drops": {"frames": dict(out.drops), "source": {"corrupt": source.corrupt}}}
+
+    ctx.stats_source = stats
+    if not ctx.ready(source=ctx.config.source.kind, frame_bytes=source.max_frame_bytes):
+        out.close()
+        source.close()
+        return
+    pacer = Pacer(source.fps)
+    seq = 0
+    ended = False
+    try:
+        while ctx.alive():
+            seq += 1
+            slot = out.acquire(ctx.alive)
+            if slot is None and not ctx.alive():
+                break
+            state["slot"] = slot
+            if slot is not None:
+                out.begin(slot, seq)
+            meta = source.read(buffer_for)
+            t_cap = time.monotonic_ns()
+            if meta is None:
+                ended = True
+                break
+            state["captured"] += 1
+            if state["last"]:
+                interval.add((t_cap - state["last"]) / 1e6)
+            state["last"] = t_cap
+            if slot is not None:
+                state["frames"] += 1
+                meta.update(src=src_id, shape=state["shape"], dtype="uint8",
+                            t_cap=t_cap, t_wall=time.time())
+                out.publish(slot, seq, meta, ctx.alive)
+            pacer.wait()
+        if ended:
+            log.info("source ended after %d frames", state["frames"])
+            out.send_eos(ctx.alive)
+            ctx.send("eos")
+            while ctx.alive():  # stay until the supervisor has drained the pipeline
+                time.sleep(0.05)
+    finally:
+        source.close()
+        out.close()

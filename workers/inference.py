@@ -1,0 +1,100 @@
+"""Inference stage: copies the newest model input out of the tensors ring, classifies it, and
+publishes the result on the PUB socket.
+
+The input is copied (15 us) into a private tensor before the model runs, so the slot is free again
+at once and the sequence-lock check covers the whole read.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import zmq
+
+from pipeline.messages import SCHEMA, pack
+from pipeline.stage import StageContext
+from pipeline.stats import Window
+from pipeline.transport import EdgeReader
+
+from .models import categories, load_classifier, warm_up
+
+
+def run(ctx: StageContext) -> None:
+    cfg, model_cfg = ctx.config.inference, ctx.config.model
+    threads = cfg.threads or len(ctx.cores)
+    torch.set_num_threads(threads)
+    model = load_classifier(model_cfg.name, model_cfg.weights, model_cfg.engine, model_cfg.jit)
+    labels = categories(model_cfg.name)
+    size = ctx.config.preprocess.crop_size
+    warm_ms = warm_up(model, size, model_cfg.warmup)
+
+    inp = EdgeReader(ctx.zmq, ctx.run.endpoint("tensors"), ctx.run.shm_name("tensors"),
+                     ctx.config.edges.tensors.policy)
+    pub = ctx.zmq.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 1000)
+    pub.setsockopt(zmq.SNDHWM, 10000)
+    pub.bind(ctx.run.endpoint("results"))
+    x = torch.zeros(1, 3, size, size)
+    x_np = x.numpy()[0]
+    k = min(model_cfg.top_k, len(labels))
+    service = Window()
+    depth = Window()
+    counts = {"in": 0, "out": 0}
+    pipeline, model_name = ctx.config.name, model_cfg.name
+
+    def stats() -> dict[str, Any]:
+        return {"frames_in": counts["in"], "frames_out": counts["out"],
+                "service_ms": service.take(), "queue": depth.take(),
+                "drops": {"tensors": dict(inp.drops)}}
+
+    ctx.stats_source = stats
+    if not ctx.ready(model=model_name, engine=torch.backends.quantized.engine, threads=threads,
+                     warmup_ms=round(warm_ms, 2)):
+        inp.close()
+        return
+    try:
+        with torch.inference_mode():
+            while ctx.alive():
+                desc = inp.take(timeout_ms=100)
+                if desc is None:
+                    continue
+                if desc.get("eos"):
+                    pub.send(pack({"schema": SCHEMA, "type": "eos", "pipeline": pipeline}))
+                    ctx.send("eos")
+                    continue
+                t0 = time.monotonic_ns()
+                counts["in"] += 1
+                depth.add(inp.depth)
+                np.copyto(x_np, inp.frame(desc))
+                if not inp.intact(desc):
+                    inp.release()
+                    continue
+                inp.release()
+                probs = torch.softmax(model(x)[0], 0)
+                top = torch.topk(probs, k)
+                t1 = time.monotonic_ns()
+                idx = top.indices.tolist()
+                p = top.values.tolist()
+                result = {
+                    "schema": SCHEMA, "type": "result", "pipeline": pipeline,
+                    "source": desc["src"], "seq": desc["seq"], "frame": desc.get("frame"),
+                    "captured_at": desc["t_wall"],
+                    "t": {"capture": desc["t_cap"], "preprocess_start": desc["t_pre0"],
+                          "preprocess_end": desc["t_pre1"], "inference_start": t0,
+                          "inference_end": t1},
+                    "latency_ms": round((t1 - desc["t_cap"]) / 1e6, 3),
+                    "model": model_name,
+                    "top": [{"index": i, "label": labels[i], "prob": round(q, 5)}
+                            for i, q in zip(idx, p)],
+                }
+                if "item" in desc:
+                    result["item"] = desc["item"]
+                pub.send(pack(result))
+                counts["out"] += 1
+                service.add((t1 - t0) / 1e6)
+    finally:
+        inp.close()
+        pub.close()

@@ -1,0 +1,139 @@
+"""Preprocess stage: raw BGR frame -> normalised RGB CHW float32 model input, in the tensors ring.
+
+`Preprocessor` matches torchvision's eval transform: Resize(256) on the shorter side, CenterCrop(224)
+(or a direct "squash" resize), ToTensor() and Normalize(ImageNet mean/std). The normalisation is
+fused into one multiply-add per channel written straight into the shared-memory slot.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.ring import Ring
+from pipeline.stage import StageContext
+from pipeline.stats import Window
+from pipeline.transport import EdgeReader, EdgeWriter
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Preprocessor:
+    """Resizes and normalises frames into preallocated buffers (one per input frame size)."""
+
+    def __init__(self, resize: str = "crop", resize_size: int = 256, crop_size: int = 224,
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+        self.resize = resize
+        self.resize_size = resize_size
+        self.crop_size = crop_size
+        std_arr = np.asarray(std, np.float64)
+        self.scale = (1.0 / (255.0 * std_arr)).astype(np.float32)
+        self.offset = (-np.asarray(mean, np.float64) / std_arr).astype(np.float32)
+        self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = {}
+
+    @property
+    def output_shape(self) -> tuple[int, int, int]:
+        return (3, self.crop_size, self.crop_size)
+
+    def geometry(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """(resized_h, resized_w, crop_top, crop_left), computed as torchvision computes them."""
+        s = self.crop_size
+        if self.resize == "squash":
+            return s, s, 0, 0
+        r = self.resize_size
+        if w <= h:
+            rh, rw = int(r * h / w), r
+        else:
+            rh, rw = r, int(r * w / h)
+        return rh, rw, int(round((rh - s) / 2.0)), int(round((rw - s) / 2.0))
+
+    def crop(self, frame: np.ndarray) -> np.ndarray:
+        """Resized, center-cropped BGR uint8 (a view into a private buffer: the frame is fully
+        read when this returns, so the caller can check the source slot was not overwritten)."""
+        h, w = frame.shape[:2]
+        entry = self._buffers.get((h, w))
+        if entry is None:
+            rh, rw, top, left = self.geometry(h, w)
+            resized = np.empty((rh, rw, 3), np.uint8)
+            s = self.crop_size
+            interp = cv2.INTER_AREA if rh < h else cv2.INTER_LINEAR
+            entry = (resized, resized[top:top + s, left:left + s], interp)
+            if len(self._buffers) > 32:
+                self._buffers.clear()
+            self._buffers[(h, w)] = entry
+        resized, cropped, interp = entry
+        cv2.resize(frame, (resized.shape[1], resized.shape[0]), dst=resized, interpolation=interp)
+        return cropped
+
+    def normalize(self, crop_bgr: np.ndarray, out: np.ndarray) -> None:
+        """out[c] = (rgb[c] / 255 - mean[c]) / std[c], channels reordered BGR -> RGB."""
+        for c in range(3):
+            np.multiply(crop_bgr[:, :, 2 - c], self.scale[c], out=out[c])
+            np.add(out[c], self.offset[c], out=out[c])
+
+    def __call__(self, frame: np.ndarray, out: np.ndarray) -> None:
+        self.normalize(self.crop(frame), out)
+
+
+def run(ctx: StageContext) -> None:
+    cfg = ctx.config.preprocess
+    cv2.setNumThreads(cfg.threads)
+    prep = Preprocessor(cfg.resize, cfg.resize_size, cfg.crop_size)
+    shape = list(prep.output_shape)
+    edges = ctx.config.edges
+    inp = EdgeReader(ctx.zmq, ctx.run.endpoint("frames"), ctx.run.shm_name("frames"),
+                     edges.frames.policy)
+    ring = Ring.create(ctx.run.shm_name("tensors"), edges.tensors.slots,
+                       int(np.prod(shape)) * 4)
+    out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)
+    service = Window()
+    depth = Window()
+    counts = {"in": 0, "out": 0}
+
+    def stats() -> dict[str, Any]:
+        return {"frames_in": counts["in"], "frames_out": counts["out"],
+                "service_ms": service.take(), "queue": depth.take(),
+                "drops": {"frames": dict(inp.drops), "tensors": dict(out.drops)}}
+
+    ctx.stats_source = stats
+    if not ctx.ready():
+        inp.close()
+        out.close()
+        return
+    try:
+        while ctx.alive():
+            desc = inp.take(timeout_ms=100)
+            if desc is None:
+                continue
+            if desc.get("eos"):
+                out.send_eos(ctx.alive)
+                continue
+            t0 = time.monotonic_ns()
+            counts["in"] += 1
+            depth.add(inp.depth)
+            cropped = prep.crop(inp.frame(desc))
+            if not inp.intact(desc):
+                inp.release()
+                continue
+            inp.release()
+            slot = out.acquire(ctx.alive)
+            if slot is None:
+                continue
+            seq = desc["seq"]
+            out.begin(slot, seq)
+            prep.normalize(cropped, out.view(slot, prep.output_shape, np.float32))
+            t1 = time.monotonic_ns()
+            desc["shape"] = shape
+            desc["dtype"] = "float32"
+            desc["t_pre0"] = t0
+            desc["t_pre1"] = t1
+            out.publish(slot, seq, desc, ctx.alive)
+            counts["out"] += 1
+            service.add((t1 - t0) / 1e6)
+    finally:
+        inp.close()
+        out.close()

@@ -238,6 +238,8 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
 
 
 def validate(tree: dict[str, Any]) -> Config:
+    if isinstance(tree.get("source"), dict):
+        tree["source"].setdefault("kind", "synthetic")
     try:
         config = Config.model_validate(tree)
     except ValidationError as e:

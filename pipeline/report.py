@@ -34,6 +34,7 @@ class RunReport:
         self.results = 0
         self.last_top: dict[str, Any] | None = None
         self.started = time.monotonic()
+        self.stopped: float | None = None
 
     def on_stats(self, msg: dict[str, Any]) -> None:
         stage = msg.get("stage")
@@ -104,7 +105,7 @@ class RunReport:
             "pipeline": self.name,
             "stopped_by": reason,
             "failure": failure,
-            "duration_s": round(time.monotonic() - self.started, 3),
+            "duration_s": round((self.stopped or time.monotonic()) - self.started, 3),
             "frames": frames,
             "results_received": self.results,
             "drops": drops,

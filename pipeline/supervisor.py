@@ -60,19 +60,20 @@ class Supervisor:
         self.results.setsockopt(zmq.LINGER, 0)
         self.results.setsockopt(zmq.RCVHWM, 100000)
         self.results.setsockopt(zmq.SUBSCRIBE, b"")
+        self.results.setsockopt(zmq.RECONNECT_IVL, 10)
         self.results.connect(self.paths.endpoint("results"))
-        record = open(self.record_path, "w") if self.record_path else None
+        self.record = open(self.record_path, "w") if self.record_path else None
         try:
             self._spawn_all()
             if self._await_ready():
                 self._broadcast("start")
                 self.report.started = time.monotonic()
                 self.say(f"running: results on {self.paths.endpoint('results')}  (Ctrl-C stops)")
-                self._monitor(record)
+                self._monitor()
         finally:
             self._shutdown()
-            if record:
-                record.close()
+            if self.record:
+                self.record.close()
             for s, h in old.items():
                 signal.signal(s, h)
         summary = self.report.summary(self.stop_reason or "failure", self.failure)
@@ -121,7 +122,7 @@ class Supervisor:
                  + ", ".join(f"{s} {ready[s].get('cores')}" for s in STAGES))
         return True
 
-    def _monitor(self, record: IO[str] | None) -> None:
+    def _monitor(self) -> None:
         end = time.monotonic() + self.duration if self.duration else None
         next_status = time.monotonic() + 1.0
         eos_at: float | None = None
@@ -131,7 +132,7 @@ class Supervisor:
         while self.stop_reason is None:
             events = dict(poller.poll(100))
             if self.results in events:
-                if self._drain_results(record):
+                if self._drain_results():
                     self.stop_reason = "end of stream"
                     break
             if self.ctl in events:
@@ -152,7 +153,7 @@ class Supervisor:
                     lines = self.report.status_lines()
                     self.say(f"[{elapsed:6.1f}s] " + f"\n{'':9}".join(lines))
 
-    def _drain_results(self, record: IO[str] | None) -> bool:
+    def _drain_results(self) -> bool:
         """Take every waiting result; True once the end-of-stream marker arrives."""
         while True:
             try:
@@ -166,8 +167,8 @@ class Supervisor:
             if msg.get("type") == EOS:
                 return True
             self.report.on_result(msg)
-            if record:
-                record.write(json.dumps(msg) + "\n")
+            if self.record:
+                self.record.write(json.dumps(msg) + "\n")
 
     def _control(self, timeout_ms: int) -> list[tuple[str, dict]]:
         """Control messages waiting (stats and errors are absorbed here)."""
@@ -216,10 +217,12 @@ class Supervisor:
 
     def _shutdown(self) -> None:
         """Stop every stage within STOP_GRACE_S (escalating to signals), then remove all traces."""
+        self.report.stopped = time.monotonic()
         self._broadcast("stop")
         deadline = time.monotonic() + STOP_GRACE_S
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
-            self._control(50)
+            self._control(20)
+            self._drain_results()  # results still in flight belong in the record and the figures
         for sig in (signal.SIGTERM, signal.SIGKILL):
             alive = [p for p in self.procs.values() if p.poll() is None]
             for p in alive:
@@ -230,6 +233,7 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     pass
         self._control(0)  # final stats ("bye") from stages that stopped cleanly
+        self._drain_results()
         for edge in EDGES:
             Ring.unlink(self.paths.shm_name(edge))
         self.ctl.close(0)

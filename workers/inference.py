@@ -24,6 +24,10 @@ from .models import categories, load_classifier, warm_up
 
 def run(ctx: StageContext) -> None:
     cfg, model_cfg = ctx.config.inference, ctx.config.model
+    pub = ctx.zmq.socket(zmq.PUB)  # bound first: subscribers connect while the model loads
+    pub.setsockopt(zmq.LINGER, 1000)
+    pub.setsockopt(zmq.SNDHWM, 10000)
+    pub.bind(ctx.run.endpoint("results"))
     threads = cfg.threads or len(ctx.cores)
     torch.set_num_threads(threads)
     model = load_classifier(model_cfg.name, model_cfg.weights, model_cfg.engine, model_cfg.jit)
@@ -33,10 +37,6 @@ def run(ctx: StageContext) -> None:
 
     inp = EdgeReader(ctx.zmq, ctx.run.endpoint("tensors"), ctx.run.shm_name("tensors"),
                      ctx.config.edges.tensors.policy)
-    pub = ctx.zmq.socket(zmq.PUB)
-    pub.setsockopt(zmq.LINGER, 1000)
-    pub.setsockopt(zmq.SNDHWM, 10000)
-    pub.bind(ctx.run.endpoint("results"))
     x = torch.zeros(1, 3, size, size)
     x_np = x.numpy()[0]
     k = min(model_cfg.top_k, len(labels))
@@ -54,6 +54,7 @@ def run(ctx: StageContext) -> None:
     if not ctx.ready(model=model_name, engine=torch.backends.quantized.engine, threads=threads,
                      warmup_ms=round(warm_ms, 2)):
         inp.close()
+        pub.close()
         return
     try:
         with torch.inference_mode():

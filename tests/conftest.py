@@ -1,0 +1,56 @@
+"""Shared test helpers: where the real test assets are, and running `pipeline-up` for real."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = ROOT.parent / "shared" / "assets"
+WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
+BOTTLE = ASSETS / "video" / "bottle-detection.mp4"
+IMAGES = ASSETS / "images"
+
+
+def need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"test asset missing: {path} (see shared/assets/README.md)")
+    return path
+
+
+def shm_segments() -> set[str]:
+    return set(glob.glob("/dev/shm/edge-pipeline-*"))
+
+
+def stage_pids() -> set[int]:
+    """Stage processes of any pipeline on this machine."""
+    out = subprocess.run(["pgrep", "-f", "pipeline.stage --stage"], capture_output=True, text=True)
+    return {int(p) for p in out.stdout.split()}
+
+
+def pipeline_cmd(config: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / config), *args]
+
+
+def run_pipeline(config: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(pipeline_cmd(config, *args), cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def clean_machine():
+    """Asserts the test leaves no stage process and no shared-memory segment behind."""
+    before_shm, before_pids = shm_segments(), stage_pids()
+    yield
+    assert shm_segments() - before_shm == set(), "leaked /dev/shm segments"
+    assert stage_pids() - before_pids == set(), "stage processes left running"

@@ -1,0 +1,78 @@
+"""Preprocessing equals torchvision's eval transform: same geometry, same numbers (< 1e-5)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torchvision import transforms
+from torchvision.transforms import functional as F
+
+from workers.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+
+from .conftest import IMAGES, need
+
+TO_TENSOR_NORMALIZE = transforms.Compose([transforms.ToTensor(),
+                                          transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def sample_images(n: int = 12) -> list[np.ndarray]:
+    files = sorted(need(IMAGES).glob("*.JPEG"))[:: max(1, 200 // n)]
+    return [cv2.imread(str(f), cv2.IMREAD_COLOR) for f in files]
+
+
+@pytest.mark.parametrize("size", [(360, 640), (640, 360), (480, 480), (100, 150), (17, 300)])
+def test_geometry_matches_torchvision(size):
+    h, w = size
+    prep = Preprocessor("crop", 256, 224)
+    rh, rw, top, left = prep.geometry(h, w)
+    assert [rh, rw] == list(F.resize(torch.zeros(3, h, w), 256, antialias=True).shape[1:])
+    index = torch.arange(rh * rw).reshape(1, rh, rw)
+    ours = index[:, top:top + 224, left:left + 224]
+    assert torch.equal(ours, F.center_crop(index, 224))
+
+
+def test_normalisation_equals_totensor_normalize_on_real_images():
+    prep = Preprocessor("crop", 256, 224)
+    out = np.empty(prep.output_shape, np.float32)
+    worst = 0.0
+    for bgr in sample_images():
+        prep(bgr, out)
+        crop_rgb = np.ascontiguousarray(prep.crop(bgr)[:, :, ::-1])
+        expected = TO_TENSOR_NORMALIZE(crop_rgb).numpy()
+        worst = max(worst, float(np.abs(out - expected).max()))
+    assert worst < 1e-5, worst
+
+
+def test_squash_resizes_whole_frame():
+    prep = Preprocessor("squash", 256, 224)
+    frame = np.zeros((360, 640, 3), np.uint8)
+    frame[:, :320] = (255, 0, 0)  # left half blue (BGR)
+    out = np.empty(prep.output_shape, np.float32)
+    prep(frame, out)
+    blue = (1.0 - IMAGENET_MEAN[2]) / IMAGENET_STD[2]
+    assert out[2, :, :100].min() == pytest.approx(blue, abs=1e-5)  # RGB channel 2 = blue
+    assert out[2, :, 124:].max() == pytest.approx(-IMAGENET_MEAN[2] / IMAGENET_STD[2], abs=1e-5)
+
+
+def test_buffers_are_reused_not_reallocated():
+    prep = Preprocessor()
+    frame = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8)
+    a = prep.crop(frame)
+    b = prep.crop(frame)
+    assert a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+
+
+def test_close_to_torchvision_full_eval_transform():
+    """Whole transform vs torchvision's (PIL antialiased bilinear): the same picture, not bit-equal."""
+    from PIL import Image
+
+    full = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
+                               TO_TENSOR_NORMALIZE])
+    prep = Preprocessor()
+    out = np.empty(prep.output_shape, np.float32)
+    for bgr in sample_images(6):
+        prep(bgr, out)
+        ref = full(Image.fromarray(bgr[:, :, ::-1])).numpy()
+        assert np.abs(out - ref).mean() < 0.05  # ~3 grey levels on average

@@ -1,0 +1,151 @@
+"""Shared-memory rings and edge policies, with a real writer process and real ZeroMQ sockets."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import uuid
+
+import numpy as np
+import pytest
+import zmq
+
+from pipeline.ring import Ring, shm_path
+from pipeline.transport import EdgeReader, EdgeWriter
+
+FRAME = (120, 160, 3)
+
+
+@pytest.fixture
+def ring_name():
+    name = f"edge-pipeline-test-{uuid.uuid4().hex[:8]}"
+    yield name
+    Ring.unlink(name)
+
+
+def _writer(ring_name: str, endpoint: str, policy: str, frames: int, period: float, out) -> None:
+    """Child process: publishes `frames` frames, each filled with seq % 251."""
+    ctx = zmq.Context()
+    ring = Ring.create(ring_name, 3, int(np.prod(FRAME)))
+    w = EdgeWriter(ctx, endpoint, ring, policy)
+    out.send("ready")
+    out.recv()  # reader connected
+    alive = lambda: True  # noqa: E731
+    for seq in range(1, frames + 1):
+        slot = w.acquire(alive)
+        if slot is not None:
+            w.begin(slot, seq)
+            w.view(slot, FRAME)[:] = seq % 251
+            w.publish(slot, seq, {"shape": list(FRAME), "dtype": "uint8"}, alive)
+        if period:
+            time.sleep(period)
+    w.send_eos(alive)
+    out.send(dict(w.drops))
+    out.recv()
+    w.close()
+    ctx.term()
+
+
+def _start_writer(tmp_path, ring_name, policy, frames, period=0.0):
+    endpoint = f"ipc://{tmp_path}/edge.sock"
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = mp.get_context("spawn").Process(target=_writer,
+                                           args=(ring_name, endpoint, policy, frames, period, child))
+    proc.start()
+    assert parent.poll(30), "writer did not start"
+    parent.recv()
+    ctx = zmq.Context()
+    reader = EdgeReader(ctx, endpoint, ring_name, policy)
+    time.sleep(0.2)  # let the PULL socket connect before frames flow
+    parent.send("go")
+    return proc, parent, ctx, reader
+
+
+def _read_all(reader, slow_read: float):
+    accepted, mixed_rejected, seen = [], 0, []
+    while True:
+        desc = reader.take(5000)
+        assert desc is not None, "edge went silent"
+        if desc.get("eos"):
+            return accepted, mixed_rejected, seen
+        seen.append(desc["seq"])
+        view = reader.frame(desc)
+        copy = np.empty_like(view)
+        half = len(view) // 2
+        copy[:half] = view[:half]
+        if slow_read:
+            time.sleep(slow_read)  # a slow reader: the writer may lap it right here
+        copy[half:] = view[half:]
+        ok = reader.intact(desc)
+        reader.release()
+        if ok:
+            accepted.append((desc["seq"], copy))
+        elif copy.min() != copy.max():
+            mixed_rejected += 1
+
+
+def _finish(proc, parent, ctx, reader):
+    drops = parent.recv()
+    parent.send("done")
+    proc.join(10)
+    reader.close()
+    ctx.term()
+    return drops
+
+
+def test_ring_layout_and_views(ring_name):
+    ring = Ring.create(ring_name, 4, 1000)
+    try:
+        assert os.path.exists(shm_path(ring_name))
+        assert oct(os.stat(shm_path(ring_name)).st_mode & 0o777) == "0o600"
+        other = Ring.attach(ring_name)
+        ring.begin_write(2, 7)
+        ring.view(2, (10, 10), np.uint8)[:] = 9
+        ring.end_write(2, 7)
+        assert other.slots == 4 and other.slot_bytes == 1000
+        assert other.intact(2, 7) and not other.intact(2, 6) and not other.intact(1, 7)
+        assert int(other.view(2, (10, 10), np.uint8).sum()) == 900
+        assert ring.view(2, (10, 10), np.uint8) is ring.view(2, (10, 10), np.uint8)  # cached
+        with pytest.raises(ValueError):
+            ring.view(0, (1001,), np.uint8)
+        ring.begin_write(2, 8)  # a writer starting over the slot invalidates the old frame
+        assert not other.intact(2, 7)
+        other.close()
+    finally:
+        ring.close()
+    assert Ring.unlink(ring_name) and not os.path.exists(shm_path(ring_name))
+
+
+def test_lapping_writer_is_detected_and_never_accepted(tmp_path, ring_name):
+    """A writer lapping a slow reader on a 3-slot ring: overwritten frames are dropped as torn,
+    and no frame that was overwritten during its read is ever accepted."""
+    proc, parent, ctx, reader = _start_writer(tmp_path, ring_name, "latest", 3000, period=0.0002)
+    accepted, mixed_rejected, seen = _read_all(reader, slow_read=0.004)
+    _finish(proc, parent, ctx, reader)
+    assert reader.drops["torn"] > 0, "the writer never lapped the reader: the test proves nothing"
+    assert mixed_rejected > 0, "no half-overwritten frame was ever caught"
+    for seq, frame in accepted:
+        assert frame.min() == frame.max() == seq % 251, f"accepted a corrupted frame {seq}"
+    assert seen == sorted(seen), "latest must only move forward"
+    assert reader.drops["latest"] > 0
+
+
+def test_block_edge_delivers_every_frame_in_order(tmp_path, ring_name):
+    proc, parent, ctx, reader = _start_writer(tmp_path, ring_name, "block", 300)
+    accepted, _, seen = _read_all(reader, slow_read=0.001)
+    drops = _finish(proc, parent, ctx, reader)
+    assert seen == list(range(1, 301))
+    assert [s for s, _ in accepted] == seen
+    assert all(f.min() == f.max() == s % 251 for s, f in accepted)
+    assert reader.drops["torn"] == reader.drops["latest"] == 0 and drops["drop_new"] == 0
+
+
+def test_drop_new_edge_drops_at_writer_and_never_tears(tmp_path, ring_name):
+    proc, parent, ctx, reader = _start_writer(tmp_path, ring_name, "drop_new", 2000, period=0.0001)
+    accepted, _, seen = _read_all(reader, slow_read=0.003)
+    drops = _finish(proc, parent, ctx, reader)
+    assert drops["drop_new"] > 0
+    assert len(seen) + drops["drop_new"] == 2000
+    assert seen == sorted(seen) and reader.drops["torn"] == 0 and reader.drops["latest"] == 0
+    assert all(f.min() == f.max() == s % 251 for s, f in accepted)

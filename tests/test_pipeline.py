@@ -1,0 +1,158 @@
+"""The whole pipeline as a user runs it: real processes, sockets, shared memory, video and images."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from .conftest import (BOTTLE, IMAGES, ROOT, WEIGHTS, need, pipeline_cmd, read_jsonl,
+                       run_pipeline, shm_segments)
+
+WEIGHTS_SET = f"model.weights={WEIGHTS}"
+
+
+def start(config: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(pipeline_cmd(config, *args), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_running(proc: subprocess.Popen, timeout: float = 120) -> list[str]:
+    """Read stderr until the supervisor says the pipeline runs."""
+    lines = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("running:"):
+            return lines
+    proc.kill()
+    raise AssertionError("pipeline did not start:\n" + "".join(lines))
+
+
+def stage_pid(supervisor: int, stage: str) -> int:
+    out = subprocess.run(["pgrep", "-P", str(supervisor), "-f", f"pipeline.stage --stage {stage} "],
+                         capture_output=True, text=True).stdout.split()
+    assert len(out) == 1, out
+    return int(out[0])
+
+
+def test_bottle_video_is_classified_as_water_bottle(tmp_path, clean_machine):
+    need(WEIGHTS)
+    record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    p = run_pipeline("video.toml", "--set", f"source.path={need(BOTTLE)}", "--set", WEIGHTS_SET,
+                     "--set", "source.realtime=false", "--quiet",
+                     "--record", str(record), "--summary-json", str(summary))
+    assert p.returncode == 0, p.stderr
+    results = read_jsonl(record)
+    s = json.loads(summary.read_text())
+    assert s["stopped_by"] == "end of stream"
+    assert s["frames"]["captured"] == 1189
+    assert s["frames"]["classified"] == len(results) == s["results_received"] >= 20
+    top1 = collections.Counter(r["top"][0]["index"] for r in results)
+    assert top1.most_common(1)[0][0] == 898 and top1[898] > 0.6 * len(results), top1
+    # With `latest` edges and decoding far faster than the model, most frames are dropped,
+    # and every drop is accounted for on its edge.
+    lost_frames = sum(s["drops"]["frames"].values())
+    assert s["frames"]["preprocessed"] + lost_frames == 1189
+    r = results[0]
+    assert r["schema"] == 1 and r["type"] == "result" and r["model"] == "mobilenet_v2"
+    assert r["top"][0]["label"] in ("water bottle", "nipple", "pop bottle", "water jug")
+    t = r["t"]
+    assert t["capture"] <= t["preprocess_start"] <= t["preprocess_end"] <= t["inference_start"] \
+        <= t["inference_end"]
+    assert len(r["top"]) == 5 and sorted((x["prob"] for x in r["top"]), reverse=True) == \
+        [x["prob"] for x in r["top"]]
+    assert [r["seq"] for r in results] == sorted(r["seq"] for r in results)
+    lat = s["latency_ms"]
+    assert 1 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"] < 5000
+
+
+def test_every_image_classified_once_with_reference_accuracy(tmp_path, clean_machine):
+    need(WEIGHTS)
+    record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    p = run_pipeline("images.toml", "--set", f"source.path={need(IMAGES)}", "--set", WEIGHTS_SET,
+                     "--quiet", "--record", str(record), "--summary-json", str(summary))
+    assert p.returncode == 0, p.stderr
+    with open(IMAGES / "labels.csv") as f:
+        labels = {row["file"]: int(row["class_index"]) for row in csv.DictReader(f)}
+    results = read_jsonl(record)
+    items = [r["item"] for r in results]
+    assert sorted(items) == sorted(labels), "every image exactly once"
+    correct = sum(r["top"][0]["index"] == labels[r["item"]] for r in results)
+    accuracy = correct / len(results)
+    assert accuracy >= 0.85, accuracy
+    s = json.loads(summary.read_text())
+    assert all(n == 0 for edge in s["drops"].values() for n in edge.values()), s["drops"]
+
+
+def test_synthetic_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path, clean_machine):
+    proc = start("demo.toml", "--set", WEIGHTS_SET if WEIGHTS.exists() else "model.weights=none",
+                 "--record", str(tmp_path / "r.jsonl"))
+    wait_running(proc)
+    time.sleep(3)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=10)
+    assert time.monotonic() - t0 < 5.0, "stop took 5 s or more"
+    assert proc.returncode == 0, err
+    assert "stopped by SIGINT" in out and "latency" in out
+    assert "Traceback" not in err
+    status = [line for line in err.splitlines() if "inference" in line and "fps" in line]
+    assert status, "no status lines"
+    results = read_jsonl(tmp_path / "r.jsonl")
+    assert len(results) >= 30  # ~3 s at the demo's 30 fps
+    # Nothing is captured before the model is warm: the first frames are not lost to a backlog.
+    assert results[0]["seq"] <= 3
+
+
+def test_sigterm_and_duration_stop_within_five_seconds(tmp_path, clean_machine):
+    proc = start("demo.toml", "--set", "model.weights=none", "--quiet")
+    wait_running(proc)
+    time.sleep(1)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=10)
+    assert time.monotonic() - t0 < 5.0 and proc.returncode == 0 and "SIGTERM" in out
+    p = run_pipeline("demo.toml", "--set", "model.weights=none", "--quiet", "--duration", "2",
+                     "--summary-json", str(tmp_path / "s.json"))
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert p.returncode == 0 and s["stopped_by"] == "duration" and 1.5 < s["duration_s"] < 3.5
+
+
+@pytest.mark.parametrize("victim", ["capture", "preprocess", "inference"])
+def test_sigkill_of_a_stage_stops_everything_and_leaves_nothing(victim, clean_machine):
+    before = shm_segments()
+    proc = start("demo.toml", "--set", "model.weights=none", "--quiet")
+    wait_running(proc)
+    time.sleep(1)
+    try:
+        mine = {s for s in shm_segments() - before if f"-{proc.pid}-" in s}
+        assert len(mine) == 2  # the two rings exist while running
+        os.kill(stage_pid(proc.pid, victim), signal.SIGKILL)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=10)
+    assert proc.returncode == 1
+    assert f"stage '{victim}' died (killed by SIGKILL)" in err.strip().splitlines()[-1]
+
+
+def test_unreadable_video_fails_at_startup_with_one_clear_line(tmp_path, clean_machine):
+    fake = tmp_path / "clip.mp4"
+    fake.write_text("this is not a video")
+    p = run_pipeline("video.toml", "--set", f"source.path={fake}", "--set", "model.weights=none",
+                     "--quiet")
+    assert p.returncode == 1
+    assert "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1] == \
+        f"pipeline-up: stage 'capture' failed: source.path: OpenCV cannot open video {fake}"

@@ -63,9 +63,11 @@ class Supervisor:
         self.results.setsockopt(zmq.RECONNECT_IVL, 10)
         self.results.connect(self.paths.endpoint("results"))
         self.record = open(self.record_path, "w") if self.record_path else None
+        started = False
         try:
             self._spawn_all()
             if self._await_ready():
+                started = True
                 self._broadcast("start")
                 self.report.started = time.monotonic()
                 self.say(f"running: results on {self.paths.endpoint('results')}  (Ctrl-C stops)")
@@ -76,10 +78,11 @@ class Supervisor:
                 self.record.close()
             for s, h in old.items():
                 signal.signal(s, h)
-        summary = self.report.summary(self.stop_reason or "failure", self.failure)
-        print(format_summary(summary), flush=True)
-        if self.summary_path:
-            Path(self.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+        if started:
+            summary = self.report.summary(self.stop_reason or "failure", self.failure)
+            print(format_summary(summary), flush=True)
+            if self.summary_path:
+                Path(self.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
         if self.failure:
             self.say(f"pipeline-up: {self.failure}")
             return 1

@@ -38,16 +38,19 @@ class EdgeWriter:
         self.sock.bind(endpoint)
 
     def acquire(self, alive: Callable[[], bool]) -> int | None:
-        """Slot for the next frame, or None if the policy drops it (or the stage is stopping)."""
+        """Slot for the next frame, or None if the stage is stopping or, on a drop_new edge, every
+        slot is taken: the caller then discards the frame and calls `dropped_new`."""
         if self.policy != "latest":
             while self._count - self.ring.released >= self.ring.slots:
                 if self.policy == "drop_new":
-                    self.drops["drop_new"] += 1
                     return None
                 if not alive():
                     return None
                 time.sleep(0.0005)
         return self._count % self.ring.slots
+
+    def dropped_new(self) -> None:
+        self.drops["drop_new"] += 1
 
     def view(self, slot: int, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
         return self.ring.view(slot, shape, dtype)

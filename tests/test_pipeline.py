@@ -114,9 +114,15 @@ def test_synthetic_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path, clean_machine
     assert results[0]["seq"] <= 3
 
 
-def test_sigterm_and_duration_stop_within_five_seconds(tmp_path, clean_machine):
+def test_stages_are_pinned_and_sigterm_or_duration_stop_within_five_seconds(tmp_path, clean_machine):
+    cores = sorted(os.sched_getaffinity(0))
+    inference_cores = cores[1:] or cores[:1]
     proc = start("demo.toml", "--set", "model.weights=none", "--quiet")
-    wait_running(proc)
+    lines = wait_running(proc)
+    assert f"with {len(inference_cores)} thread(s)" in "".join(lines)
+    for stage, expected in (("capture", cores[:1]), ("preprocess", cores[:1]),
+                            ("inference", inference_cores)):
+        assert sorted(os.sched_getaffinity(stage_pid(proc.pid, stage))) == expected, stage
     time.sleep(1)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
@@ -156,3 +162,15 @@ def test_unreadable_video_fails_at_startup_with_one_clear_line(tmp_path, clean_m
     assert "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines()[-1] == \
         f"pipeline-up: stage 'capture' failed: source.path: OpenCV cannot open video {fake}"
+
+
+def test_drop_new_edge_counts_drops_at_the_writer_and_never_tears(tmp_path, clean_machine):
+    summary = tmp_path / "s.json"
+    p = run_pipeline("video.toml", "--set", f"source.path={need(BOTTLE)}", "--set", "model.weights=none",
+                     "--set", "source.realtime=false", "--set", "edges.frames.policy=drop_new",
+                     "--set", "edges.frames.slots=2", "--quiet", "--summary-json", str(summary))
+    assert p.returncode == 0, p.stderr
+    s = json.loads(summary.read_text())
+    frames = s["drops"]["frames"]
+    assert frames["drop_new"] > 0 and frames["torn"] == 0 and frames["latest"] == 0
+    assert s["frames"]["captured"] == 1189 == s["frames"]["preprocessed"] + frames["drop_new"]

@@ -34,7 +34,9 @@ def _writer(ring_name: str, endpoint: str, policy: str, frames: int, period: flo
     alive = lambda: True  # noqa: E731
     for seq in range(1, frames + 1):
         slot = w.acquire(alive)
-        if slot is not None:
+        if slot is None:
+            w.dropped_new()
+        else:
             w.begin(slot, seq)
             w.view(slot, FRAME)[:] = seq % 251
             w.publish(slot, seq, {"shape": list(FRAME), "dtype": "uint8"}, alive)

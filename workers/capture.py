@@ -42,7 +42,6 @@ class Pacer:
 
 
 def run(ctx: StageContext) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     edge = ctx.config.edges.frames
     source = open_source(ctx.config.source)
     ring = Ring.create(ctx.run.shm_name("frames"), edge.slots, source.max_frame_bytes)
@@ -89,7 +88,9 @@ def run(ctx: StageContext) -> None:
             if state["last"]:
                 interval.add((t_cap - state["last"]) / 1e6)
             state["last"] = t_cap
-            if slot is not None:
+            if slot is None:
+                out.dropped_new()
+            else:
                 state["frames"] += 1
                 meta.update(src=src_id, shape=state["shape"], dtype="uint8",
                             t_cap=t_cap, t_wall=time.time())

@@ -122,6 +122,9 @@ def run(ctx: StageContext) -> None:
             inp.release()
             slot = out.acquire(ctx.alive)
             if slot is None:
+                if ctx.stopping:
+                    break
+                out.dropped_new()
                 continue
             seq = desc["seq"]
             out.begin(slot, seq)

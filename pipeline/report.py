@@ -111,7 +111,8 @@ class RunReport:
             "drops": drops,
             "fps": round((self.results - 1) / span, 2) if self.results > 1 and span > 0 else 0.0,
             "latency_ms": self.latency.summary(),
-            "service_ms": {s: self.latest.get(s, {}).get("service_ms") or {} for s in STAGES},
+            "service_ms": {s: self.latest[s]["service_run_ms"] for s in STAGES
+                           if "service_run_ms" in self.latest.get(s, {})},
         }
 
 
@@ -129,6 +130,10 @@ def format_summary(s: dict[str, Any]) -> str:
     if lat.get("count"):
         lines.append(f"latency    end-to-end p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  "
                      f"p99 {lat['p99']:.1f}  max {lat['max']:.1f} ms")
+    for stage, svc in s["service_ms"].items():
+        if svc.get("count"):
+            lines.append(f"service    {stage:<10} p50 {svc['p50']:.1f}  p99 {svc['p99']:.1f}  "
+                         f"max {svc['max']:.1f} ms")
     if s.get("failure"):
         lines.append(f"failure    {s['failure']}")
     return "\n".join(lines)

@@ -213,7 +213,7 @@ def report(res: dict[str, Any]) -> str:
         lines.append(f"{name:>6}: frames captured {f['captured']}, "
                      f"preprocessed {f['preprocessed']}, classified {f['classified']}; "
                      f"drops {drops or '0'}")
-        lines.append(f"{'':>6}  service ms p50/p99 (last ~1 s only): {svc}")
+        lines.append(f"{'':>6}  service ms p50/p99: {svc}")
     if "ratios" in res:
         r, o = res["ratios"], res["overhead_ms"]
         lines.append("")

@@ -16,7 +16,7 @@ import zmq
 
 from pipeline.messages import SCHEMA, pack
 from pipeline.stage import StageContext
-from pipeline.stats import Window
+from pipeline.stats import Histogram, Window
 from pipeline.transport import EdgeReader
 
 from .models import categories, load_classifier, warm_up
@@ -41,13 +41,15 @@ def run(ctx: StageContext) -> None:
     x_np = x.numpy()[0]
     k = min(model_cfg.top_k, len(labels))
     service = Window()
+    service_run = Histogram()  # whole run, for the exit summary
     depth = Window()
     counts = {"in": 0, "out": 0}
     pipeline, model_name = ctx.config.name, model_cfg.name
 
     def stats() -> dict[str, Any]:
         return {"frames_in": counts["in"], "frames_out": counts["out"],
-                "service_ms": service.take(), "queue": depth.take(),
+                "service_ms": service.take(), "service_run_ms": service_run.summary(),
+                "queue": depth.take(),
                 "drops": {"tensors": dict(inp.drops)}}
 
     ctx.stats_source = stats
@@ -95,7 +97,9 @@ def run(ctx: StageContext) -> None:
                     result["item"] = desc["item"]
                 pub.send(pack(result))
                 counts["out"] += 1
-                service.add((t1 - t0) / 1e6)
+                ms = (t1 - t0) / 1e6
+                service.add(ms)
+                service_run.add(ms)
     finally:
         inp.close()
         pub.close()

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.ring import Ring
 from pipeline.stage import StageContext
-from pipeline.stats import Window
+from pipeline.stats import Histogram, Window
 from pipeline.transport import EdgeReader, EdgeWriter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,12 +91,14 @@ def run(ctx: StageContext) -> None:
                        int(np.prod(shape)) * 4)
     out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)
     service = Window()
+    service_run = Histogram()  # whole run, for the exit summary
     depth = Window()
     counts = {"in": 0, "out": 0}
 
     def stats() -> dict[str, Any]:
         return {"frames_in": counts["in"], "frames_out": counts["out"],
-                "service_ms": service.take(), "queue": depth.take(),
+                "service_ms": service.take(), "service_run_ms": service_run.summary(),
+                "queue": depth.take(),
                 "drops": {"frames": dict(inp.drops), "tensors": dict(out.drops)}}
 
     ctx.stats_source = stats
@@ -137,6 +139,7 @@ def run(ctx: StageContext) -> None:
             out.publish(slot, seq, desc, ctx.alive)
             counts["out"] += 1
             service.add((t1 - t0) / 1e6)
+            service_run.add((t1 - t0) / 1e6)
     finally:
         inp.close()
         out.close()

@@ -10,9 +10,8 @@ import math
 import time
 from typing import Any
 
+from .runtime import STAGES
 from .stats import Histogram
-
-STAGES = ("capture", "preprocess", "inference")
 
 
 def _merge_drops(into: dict[str, dict[str, int]], drops: dict[str, dict[str, int]]) -> None:
@@ -61,35 +60,31 @@ class RunReport:
         top = msg.get("top") or []
         self.last_top = top[0] if top else None
 
-    def status_lines(self) -> list[str]:
-        lines = []
+    def status(self) -> dict[str, Any]:
+        """The last second, per stage and end to end; printed as status lines and published to
+        subscribers of the status socket. Starts a new one-second window for latency."""
         e2e = sorted(self.window_latency)
         self.window_latency.clear()
+        stages = {}
         for stage in STAGES:
             m = self.latest.get(stage)
             if m is None:
-                lines.append(f"{stage:<10}  (no stats yet)")
                 continue
-            parts = [f"{stage:<10} {self.fps[stage]:6.1f} fps"]
-            if "queue" in m:
-                q = m["queue"] or {}
-                parts.append(f"queue {q.get('p50', 0):.0f}/max {q.get('max', 0):.0f}")
-            svc = m.get("service_ms") or {}
-            if svc:
-                parts.append(f"service {svc['p50']:.1f}/{svc['p99']:.1f} ms")
-            iv = m.get("interval_ms") or {}
-            if iv:
-                parts.append(f"interval {iv['p50']:.1f}/{iv['p99']:.1f} ms")
-            drops = [f"{r} {n}" for edge in m.get("drops", {}).values() for r, n in edge.items() if n]
-            parts.append("drops " + (", ".join(drops) if drops else "0"))
-            if stage == "inference" and e2e:
-                p50 = e2e[len(e2e) // 2]
-                p99 = e2e[min(len(e2e) - 1, math.ceil(len(e2e) * 0.99) - 1)]
-                parts.append(f"e2e {p50:.1f}/{p99:.1f} ms")
-                if self.last_top:
-                    parts.append(f"{self.last_top['label']} {self.last_top['prob']:.2f}")
-            lines.append("  ".join(parts))
-        return lines
+            stages[stage] = {
+                "fps": round(self.fps[stage], 2),
+                "queue": m.get("queue") or {},
+                "service_ms": m.get("service_ms") or {},
+                "interval_ms": m.get("interval_ms") or {},
+                "drops": m.get("drops", {}),
+            }
+        latency = {}
+        if e2e:
+            latency = {"p50": e2e[len(e2e) // 2],
+                       "p99": e2e[min(len(e2e) - 1, math.ceil(len(e2e) * 0.99) - 1)],
+                       "max": e2e[-1]}
+        return {"schema": 1, "type": "status", "pipeline": self.name,
+                "elapsed_s": round(time.monotonic() - self.started, 3),
+                "stages": stages, "latency_ms": latency, "top": self.last_top}
 
     def summary(self, reason: str, failure: str | None = None) -> dict[str, Any]:
         frames = {
@@ -114,6 +109,31 @@ class RunReport:
             "service_ms": {s: self.latest[s]["service_run_ms"] for s in STAGES
                            if "service_run_ms" in self.latest.get(s, {})},
         }
+
+
+def format_status(st: dict[str, Any]) -> list[str]:
+    lines = []
+    for stage in STAGES:
+        m = st["stages"].get(stage)
+        if m is None:
+            lines.append(f"{stage:<10}  (no stats yet)")
+            continue
+        parts = [f"{stage:<10} {m['fps']:6.1f} fps"]
+        if stage != "capture":
+            q = m["queue"]
+            parts.append(f"queue {q.get('p50', 0):.0f}/max {q.get('max', 0):.0f}")
+        for key, label in (("service_ms", "service"), ("interval_ms", "interval")):
+            if m[key]:
+                parts.append(f"{label} {m[key]['p50']:.1f}/{m[key]['p99']:.1f} ms")
+        drops = [f"{r} {n}" for edge in m["drops"].values() for r, n in edge.items() if n]
+        parts.append("drops " + (", ".join(drops) if drops else "0"))
+        if stage == "inference" and st["latency_ms"]:
+            lat = st["latency_ms"]
+            parts.append(f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms")
+            if st["top"]:
+                parts.append(f"{st['top']['label']} {st['top']['prob']:.2f}")
+        lines.append("  ".join(parts))
+    return lines
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -92,10 +92,12 @@ class Ring:
         return cls(name, mm, owner=True)
 
     @classmethod
-    def attach(cls, name: str) -> "Ring":
-        fd = os.open(shm_path(name), os.O_RDWR)
+    def attach(cls, name: str, readonly: bool = False) -> "Ring":
+        """Map an existing ring; `readonly` maps it without write permission (consumers)."""
+        fd = os.open(shm_path(name), os.O_RDONLY if readonly else os.O_RDWR)
         try:
-            mm = mmap.mmap(fd, os.fstat(fd).st_size)
+            prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
+            mm = mmap.mmap(fd, os.fstat(fd).st_size, prot=prot)
         finally:
             os.close(fd)
         return cls(name, mm, owner=False)

@@ -10,10 +10,59 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 EDGES = ("frames", "tensors")
+STAGES = ("capture", "preprocess", "inference")
+
+
+class NotRunning(LookupError):
+    """No running pipeline matches; the message lists what does run."""
+
+
+def _supervisor_alive(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"pipeline" in cmd
+
+
+def running_pipelines() -> list[dict[str, Any]]:
+    """Discovery entries of the pipelines running now, oldest first. Entries whose supervisor
+    is gone are stale: they are removed on sight."""
+    found = []
+    root = runtime_root()
+    for entry in sorted(root.glob("*/run.json")) if root.is_dir() else []:
+        try:
+            info = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        if _supervisor_alive(int(info.get("pid", -1))):
+            info["dir"] = str(entry.parent)
+            found.append(info)
+        else:
+            shutil.rmtree(entry.parent, ignore_errors=True)
+    return sorted(found, key=lambda i: i["started_at"])
+
+
+def find_pipeline(name: str | None = None) -> dict[str, Any]:
+    """The running pipeline called `name`, or the only one running when `name` is None."""
+    running = running_pipelines()
+    listing = ", ".join(f"{i['name']} (pid {i['pid']})" for i in running) or "none"
+    if name is None:
+        if len(running) == 1:
+            return running[0]
+        if not running:
+            raise NotRunning("no pipeline is running (start one with pipeline-up)")
+        raise NotRunning(f"{len(running)} pipelines are running, name one with --name: {listing}")
+    matches = [i for i in running if i["name"] == name]
+    if not matches:
+        raise NotRunning(f"no pipeline named '{name}' is running (running: {listing})")
+    return matches[-1]
 
 
 def runtime_root() -> Path:
@@ -37,6 +86,9 @@ class RunPaths:
         info = json.loads((Path(run_dir) / "run.json").read_text())
         return cls(info["name"], info["pid"], Path(run_dir))
 
+    def info(self) -> dict[str, Any]:
+        return json.loads((self.dir / "run.json").read_text())
+
     def endpoint(self, what: str) -> str:
         """ipc:// endpoint of `control`, `results` or an edge name."""
         return f"ipc://{self.dir / what}.sock"
@@ -49,15 +101,21 @@ class RunPaths:
         return self.dir / "config.json"
 
     def create(self, config_json: str) -> None:
+        """Make the instance's directory and its discovery entry (run.json)."""
         root = runtime_root()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         self.dir.mkdir(mode=0o700)
         self.config_file.write_text(config_json)
-        (self.dir / "run.json").write_text(json.dumps({
-            "name": self.name, "pid": self.pid,
-            "results": self.endpoint("results"), "control": self.endpoint("control"),
-        }))
+        info = {
+            "name": self.name, "pid": self.pid, "started_at": time.time(),
+            "endpoints": {w: self.endpoint(w) for w in ("results", "status", "control")},
+            "rings": {edge: self.shm_name(edge) for edge in EDGES},
+            "stages": list(STAGES), "config": json.loads(config_json),
+        }
+        tmp = self.dir / "run.json.tmp"
+        tmp.write_text(json.dumps(info, indent=1))
+        tmp.rename(self.dir / "run.json")  # readers never see half an entry
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

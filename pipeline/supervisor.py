@@ -21,9 +21,9 @@ import zmq
 
 from .config import Config
 from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
-from .report import STAGES, RunReport, format_summary
+from .report import RunReport, format_status, format_summary
 from .ring import Ring
-from .runtime import EDGES, RunPaths
+from .runtime import EDGES, STAGES, RunPaths, find_pipeline, NotRunning
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
 STOP_GRACE_S = 3.0  # then SIGTERM, then SIGKILL: all within 5 s
@@ -50,6 +50,14 @@ class Supervisor:
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            other = find_pipeline(self.config.name)
+        except NotRunning:
+            pass
+        else:
+            self.say(f"pipeline-up: a pipeline named '{self.config.name}' is already running "
+                     f"(pid {other['pid']}); choose another with --name")
+            return 2
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.paths.create(self.config.model_dump_json())
         self.zctx = zmq.Context()
@@ -62,6 +70,10 @@ class Supervisor:
         self.results.setsockopt(zmq.SUBSCRIBE, b"")
         self.results.setsockopt(zmq.RECONNECT_IVL, 10)
         self.results.connect(self.paths.endpoint("results"))
+        self.status = self.zctx.socket(zmq.PUB)
+        self.status.setsockopt(zmq.LINGER, 0)
+        self.status.setsockopt(zmq.SNDHWM, 10)
+        self.status.bind(self.paths.endpoint("status"))
         self.record = open(self.record_path, "w") if self.record_path else None
         started = False
         try:
@@ -151,10 +163,11 @@ class Supervisor:
                 return
             if now >= next_status:
                 next_status = now + 1.0
+                status = self.report.status()
+                self.status.send(pack(status))
                 if not self.quiet:
-                    elapsed = now - self.report.started
-                    lines = self.report.status_lines()
-                    self.say(f"[{elapsed:6.1f}s] " + f"\n{'':9}".join(lines))
+                    lines = format_status(status)
+                    self.say(f"[{status['elapsed_s']:6.1f}s] " + f"\n{'':9}".join(lines))
 
     def _drain_results(self) -> bool:
         """Take every waiting result; True once the end-of-stream marker arrives."""
@@ -241,5 +254,6 @@ class Supervisor:
             Ring.unlink(self.paths.shm_name(edge))
         self.ctl.close(0)
         self.results.close(0)
+        self.status.close(0)
         self.zctx.term()
         self.paths.remove()

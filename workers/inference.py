@@ -21,12 +21,18 @@ from pipeline.transport import EdgeReader
 
 from .models import categories, load_classifier, warm_up
 
+RESULTS_HWM = 100  # results queued per subscriber before it starts losing them
+RESULTS_SNDBUF = 32 * 1024  # bytes of kernel buffer per subscriber connection
+
 
 def run(ctx: StageContext) -> None:
     cfg, model_cfg = ctx.config.inference, ctx.config.model
     pub = ctx.zmq.socket(zmq.PUB)  # bound first: subscribers connect while the model loads
     pub.setsockopt(zmq.LINGER, 1000)
-    pub.setsockopt(zmq.SNDHWM, 10000)
+    # A subscriber more than a few seconds behind loses results (and sees the gap in
+    # result_seq) instead of making the pipeline buffer for it.
+    pub.setsockopt(zmq.SNDHWM, RESULTS_HWM)
+    pub.setsockopt(zmq.SNDBUF, RESULTS_SNDBUF)
     pub.bind(ctx.run.endpoint("results"))
     threads = cfg.threads or len(ctx.cores)
     torch.set_num_threads(threads)
@@ -45,6 +51,7 @@ def run(ctx: StageContext) -> None:
     depth = Window()
     counts = {"in": 0, "out": 0}
     pipeline, model_name = ctx.config.name, model_cfg.name
+    ended = False
 
     def stats() -> dict[str, Any]:
         return {"frames_in": counts["in"], "frames_out": counts["out"],
@@ -65,7 +72,9 @@ def run(ctx: StageContext) -> None:
                 if desc is None:
                     continue
                 if desc.get("eos"):
-                    pub.send(pack({"schema": SCHEMA, "type": "eos", "pipeline": pipeline}))
+                    pub.send(pack({"schema": SCHEMA, "type": "eos", "pipeline": pipeline,
+                                   "reason": "end of stream"}))
+                    ended = True
                     ctx.send("eos")
                     continue
                 t0 = time.monotonic_ns()
@@ -83,7 +92,9 @@ def run(ctx: StageContext) -> None:
                 p = top.values.tolist()
                 result = {
                     "schema": SCHEMA, "type": "result", "pipeline": pipeline,
+                    "result_seq": counts["out"] + 1,
                     "source": desc["src"], "seq": desc["seq"], "frame": desc.get("frame"),
+                    "frame_slot": desc["fslot"], "frame_shape": desc["fshape"],
                     "captured_at": desc["t_wall"],
                     "t": {"capture": desc["t_cap"], "preprocess_start": desc["t_pre0"],
                           "preprocess_end": desc["t_pre1"], "inference_start": t0,
@@ -101,5 +112,8 @@ def run(ctx: StageContext) -> None:
                 service.add(ms)
                 service_run.add(ms)
     finally:
+        if not ended:  # tell subscribers this pipeline instance is gone
+            pub.send(pack({"schema": SCHEMA, "type": "eos", "pipeline": pipeline,
+                           "reason": "stopped"}))
         inp.close()
         pub.close()

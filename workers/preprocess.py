@@ -132,6 +132,8 @@ def run(ctx: StageContext) -> None:
             out.begin(slot, seq)
             prep.normalize(cropped, out.view(slot, prep.output_shape, np.float32))
             t1 = time.monotonic_ns()
+            desc["fslot"] = desc["slot"]  # the raw frame stays readable for consumers
+            desc["fshape"] = desc["shape"]
             desc["shape"] = shape
             desc["dtype"] = "float32"
             desc["t_pre0"] = t0

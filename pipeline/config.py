@@ -11,9 +11,10 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 MODEL_NAMES = (
     "mobilenet_v2",
@@ -126,6 +127,30 @@ class Edges(_Strict):
     tensors: Edge = Edge()  # preprocess -> inference (model inputs)
 
 
+class ConsumerConfig(_Strict):
+    """A consumer started and supervised with the pipeline (same options as pipeline-attach)."""
+
+    kind: str  # print, jsonl, video, preview, or MODULE:NAME / FILE.py:NAME
+    out: str | None = None
+    port: int = Field(8080, ge=0, le=65535)
+    host: str = "127.0.0.1"
+    fps: float | None = Field(None, gt=0, le=1000)
+    frames: bool = False
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in ("print", "jsonl", "video", "preview") and not re.fullmatch(r"[\w./-]+:\w+", kind):
+            raise ValueError(f"consumers.kind: {kind!r} is not print, jsonl, video, preview or MODULE:NAME")
+        return kind
+
+    @model_validator(mode="after")
+    def _video_needs_out(self) -> "ConsumerConfig":
+        if self.kind == "video" and not self.out:
+            raise ValueError("consumers: a video consumer needs out = \"FILE.mp4\"")
+        return self
+
+
 class Config(_Strict):
     name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     source: Source = SyntheticSource(kind="synthetic")
@@ -134,6 +159,7 @@ class Config(_Strict):
     inference: InferenceStage = InferenceStage()
     model: ModelConfig = ModelConfig()
     edges: Edges = Edges()
+    consumers: list[ConsumerConfig] = []
 
     @model_validator(mode="after")
     def _check_topology(self) -> "Config":
@@ -204,10 +230,16 @@ def _set(tree: dict, parts: list[str], value: Any, origin: str) -> None:
 
 
 def _resolve_path(tree: dict, base: Path) -> None:
+    def resolve(table: Any, key: str) -> None:
+        value = table.get(key) if isinstance(table, dict) else None
+        if isinstance(value, str) and value and value not in WEIGHTS_SPECIAL and value != "-":
+            table[key] = os.path.normpath(base / os.path.expanduser(value))
+
     for section, key in PATH_KEYS:
-        value = tree.get(section, {}).get(key) if isinstance(tree.get(section), dict) else None
-        if isinstance(value, str) and value and value not in WEIGHTS_SPECIAL:
-            tree[section][key] = os.path.normpath(base / os.path.expanduser(value))
+        resolve(tree.get(section), key)
+    consumers = tree.get("consumers")
+    for consumer in consumers if isinstance(consumers, list) else []:
+        resolve(consumer, "out")
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
@@ -321,7 +353,10 @@ def _allowed_keys(loc: list[str], tree: dict) -> list[str]:
             model = {"synthetic": SyntheticSource, "video": VideoSource, "images": ImagesSource,
                      "camera": CameraSource}.get(kind, SyntheticSource)
             continue
+        if part.isdigit() or part not in model.model_fields:
+            continue
         ann = model.model_fields[part].annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
+        for candidate in (ann, *get_args(ann)):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                model = candidate
     return list(model.model_fields)

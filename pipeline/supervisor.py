@@ -40,6 +40,7 @@ class Supervisor:
         self.log = log
         self.paths = RunPaths.for_instance(config.name, os.getpid())
         self.procs: dict[str, subprocess.Popen] = {}
+        self.consumers: dict[str, subprocess.Popen] = {}
         self.errors: dict[str, str] = {}
         self.report = RunReport(config.name)
         self.stop_reason: str | None = None
@@ -117,6 +118,24 @@ class Supervisor:
                 [sys.executable, "-m", "pipeline.stage", "--stage", stage,
                  "--run-dir", str(self.paths.dir), "--parent", str(os.getpid())],
                 env=stage_env, stdin=subprocess.DEVNULL)
+        # Consumers connect while the model loads, so they see the first result.
+        for i, c in enumerate(self.config.consumers):
+            cmd = [sys.executable, "-m", "pipeline.attach_cli", "--name", self.config.name,
+                   "--consumer", c.kind, "--port", str(c.port), "--host", c.host]
+            cmd += ["--out", c.out] if c.out else []
+            cmd += ["--fps", str(c.fps)] if c.fps else []
+            cmd += ["--frames"] if c.frames else []
+            self.consumers[f"{c.kind}#{i + 1}"] = subprocess.Popen(
+                cmd, env=env, stdin=subprocess.DEVNULL)
+
+    def _check_consumers(self) -> None:
+        """A consumer that exits is reported once; the pipeline runs on without it."""
+        for label, proc in list(self.consumers.items()):
+            code = proc.poll()
+            if code is not None:
+                del self.consumers[label]
+                how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                self.say(f"consumer {label} ended ({how}); the pipeline runs on")
 
     def _await_ready(self) -> bool:
         ready: dict[str, dict] = {}
@@ -161,6 +180,7 @@ class Supervisor:
                 self.stop_reason = "duration"
             if self._check_children():
                 return
+            self._check_consumers()
             if now >= next_status:
                 next_status = now + 1.0
                 status = self.report.status()
@@ -239,8 +259,13 @@ class Supervisor:
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
             self._control(20)
             self._drain_results()  # results still in flight belong in the record and the figures
+        # Consumers see the end-of-stream message from inference and finish on their own.
+        consumer_deadline = time.monotonic() + 2.0
+        while time.monotonic() < consumer_deadline and any(
+                p.poll() is None for p in self.consumers.values()):
+            time.sleep(0.05)
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            alive = [p for p in self.procs.values() if p.poll() is None]
+            alive = [p for p in [*self.procs.values(), *self.consumers.values()] if p.poll() is None]
             for p in alive:
                 p.send_signal(sig)
             for p in alive:

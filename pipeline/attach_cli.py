@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--host", default="127.0.0.1", help="preview: address (default 127.0.0.1)")
     ap.add_argument("--fps", type=float, help="video: frame rate of the file (default: the source's)")
     ap.add_argument("--frames", action="store_true", help="give custom consumers the frames too")
+    ap.add_argument("--max-age", type=float, metavar="SECONDS",
+                    help="skip results older than this when read (default: 2 for print, video and "
+                         "preview, off for jsonl and custom consumers)")
     return ap
 
 
@@ -54,10 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
         return list_pipelines()
-    for flag in ("count", "duration", "fps"):
+    for flag in ("count", "duration", "fps", "max_age"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
-            print(f"pipeline-attach: --{flag} must be positive, got {value}", file=sys.stderr)
+            print(f"pipeline-attach: --{flag.replace('_', '-')} must be positive, got {value}",
+                  file=sys.stderr)
             return 2
     consumer_spec = {"text": "print", "jsonl": "jsonl"}.get(args.format or "", args.consumer)
     from pipeline.subscription import Subscription
@@ -72,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1 if isinstance(e, NotRunning) else 2
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     sub = Subscription(info["name"], frames=args.frames or getattr(consumer, "frames", False),
-                       status=getattr(consumer, "status", False))
+                       status=getattr(consumer, "status", False),
+                       max_age=args.max_age or getattr(consumer, "max_age", None))
     try:
         run(consumer, sub, count=args.count, duration=args.duration)
     except KeyboardInterrupt:

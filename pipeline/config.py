@@ -13,8 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 MODEL_NAMES = (
     "mobilenet_v2",

@@ -110,7 +110,8 @@ class Ring:
             dt = np.dtype(dtype)
             n = int(np.prod(shape)) * dt.itemsize
             if n > self.slot_bytes:
-                raise ValueError(f"ring {self.name}: {shape} {dt} needs {n} bytes, slot has {self.slot_bytes}")
+                raise ValueError(f"ring {self.name}: {shape} {dt} needs {n} bytes, "
+                                 f"slot has {self.slot_bytes}")
             v = self._payload[slot][:n].view(dt).reshape(shape)
             if len(self._views) > 4 * self.slots:  # frame shapes changed (images source)
                 self._views.clear()

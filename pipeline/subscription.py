@@ -1,8 +1,10 @@
 """Subscribe to a running pipeline from any process: `for result in attach("lab"): ...`.
 
-A subscriber never slows the pipeline: results reach it through the PUB socket's high-water mark,
-so one that falls behind loses results, and `Result.missed_before` / `Subscription.missed` say how
-many (from gaps in `result_seq`). With `frames=True` each result carries the frame that produced it,
+A subscriber never slows the pipeline: results reach it through a PUB socket whose high-water
+mark drops results for a subscriber that falls too far behind (over ipc the kernel's socket buffer
+holds a couple of hundred more). `max_age` makes a live consumer skip results that are already
+too old when it reads them. `Result.missed_before` / `Subscription.missed` count both, from gaps
+in `result_seq`. With `frames=True` each result carries the frame that produced it,
 read-only and zero-copy from the pipeline's shared-memory ring, checked with the ring's sequence
 lock; a frame already overwritten is left out and counted in `frames_missed`.
 """
@@ -68,12 +70,13 @@ class Subscription:
     """An open subscription; iterate it, or call `receive`. Ends at the pipeline's end."""
 
     def __init__(self, name: str | None = None, *, frames: bool = False, status: bool = False,
-                 hwm: int = 100):
+                 max_age: float | None = None, hwm: int = 100):
         self.info = find_pipeline(name)
         self.name = self.info["name"]
         self.frames = frames
         self.received = 0
-        self.missed = 0  # results lost to the high-water mark
+        self.missed = 0  # results lost to the high-water mark or skipped as too old
+        self.max_age_ns = int(max_age * 1e9) if max_age else None
         self.frames_missed = 0  # results delivered without their (overwritten) frame
         self.ended: str | None = None  # why the stream ended
         self.last_status: dict[str, Any] | None = None  # latest per-second pipeline status
@@ -113,10 +116,20 @@ class Subscription:
                 if msg.get("type") == EOS:
                     self.ended = msg.get("reason", "end of stream")
                 elif msg.get("type") == "result":
+                    if self._stale(msg):
+                        continue
                     return self._result(msg)
             elif not events and not _alive(self.info["pid"]):
                 self.ended = "pipeline gone"
         return None
+
+    def _stale(self, msg: dict[str, Any]) -> bool:
+        """A result older than max_age (a consumer that fell behind) is skipped and counted."""
+        if self.max_age_ns is None or time.monotonic_ns() - msg["t"]["inference_end"] <= self.max_age_ns:
+            return False
+        if self._last_rseq is None:  # skipped results show up as the next result's gap
+            self._last_rseq = int(msg["result_seq"]) - 1
+        return True
 
     def _take_status(self) -> None:
         while True:
@@ -182,6 +195,8 @@ def _alive(pid: int) -> bool:
 
 
 def attach(name: str | None = None, *, frames: bool = False, status: bool = False,
-           hwm: int = 100) -> Subscription:
-    """Subscribe to the running pipeline `name` (or the only one running)."""
-    return Subscription(name, frames=frames, status=status, hwm=hwm)
+           max_age: float | None = None, hwm: int = 100) -> Subscription:
+    """Subscribe to the running pipeline `name` (or the only one running). `max_age` (seconds)
+    skips results that waited longer than that to be read, for consumers that want only
+    fresh results after falling behind; skipped results count as missed."""
+    return Subscription(name, frames=frames, status=status, max_age=max_age, hwm=hwm)

@@ -23,7 +23,7 @@ from .config import Config
 from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
 from .report import RunReport, format_status, format_summary
 from .ring import Ring
-from .runtime import EDGES, STAGES, RunPaths, find_pipeline, NotRunning
+from .runtime import EDGES, STAGES, NotRunning, RunPaths, find_pipeline
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
 STOP_GRACE_S = 3.0  # then SIGTERM, then SIGKILL: all within 5 s

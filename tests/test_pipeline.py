@@ -12,8 +12,17 @@ import time
 
 import pytest
 
-from .conftest import (BOTTLE, IMAGES, ROOT, WEIGHTS, need, pipeline_cmd, read_jsonl,
-                       run_pipeline, shm_segments)
+from .conftest import (
+    BOTTLE,
+    IMAGES,
+    ROOT,
+    WEIGHTS,
+    need,
+    pipeline_cmd,
+    read_jsonl,
+    run_pipeline,
+    shm_segments,
+)
 
 WEIGHTS_SET = f"model.weights={WEIGHTS}"
 

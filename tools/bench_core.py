@@ -71,6 +71,7 @@ def child_model(args: argparse.Namespace) -> dict[str, Any]:
     """Forward passes of one fixed tensor: the most the inference core can do."""
     os.sched_setaffinity(0, {args.inference_core})  # before torch starts any thread
     import torch
+
     from workers.models import load_classifier, warm_up
 
     torch.set_num_threads(1)
@@ -96,6 +97,7 @@ def child_tutorial(args: argparse.Namespace) -> dict[str, Any]:
     import cv2
     import torch
     from torchvision import transforms
+
     from workers.models import load_classifier, warm_up
 
     torch.set_num_threads(1)

@@ -21,8 +21,8 @@ from pipeline.transport import EdgeReader
 
 from .models import categories, load_classifier, warm_up
 
-RESULTS_HWM = 50  # results queued per subscriber before it starts losing them
-RESULTS_SNDBUF = 16 * 1024  # bytes of kernel buffer per subscriber connection
+RESULTS_HWM = 16  # results queued per subscriber before it starts losing them
+RESULTS_SNDBUF = 8 * 1024  # bytes of kernel buffer per subscriber connection
 
 
 def run(ctx: StageContext) -> None:

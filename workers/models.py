@@ -63,7 +63,8 @@ def load_classifier(model_name: str, weights: str, engine: str = "auto", jit: bo
             except Exception as e:
                 url = get_model_weights(arch).DEFAULT.url
                 raise ModelError(
-                    f"model.weights: cannot fetch torchvision's pretrained {model_name} ({e.__class__.__name__}); "
+                    f"model.weights: cannot fetch torchvision's pretrained {model_name} "
+                    f"({e.__class__.__name__}); "
                     f"download {url} where the network allows and give its path with "
                     f"--set model.weights=PATH") from None
         else:

@@ -15,8 +15,7 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
-from pipeline.config import (CameraSource, ImagesSource, SyntheticSource, VideoSource,
-                             image_files)
+from pipeline.config import CameraSource, ImagesSource, SyntheticSource, VideoSource, image_files
 
 log = logging.getLogger("capture")
 BufferFor = Callable[[tuple[int, int, int]], np.ndarray]

@@ -131,6 +131,7 @@ def _handler(shared: _Shared, page: bytes) -> type[BaseHTTPRequestHandler]:
 class PreviewConsumer:
     frames = True
     status = True
+    max_age = 2.0  # a live view: after falling behind, skip to fresh results
     OPTIONS = ("port", "host", "name")
 
     def __init__(self, port: int = 8080, host: str = "127.0.0.1", name: str = "pipeline"):

@@ -12,6 +12,7 @@ from pipeline.subscription import Result
 class PrintConsumer:
     """`seq 1234  water bottle 0.93  (41 ms)`; a gap in the stream gets a line of its own."""
 
+    max_age = 2.0  # a live view: after falling behind, skip to fresh results
     OPTIONS = ("stream",)
 
     def __init__(self, stream: IO[str] | None = None):

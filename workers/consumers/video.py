@@ -15,6 +15,7 @@ from .annotate import RateMeter, annotate
 
 class VideoConsumer:
     frames = True
+    max_age = 2.0  # a live view: after falling behind, skip to fresh results
     OPTIONS = ("out", "fps")
 
     def __init__(self, out: str | None = None, fps: float | None = None):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -48,9 +49,23 @@ def list_pipelines() -> int:
     return 0
 
 
+def keep_off_inference_cores(info: dict) -> None:
+    """A consumer runs on the cores the model does not use, where there are any."""
+    from .config import Config
+
+    inference = set(Config.model_validate(info["config"]).cores_of("inference"))
+    others = os.sched_getaffinity(0) - inference
+    if others:
+        os.sched_setaffinity(0, others)
+
+
 def _source_fps(info: dict) -> float | None:
     src = info["config"]["source"]
     return src.get("fps") or None
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,17 +79,22 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     consumer_spec = {"text": "print", "jsonl": "jsonl"}.get(args.format or "", args.consumer)
+    try:
+        info = find_pipeline(args.name)
+    except NotRunning as e:
+        print(f"pipeline-attach: {e}", file=sys.stderr)
+        return 1
+    keep_off_inference_cores(info)  # before numpy, OpenCV and ZeroMQ start their threads
     from pipeline.subscription import Subscription
     from workers.consumers import ConsumerError, load, run
 
     try:
-        info = find_pipeline(args.name)
         consumer = load(consumer_spec, out=args.out, port=args.port, host=args.host,
                         fps=args.fps or _source_fps(info), name=info["name"])
-    except (NotRunning, ConsumerError, ValueError, OSError) as e:
+    except (ConsumerError, ValueError, OSError) as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
-        return 1 if isinstance(e, NotRunning) else 2
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # finish like Ctrl-C: the video file gets closed
     sub = Subscription(info["name"], frames=args.frames or getattr(consumer, "frames", False),
                        status=getattr(consumer, "status", False),
                        max_age=args.max_age or getattr(consumer, "max_age", None))

@@ -172,6 +172,7 @@ def _chromium() -> str:
     return shutil.which("chromium")
 
 
+@pytest.mark.timeout(1200)  # may first install Debian's chromium
 def test_preview_page_in_a_headless_browser(live, tmp_path):
     browser_path = _chromium()
     from playwright.sync_api import sync_playwright

@@ -17,7 +17,7 @@ import pytest
 from pipeline import attach
 from pipeline.runtime import NotRunning, find_pipeline, running_pipelines, runtime_root
 
-from .conftest import BOTTLE, ROOT, WEIGHTS, need, pipeline_cmd, run_pipeline
+from .conftest import BOTTLE, ROOT, WEIGHTS, need, pipeline_cmd, run_pipeline, shm_segments
 
 ATTACH = [sys.executable, "-m", "pipeline.attach_cli"]
 
@@ -146,6 +146,10 @@ def test_custom_consumers_function_and_class(live):
 
 
 def test_killed_consumer_does_not_disturb_the_pipeline(live):
+    def segments() -> set[str]:
+        return {s for s in shm_segments() if f"-{live.pid}-" in s}
+
+    before = segments()
     consumer = subprocess.Popen([*ATTACH, "--name", "attachlab", "--consumer", "video",
                                  "--out", "/dev/null"], cwd=ROOT, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
@@ -156,6 +160,8 @@ def test_killed_consumer_does_not_disturb_the_pipeline(live):
         got = [sub.receive(timeout=5) for _ in range(30)]
     assert all(r is not None for r in got) and sub.missed == 0
     assert live.poll() is None
+    assert segments() == before and len(before) == 2  # nothing added, nothing lost
+    assert not os.path.exists(f"/proc/{consumer.pid}")
 
 
 def _chromium() -> str:

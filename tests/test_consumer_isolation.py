@@ -83,3 +83,21 @@ def test_sigstopped_consumer_reports_its_gap_and_slows_nothing(tmp_path, baselin
     # 5 s behind at ~40 results/s: the results older than 2 s were dropped, fresh ones kept.
     assert missed >= 2 * baseline_fps, (missed, baseline_fps)
     assert s["fps"] > 0.8 * baseline_fps, (s["fps"], baseline_fps)
+
+
+def test_supervised_consumer_that_crashes_is_reported_and_the_pipeline_runs_on(tmp_path):
+    crasher = tmp_path / "crasher.py"
+    crasher.write_text("n = 0\n\ndef on_result(result):\n    global n\n    n += 1\n"
+                       "    if n == 5:\n        raise RuntimeError('consumer bug')\n")
+    record = tmp_path / "all.jsonl"
+    p = subprocess.run(pipeline_cmd(
+        "demo.toml", "--set", "model.weights=none", "--duration", "4", "--quiet",
+        "--name", "crashy", "--set",
+        f'consumers=[{{kind="{crasher}:on_result"}}, {{kind="jsonl", out="{record}"}}]',
+        "--summary-json", str(tmp_path / "s.json")), cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "consumer " in p.stderr and "ended (exit code 1); the pipeline runs on" in p.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["stopped_by"] == "duration" and s["results_received"] > 60
+    assert len(read_jsonl(record)) == s["results_received"]  # the other consumer saw everything

@@ -23,12 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--record", metavar="FILE", help="write every result as one JSON object per line")
     ap.add_argument("--summary-json", metavar="FILE", help="write the exit summary as JSON")
     ap.add_argument("--quiet", action="store_true", help="no per-second status lines")
+    ap.add_argument("--metrics-port", type=int, metavar="PORT",
+                    help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
+    ap.add_argument("--metrics-host", default="127.0.0.1",
+                    help="address for --metrics-port (default 127.0.0.1: this machine only)")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        print(f"pipeline-up: --metrics-port must be 0-65535, got {args.metrics_port}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.duration is not None and args.duration <= 0:
         print(f"pipeline-up: --duration must be positive, got {args.duration}", file=sys.stderr)
         return EXIT_CONFIG
@@ -40,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     from .supervisor import Supervisor  # after validation: bad input starts nothing
 
     return Supervisor(config, duration=args.duration, record=args.record,
-                      summary_json=args.summary_json, quiet=args.quiet).run()
+                      summary_json=args.summary_json, quiet=args.quiet,
+                      metrics_port=args.metrics_port, metrics_host=args.metrics_host).run()
 
 
 if __name__ == "__main__":

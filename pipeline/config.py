@@ -100,11 +100,13 @@ class PreprocessStage(_Strict):
     resize: Literal["crop", "squash"] = "crop"
     resize_size: int = Field(256, ge=16, le=4096)  # shorter side before the center crop
     crop_size: int = Field(224, ge=16, le=4096)  # model input is crop_size x crop_size
+    delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
 
 
 class InferenceStage(_Strict):
     cores: list[int] | None = None  # None: every allowed core but the first
     threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core
+    delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
 
 
 class ModelConfig(_Strict):

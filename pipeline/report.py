@@ -22,31 +22,57 @@ def _merge_drops(into: dict[str, dict[str, int]], drops: dict[str, dict[str, int
 
 
 class RunReport:
+    """Everything the supervisor knows about a running pipeline, from the stages' stats
+    messages (about once a second), their processes, and every result's timestamps."""
+
+    STALLED_AFTER_S = 3.0  # no stats from a stage for this long: it is shown as stalled
+
     def __init__(self, name: str):
         self.name = name
         self.latest: dict[str, dict[str, Any]] = {}  # last stats message per stage
-        self._prev: dict[str, tuple[float, int]] = {}
-        self.fps: dict[str, float] = {s: 0.0 for s in STAGES}
+        self.ready: dict[str, dict[str, Any]] = {}  # ready message per stage (pid, cores, ...)
+        self.seen: dict[str, float] = {}  # when each stage last reported
+        self._prev: dict[str, tuple[float, int, int]] = {}
+        self.rate: dict[str, tuple[float, float]] = {}  # stage -> (fps in, fps out)
+        self._procs: dict[str, Any] = {}  # psutil.Process per stage
         self.latency = Histogram()  # end-to-end, capture -> result, ms
-        self.window_latency: list[float] = []
+        self.frame_age = Histogram()  # capture -> inference start, ms
+        self.window: dict[str, list[float]] = {"latency": [], "frame_age": []}
         self.first_result = self.last_result = 0.0
         self.results = 0
         self.last_top: dict[str, Any] | None = None
         self.started = time.monotonic()
         self.stopped: float | None = None
 
+    def mark_started(self) -> None:
+        """Frames start flowing now; stages report from here on."""
+        self.started = time.monotonic()
+        self.seen = {stage: self.started for stage in self.seen}
+
+    def on_ready(self, stage: str, msg: dict[str, Any]) -> None:
+        self.ready[stage] = msg
+        self.seen[stage] = time.monotonic()
+        try:
+            import psutil
+
+            self._procs[stage] = psutil.Process(int(msg["pid"]))
+            self._procs[stage].cpu_percent(None)  # starts the CPU accounting interval
+        except Exception:
+            pass
+
     def on_stats(self, msg: dict[str, Any]) -> None:
         stage = msg.get("stage")
         if stage not in STAGES:
             return
         now = time.monotonic()
-        out = int(msg.get("frames_out", 0))
+        n_in, n_out = int(msg.get("frames_in", 0)), int(msg.get("frames_out", 0))
         if stage in self._prev:
-            t0, n0 = self._prev[stage]
+            t0, i0, o0 = self._prev[stage]
             if now > t0:
-                self.fps[stage] = (out - n0) / (now - t0)
-        self._prev[stage] = (now, out)
+                self.rate[stage] = ((n_in - i0) / (now - t0), (n_out - o0) / (now - t0))
+        self._prev[stage] = (now, n_in, n_out)
         self.latest[stage] = msg
+        self.seen[stage] = now
 
     def on_result(self, msg: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -56,69 +82,122 @@ class RunReport:
         self.results += 1
         ms = float(msg.get("latency_ms", 0.0))
         self.latency.add(ms)
-        self.window_latency.append(ms)
+        self.window["latency"].append(ms)
+        t = msg.get("t", {})
+        if "inference_start" in t and "capture" in t:
+            age = (t["inference_start"] - t["capture"]) / 1e6
+            self.frame_age.add(age)
+            self.window["frame_age"].append(age)
         top = msg.get("top") or []
         self.last_top = top[0] if top else None
 
+    def _process(self, stage: str) -> dict[str, Any]:
+        proc = self._procs.get(stage)
+        if proc is None:
+            return {"cpu_percent": None, "rss_mb": None}
+        try:
+            with proc.oneshot():
+                return {"cpu_percent": round(proc.cpu_percent(None), 1),
+                        "rss_mb": round(proc.memory_info().rss / 2**20, 1)}
+        except Exception:  # the process is gone
+            return {"cpu_percent": None, "rss_mb": None}
+
     def status(self) -> dict[str, Any]:
-        """The last second, per stage and end to end; printed as status lines and published to
-        subscribers of the status socket. Starts a new one-second window for latency."""
-        e2e = sorted(self.window_latency)
-        self.window_latency.clear()
+        """The pipeline now: per stage and end to end, over the last second (see the README's
+        definitions). Printed as status lines, published on the status socket, read by
+        pipeline-top and the metrics endpoint. Starts a new one-second window."""
+        now = time.monotonic()
         stages = {}
         for stage in STAGES:
-            m = self.latest.get(stage)
-            if m is None:
-                continue
+            m = self.latest.get(stage, {})
+            ready = self.ready.get(stage, {})
+            age = now - self.seen[stage] if stage in self.seen else None
+            fps_in, fps_out = self.rate.get(stage, (0.0, 0.0))
             stages[stage] = {
-                "fps": round(self.fps[stage], 2),
-                "queue": m.get("queue") or {},
+                "state": ("starting" if stage not in self.seen else
+                          "stalled" if age is not None and age > self.STALLED_AFTER_S else "running"),
+                "pid": ready.get("pid"),
+                "cores": ready.get("cores"),
+                "threads": m.get("threads"),
+                "fps_in": round(fps_in, 2),
+                "fps_out": round(fps_out, 2),
                 "service_ms": m.get("service_ms") or {},
+                "queue": m.get("queue") or {},
+                "queue_hwm": m.get("queue_hwm", 0),
+                "in_use": m.get("in_use", {}),
                 "interval_ms": m.get("interval_ms") or {},
                 "drops": m.get("drops", {}),
+                "frames_in": m.get("frames_in", 0),
+                "frames_out": m.get("frames_out", 0),
+                "heartbeat_age_s": round(age, 2) if age is not None else None,
+                "restarts": 0,
+                **self._process(stage),
             }
-        latency = {}
-        if e2e:
-            latency = {"p50": e2e[len(e2e) // 2],
-                       "p99": e2e[min(len(e2e) - 1, math.ceil(len(e2e) * 0.99) - 1)],
-                       "max": e2e[-1]}
+        interval = stages["capture"]["interval_ms"]
+        windows = {k: _percentiles(v) for k, v in self.window.items()}
+        for values in self.window.values():
+            values.clear()
         return {"schema": 1, "type": "status", "pipeline": self.name,
-                "elapsed_s": round(time.monotonic() - self.started, 3),
-                "stages": stages, "latency_ms": latency, "top": self.last_top}
+                "elapsed_s": round(now - self.started, 3),
+                "stages": stages,
+                "latency_ms": windows["latency"],
+                "frame_age_ms": windows["frame_age"],
+                "capture_jitter_ms": round(interval["p99"] - interval["p50"], 3) if interval else None,
+                "totals": self.totals(),
+                "top": self.last_top}
 
-    def summary(self, reason: str, failure: str | None = None) -> dict[str, Any]:
-        frames = {
-            "captured": int(self.latest.get("capture", {}).get("frames_in", 0)),
-            "preprocessed": int(self.latest.get("preprocess", {}).get("frames_out", 0)),
-            "classified": int(self.latest.get("inference", {}).get("frames_out", 0)),
-        }
+    def totals(self) -> dict[str, Any]:
         drops: dict[str, dict[str, int]] = {}
         for m in self.latest.values():
             _merge_drops(drops, m.get("drops", {}))
+        return {
+            "captured": int(self.latest.get("capture", {}).get("frames_in", 0)),
+            "preprocessed": int(self.latest.get("preprocess", {}).get("frames_out", 0)),
+            "classified": int(self.latest.get("inference", {}).get("frames_out", 0)),
+            "results": self.results,
+            "drops": drops,
+        }
+
+    def summary(self, reason: str, failure: str | None = None) -> dict[str, Any]:
+        totals = self.totals()
         span = self.last_result - self.first_result
         return {
             "pipeline": self.name,
             "stopped_by": reason,
             "failure": failure,
             "duration_s": round((self.stopped or time.monotonic()) - self.started, 3),
-            "frames": frames,
+            "frames": {k: totals[k] for k in ("captured", "preprocessed", "classified")},
             "results_received": self.results,
-            "drops": drops,
+            "drops": totals["drops"],
             "fps": round((self.results - 1) / span, 2) if self.results > 1 and span > 0 else 0.0,
             "latency_ms": self.latency.summary(),
+            "frame_age_ms": self.frame_age.summary(),
             "service_ms": {s: self.latest[s]["service_run_ms"] for s in STAGES
                            if "service_run_ms" in self.latest.get(s, {})},
         }
 
 
+def _percentiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    v = sorted(values)
+
+    def rank(q: float) -> float:
+        return round(v[min(len(v) - 1, max(0, math.ceil(len(v) * q) - 1))], 3)
+
+    return {"p50": rank(0.5), "p90": rank(0.9), "p99": rank(0.99), "max": round(v[-1], 3),
+            "count": len(v)}
+
+
 def format_status(st: dict[str, Any]) -> list[str]:
+    """One line per stage for the supervisor's terminal."""
     lines = []
     for stage in STAGES:
-        m = st["stages"].get(stage)
-        if m is None:
+        m = st["stages"][stage]
+        if m["state"] == "starting":
             lines.append(f"{stage:<10}  (no stats yet)")
             continue
-        parts = [f"{stage:<10} {m['fps']:6.1f} fps"]
+        parts = [f"{stage:<10} {m['fps_out']:6.1f} fps"]
         if stage != "capture":
             q = m["queue"]
             parts.append(f"queue {q.get('p50', 0):.0f}/max {q.get('max', 0):.0f}")
@@ -127,6 +206,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
                 parts.append(f"{label} {m[key]['p50']:.1f}/{m[key]['p99']:.1f} ms")
         drops = [f"{r} {n}" for edge in m["drops"].values() for r, n in edge.items() if n]
         parts.append("drops " + (", ".join(drops) if drops else "0"))
+        if m["state"] == "stalled":
+            parts.append(f"STALLED (no report for {m['heartbeat_age_s']:.0f} s)")
         if stage == "inference" and st["latency_ms"]:
             lat = st["latency_ms"]
             parts.append(f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms")

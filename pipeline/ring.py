@@ -131,8 +131,8 @@ class Ring:
         """True while the slot still holds `seq` and no newer write has started on it."""
         return int(self._seq[slot, 1]) == seq and int(self._seq[slot, 0]) == seq
 
-    def release(self) -> None:
-        self._head[_W_RELEASED] += 1
+    def release(self, n: int = 1) -> None:
+        self._head[_W_RELEASED] += n
 
     @property
     def written(self) -> int:

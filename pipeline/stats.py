@@ -72,6 +72,35 @@ class Window:
         self._n = 0
         if not n:
             return {}
-        p50, p99 = np.percentile(self._buf[:n], (50, 99))
-        return {"p50": round(float(p50), 3), "p99": round(float(p99), 3),
-                "max": round(float(self._buf[:n].max()), 3)}
+        p50, p90, p99 = np.percentile(self._buf[:n], (50, 90, 99))
+        return {"p50": round(float(p50), 3), "p90": round(float(p90), 3), "p99": round(float(p99), 3),
+                "max": round(float(self._buf[:n].max()), 3), "count": n}
+
+
+class StageMeter:
+    """What a processing stage reports once a second: frames in and out, service time (last
+    second and whole run), and the depth of its input queue when it took each frame."""
+
+    def __init__(self) -> None:
+        self.frames_in = 0
+        self.frames_out = 0
+        self.service = Window()
+        self.service_run = Histogram()
+        self.queue = Window()
+        self.queue_hwm = 0
+
+    def took(self, depth: int) -> None:
+        self.frames_in += 1
+        self.queue.add(depth)
+        if depth > self.queue_hwm:
+            self.queue_hwm = depth
+
+    def done(self, ms: float) -> None:
+        self.frames_out += 1
+        self.service.add(ms)
+        self.service_run.add(ms)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"frames_in": self.frames_in, "frames_out": self.frames_out,
+                "service_ms": self.service.take(), "service_run_ms": self.service_run.summary(),
+                "queue": self.queue.take(), "queue_hwm": self.queue_hwm}

@@ -31,12 +31,15 @@ STOP_GRACE_S = 3.0  # then SIGTERM, then SIGKILL: all within 5 s
 
 class Supervisor:
     def __init__(self, config: Config, *, duration: float | None = None, record: str | None = None,
-                 summary_json: str | None = None, quiet: bool = False, log: IO[str] = sys.stderr):
+                 summary_json: str | None = None, quiet: bool = False, log: IO[str] = sys.stderr,
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1"):
         self.config = config
         self.duration = duration
         self.record_path = record
         self.summary_path = summary_json
         self.quiet = quiet
+        self.metrics_address = (metrics_host, metrics_port) if metrics_port is not None else None
+        self.metrics = None
         self.log = log
         self.paths = RunPaths.for_instance(config.name, os.getpid())
         self.procs: dict[str, subprocess.Popen] = {}
@@ -59,6 +62,16 @@ class Supervisor:
             self.say(f"pipeline-up: a pipeline named '{self.config.name}' is already running "
                      f"(pid {other['pid']}); choose another with --name")
             return 2
+        if self.metrics_address:
+            from .metrics import MetricsExporter
+
+            host, port = self.metrics_address
+            try:
+                self.metrics = MetricsExporter(port, host)
+            except OSError as e:
+                self.say(f"pipeline-up: cannot serve metrics on {host}:{port}: {e.strerror}")
+                return 2
+            self.say(f"metrics: http://{host}:{self.metrics.port}/metrics")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.paths.create(self.config.model_dump_json())
         self.zctx = zmq.Context()
@@ -82,7 +95,7 @@ class Supervisor:
             if self._await_ready():
                 started = True
                 self._broadcast("start")
-                self.report.started = time.monotonic()
+                self.report.mark_started()
                 self.say(f"running: results on {self.paths.endpoint('results')}  (Ctrl-C stops)")
                 self._monitor()
         finally:
@@ -150,6 +163,7 @@ class Supervisor:
             for stage, msg in self._control(100):
                 if msg.get("type") == READY:
                     ready[stage] = msg
+                    self.report.on_ready(stage, msg)
         inf = ready["inference"]
         self.say(f"ready: {self.config.source.kind} source, {inf.get('model')} on "
                  f"{inf.get('engine')} with {inf.get('threads')} thread(s); cores "
@@ -185,6 +199,8 @@ class Supervisor:
                 next_status = now + 1.0
                 status = self.report.status()
                 self.status.send(pack(status))
+                if self.metrics:
+                    self.metrics.on_status(status)
                 if not self.quiet:
                     lines = format_status(status)
                     self.say(f"[{status['elapsed_s']:6.1f}s] " + f"\n{'':9}".join(lines))
@@ -203,6 +219,8 @@ class Supervisor:
             if msg.get("type") == EOS:
                 return True
             self.report.on_result(msg)
+            if self.metrics:
+                self.metrics.on_result(msg)
             if self.record:
                 self.record.write(json.dumps(msg) + "\n")
 
@@ -282,3 +300,5 @@ class Supervisor:
         self.status.close(0)
         self.zctx.term()
         self.paths.remove()
+        if self.metrics:
+            self.metrics.close()

@@ -55,6 +55,14 @@ class EdgeWriter:
     def view(self, slot: int, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
         return self.ring.view(slot, shape, dtype)
 
+    @property
+    def in_use(self) -> int:
+        """Slots holding frames the reader has neither finished nor dropped."""
+        try:
+            return min(self.ring.slots, self._count - self.ring.released)
+        except TypeError:  # ring closed
+            return 0
+
     def begin(self, slot: int, seq: int) -> None:
         self.ring.begin_write(slot, seq)
 
@@ -123,6 +131,7 @@ class EdgeReader:
             return eos
         newest = pending[frames - 1]
         self.drops["latest"] += frames - 1
+        self._release(frames - 1)
         self.depth = frames - 1
         pending.clear()
         if eos is not None:
@@ -155,9 +164,24 @@ class EdgeReader:
         return False
 
     def release(self) -> None:
-        """Done with the frame taken last: its slot may be reused (drop_new/block edges)."""
-        if self.policy != "latest" and self.ring is not None:
-            self.ring.release()
+        """Done with the frame taken last: its slot may be reused."""
+        self._release(1)
+
+    def _release(self, n: int) -> None:
+        if self.ring is None:
+            try:
+                self.ring = Ring.attach(self.ring_name)
+            except FileNotFoundError:
+                return
+        self.ring.release(n)
+
+    @property
+    def in_use(self) -> int:
+        """Frames written to this edge's ring and not yet finished or dropped here."""
+        try:
+            return min(self.ring.slots, self.ring.written - self.ring.released)
+        except (AttributeError, TypeError):  # not attached yet, or closed
+            return 0
 
     def close(self) -> None:
         self.sock.close(0)

@@ -60,7 +60,8 @@ def run(ctx: StageContext) -> None:
 
     def stats() -> dict[str, Any]:
         return {"frames_in": state["captured"], "frames_out": state["frames"], "interval_ms": interval.take(),
-                "drops": {"frames": dict(out.drops), "source": {"corrupt": source.corrupt}}}
+                "drops": {"frames": dict(out.drops), "source": {"corrupt": source.corrupt}},
+                "in_use": {"frames": out.in_use}, "threads": 1}
 
     ctx.stats_source = stats
     if not ctx.ready(source=ctx.config.source.kind, frame_bytes=source.max_frame_bytes):
@@ -79,6 +80,7 @@ def run(ctx: StageContext) -> None:
             state["slot"] = slot
             if slot is not None:
                 out.begin(slot, seq)
+            t_read = time.monotonic_ns()
             meta = source.read(buffer_for)
             t_cap = time.monotonic_ns()
             if meta is None:
@@ -93,7 +95,7 @@ def run(ctx: StageContext) -> None:
             else:
                 state["frames"] += 1
                 meta.update(src=src_id, shape=state["shape"], dtype="uint8",
-                            t_cap=t_cap, t_wall=time.time())
+                            t_read=t_read, t_cap=t_cap, t_wall=time.time())
                 out.publish(slot, seq, meta, ctx.alive)
             pacer.wait()
         if ended:

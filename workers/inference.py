@@ -16,7 +16,7 @@ import zmq
 
 from pipeline.messages import SCHEMA, pack
 from pipeline.stage import StageContext
-from pipeline.stats import Histogram, Window
+from pipeline.stats import StageMeter
 from pipeline.transport import EdgeReader
 
 from .models import categories, load_classifier, warm_up
@@ -46,18 +46,14 @@ def run(ctx: StageContext) -> None:
     x = torch.zeros(1, 3, size, size)
     x_np = x.numpy()[0]
     k = min(model_cfg.top_k, len(labels))
-    service = Window()
-    service_run = Histogram()  # whole run, for the exit summary
-    depth = Window()
-    counts = {"in": 0, "out": 0}
+    meter = StageMeter()
+    delay_s = cfg.delay_ms / 1000
     pipeline, model_name = ctx.config.name, model_cfg.name
     ended = False
 
     def stats() -> dict[str, Any]:
-        return {"frames_in": counts["in"], "frames_out": counts["out"],
-                "service_ms": service.take(), "service_run_ms": service_run.summary(),
-                "queue": depth.take(),
-                "drops": {"tensors": dict(inp.drops)}}
+        return {**meter.snapshot(), "threads": torch.get_num_threads(),
+                "drops": {"tensors": dict(inp.drops)}, "in_use": {"tensors": inp.in_use}}
 
     ctx.stats_source = stats
     if not ctx.ready(model=model_name, engine=torch.backends.quantized.engine, threads=threads,
@@ -78,8 +74,9 @@ def run(ctx: StageContext) -> None:
                     ctx.send("eos")
                     continue
                 t0 = time.monotonic_ns()
-                counts["in"] += 1
-                depth.add(inp.depth)
+                meter.took(inp.depth)
+                if delay_s:
+                    time.sleep(delay_s)  # inference.delay_ms: a deliberately slow stage
                 np.copyto(x_np, inp.frame(desc))
                 if not inp.intact(desc):
                     inp.release()
@@ -92,13 +89,15 @@ def run(ctx: StageContext) -> None:
                 p = top.values.tolist()
                 result = {
                     "schema": SCHEMA, "type": "result", "pipeline": pipeline,
-                    "result_seq": counts["out"] + 1,
+                    "result_seq": meter.frames_out + 1,
                     "source": desc["src"], "seq": desc["seq"], "frame": desc.get("frame"),
                     "frame_slot": desc["fslot"], "frame_shape": desc["fshape"],
                     "captured_at": desc["t_wall"],
-                    "t": {"capture": desc["t_cap"], "preprocess_start": desc["t_pre0"],
+                    "t": {"capture_start": desc["t_read"], "capture": desc["t_cap"],
+                          "preprocess_start": desc["t_pre0"],
                           "preprocess_end": desc["t_pre1"], "inference_start": t0,
                           "inference_end": t1},
+                    "queue": {"preprocess": desc.get("q_pre", 0), "inference": inp.depth},
                     "latency_ms": round((t1 - desc["t_cap"]) / 1e6, 3),
                     "model": model_name,
                     "top": [{"index": i, "label": labels[i], "prob": round(q, 5)}
@@ -107,10 +106,7 @@ def run(ctx: StageContext) -> None:
                 if "item" in desc:
                     result["item"] = desc["item"]
                 pub.send(pack(result))
-                counts["out"] += 1
-                ms = (t1 - t0) / 1e6
-                service.add(ms)
-                service_run.add(ms)
+                meter.done((t1 - t0) / 1e6)
     finally:
         if not ended:  # tell subscribers this pipeline instance is gone
             pub.send(pack({"schema": SCHEMA, "type": "eos", "pipeline": pipeline,

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.ring import Ring
 from pipeline.stage import StageContext
-from pipeline.stats import Histogram, Window
+from pipeline.stats import StageMeter
 from pipeline.transport import EdgeReader, EdgeWriter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,16 +90,13 @@ def run(ctx: StageContext) -> None:
     ring = Ring.create(ctx.run.shm_name("tensors"), edges.tensors.slots,
                        int(np.prod(shape)) * 4)
     out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)
-    service = Window()
-    service_run = Histogram()  # whole run, for the exit summary
-    depth = Window()
-    counts = {"in": 0, "out": 0}
+    meter = StageMeter()
+    delay_s = cfg.delay_ms / 1000
 
     def stats() -> dict[str, Any]:
-        return {"frames_in": counts["in"], "frames_out": counts["out"],
-                "service_ms": service.take(), "service_run_ms": service_run.summary(),
-                "queue": depth.take(),
-                "drops": {"frames": dict(inp.drops), "tensors": dict(out.drops)}}
+        return {**meter.snapshot(), "threads": cv2.getNumThreads(),
+                "drops": {"frames": dict(inp.drops), "tensors": dict(out.drops)},
+                "in_use": {"frames": inp.in_use, "tensors": out.in_use}}
 
     ctx.stats_source = stats
     if not ctx.ready():
@@ -115,8 +112,9 @@ def run(ctx: StageContext) -> None:
                 out.send_eos(ctx.alive)
                 continue
             t0 = time.monotonic_ns()
-            counts["in"] += 1
-            depth.add(inp.depth)
+            meter.took(inp.depth)
+            if delay_s:
+                time.sleep(delay_s)  # preprocess.delay_ms: a deliberately slow stage
             cropped = prep.crop(inp.frame(desc))
             if not inp.intact(desc):
                 inp.release()
@@ -138,10 +136,9 @@ def run(ctx: StageContext) -> None:
             desc["dtype"] = "float32"
             desc["t_pre0"] = t0
             desc["t_pre1"] = t1
+            desc["q_pre"] = inp.depth
             out.publish(slot, seq, desc, ctx.alive)
-            counts["out"] += 1
-            service.add((t1 - t0) / 1e6)
-            service_run.add((t1 - t0) / 1e6)
+            meter.done((t1 - t0) / 1e6)
     finally:
         inp.close()
         out.close()

@@ -1,0 +1,151 @@
+"""`pipeline-trace`: record per-frame, per-stage timestamps of a running pipeline for N seconds,
+as Chrome trace-event JSON (Perfetto, chrome://tracing) and as a PNG plot.
+
+Every result already carries its frame's timestamps at each stage and the queue depth each stage
+saw, so tracing is just one more subscriber: the pipeline does no extra work for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .runtime import NotRunning, find_pipeline
+
+SPANS = (("capture", "capture_start", "capture"),
+         ("preprocess", "preprocess_start", "preprocess_end"),
+         ("inference", "inference_start", "inference_end"))
+
+
+def record(name: str | None, seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Results received for `seconds` (raw maps) and the pipeline's discovery entry."""
+    from .subscription import Subscription
+
+    rows = []
+    with Subscription(name, status=True, hwm=100000) as sub:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            r = sub.receive(timeout=left)
+            if r is None and sub.ended:
+                break
+            if r is not None:
+                rows.append(r.raw)
+        pids = {s: m.get("pid") for s, m in (sub.last_status or {}).get("stages", {}).items()}
+        info = dict(sub.info, stage_pids=pids, missed=sub.missed)
+    return info, rows
+
+
+def chrome_trace(info: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Trace-event JSON: one process track per stage, one complete ("X") slice per frame per
+    stage, and queue-depth counters ("C") where each stage took its frame."""
+    t0 = min((r["t"].get("capture_start", r["t"]["capture"]) for r in rows), default=0)
+
+    def us(ns: int) -> float:
+        return round((ns - t0) / 1000, 3)
+
+    events: list[dict[str, Any]] = []
+    pids = {}
+    for i, (stage, _, _) in enumerate(SPANS):
+        pid = info.get("stage_pids", {}).get(stage) or i + 1
+        pids[stage] = pid
+        events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
+                       "args": {"name": f"{stage} (pid {pid})"}})
+        events.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": pid,
+                       "args": {"sort_index": i}})
+    for r in rows:
+        t = r["t"]
+        label = r["top"][0]["label"] if r.get("top") else ""
+        for stage, start, end in SPANS:
+            if start not in t:
+                continue
+            pid = pids[stage]
+            events.append({"ph": "X", "name": f"frame {r['seq']}", "cat": stage, "pid": pid,
+                           "tid": pid, "ts": us(t[start]), "dur": us(t[end]) - us(t[start]),
+                           "args": {"seq": r["seq"], "label": label,
+                                    "latency_ms": r["latency_ms"]}})
+        for stage, key in (("preprocess", "preprocess_start"), ("inference", "inference_start")):
+            depth = r.get("queue", {}).get(stage)
+            if depth is not None:
+                events.append({"ph": "C", "name": "queue depth", "pid": pids[stage],
+                               "ts": us(t[key]), "args": {"frames waiting": depth}})
+    return {"traceEvents": events, "displayTimeUnit": "ms",
+            "otherData": {"pipeline": info["name"], "frames": len(rows),
+                          "results_missed": info.get("missed", 0)}}
+
+
+def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    """Latency and service time over time, queue depth over time, latency histogram."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    t0 = rows[0]["t"]["capture"] if rows else 0
+    when = np.array([(r["t"]["inference_end"] - t0) / 1e9 for r in rows])
+    e2e = np.array([r["latency_ms"] for r in rows])
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), dpi=100)
+    fig.suptitle(f"{title}: {len(rows)} frames")
+    ax = axes[0, 0]
+    ax.plot(when, e2e, ".-", ms=3, lw=0.8, label="end-to-end (capture to result)")
+    ax.set(title="End-to-end latency", xlabel="time (s)", ylabel="latency (ms)")
+    ax.legend(loc="upper right")
+    ax = axes[0, 1]
+    for stage, start, end in SPANS:
+        values = [(r["t"][end] - r["t"][start]) / 1e6 if start in r["t"] else np.nan for r in rows]
+        ax.plot(when, values, ".-", ms=3, lw=0.8, label=stage)
+    ax.set(title="Service time per stage", xlabel="time (s)", ylabel="time per frame (ms)")
+    ax.legend(loc="upper right")
+    ax = axes[1, 0]
+    for stage in ("preprocess", "inference"):
+        ax.step(when, [r.get("queue", {}).get(stage, 0) for r in rows], where="post",
+                label=f"waiting for {stage}")
+    ax.set(title="Input queue depth when a frame was taken", xlabel="time (s)",
+           ylabel="frames waiting")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.legend(loc="upper right")
+    ax = axes[1, 1]
+    if len(e2e):
+        ax.hist(e2e, bins=40, color="tab:blue", alpha=0.8, label="frames")
+        for q, style in ((50, "--"), (99, ":")):
+            v = float(np.percentile(e2e, q))
+            ax.axvline(v, color="k", ls=style, label=f"p{q} {v:.1f} ms")
+    ax.set(title="End-to-end latency distribution", xlabel="latency (ms)", ylabel="frames")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pipeline-trace", description=__doc__.splitlines()[0])
+    ap.add_argument("--name", help="pipeline name (default: the only one running)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="how long to record (10)")
+    ap.add_argument("--out", default="trace.json", help="trace-event JSON file (trace.json)")
+    ap.add_argument("--plot", metavar="PNG", help="also write a PNG plot here")
+    args = ap.parse_args(argv)
+    if args.seconds <= 0:
+        print(f"pipeline-trace: --seconds must be positive, got {args.seconds}", file=sys.stderr)
+        return 2
+    try:
+        find_pipeline(args.name)
+    except NotRunning as e:
+        print(f"pipeline-trace: {e}", file=sys.stderr)
+        return 1
+    print(f"pipeline-trace: recording {args.seconds:g} s ...", file=sys.stderr, flush=True)
+    info, rows = record(args.name, args.seconds)
+    Path(args.out).write_text(json.dumps(chrome_trace(info, rows)))
+    print(f"pipeline-trace: {len(rows)} frames -> {args.out}"
+          + (f" ({info['missed']} results missed)" if info["missed"] else ""), file=sys.stderr)
+    if args.plot:
+        plot(rows, args.plot, f"pipeline {info['name']}")
+        print(f"pipeline-trace: plot -> {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .attach_cli import keep_off_inference_cores
 from .runtime import NotRunning, find_pipeline
 
 SPANS = (("capture", "capture_start", "capture"),
@@ -132,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-trace: --seconds must be positive, got {args.seconds}", file=sys.stderr)
         return 2
     try:
-        find_pipeline(args.name)
+        info = find_pipeline(args.name)
     except NotRunning as e:
         print(f"pipeline-trace: {e}", file=sys.stderr)
         return 1
+    keep_off_inference_cores(info)
     print(f"pipeline-trace: recording {args.seconds:g} s ...", file=sys.stderr, flush=True)
     info, rows = record(args.name, args.seconds)
     Path(args.out).write_text(json.dumps(chrome_trace(info, rows)))

@@ -6,6 +6,12 @@ payload and in its `end` word after, so a reader that finished reading can tell 
 still holds the frame it was told about (`intact`): if the writer lapped it, `begin` has moved on
 and the frame is dropped as torn instead of being classified half-overwritten.
 
+Ordering: the payload and sequence words are plain stores. On x86 (TSO) that is enough; on Arm
+the reader learns of a frame through a socket (a system call: a full barrier on both sides), which
+orders the writer's completed frame before the reader's view of it; a lap detected purely through
+shared memory relies on the same barriers at the next descriptor, so a torn frame is caught at the
+latest when its sequence words are re-read after the copy.
+
 Two counters in the header carry flow control for the `block` and `drop_new` policies: `written`
 (frames published, writer-owned) and `released` (frames finished, reader-owned).
 

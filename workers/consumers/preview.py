@@ -58,7 +58,7 @@ async function refresh() {{
       const q = st.queue.max === undefined ? '-' : st.queue.p50 + ' (' + st.queue.max + ')';
       const drops = Object.values(st.drops).flatMap(Object.entries)
         .filter(([, n]) => n > 0).map(([r, n]) => r + ' ' + n).join(', ') || '0';
-      return '<tr><td>' + name + '</td><td>' + st.fps.toFixed(1) + '</td><td>' + svc +
+      return '<tr><td>' + name + '</td><td>' + st.fps_out.toFixed(1) + '</td><td>' + svc +
              '</td><td>' + q + '</td><td>' + drops + '</td></tr>';
     }});
     document.getElementById('stages').innerHTML = rows.join('');

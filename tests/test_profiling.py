@@ -178,3 +178,24 @@ def test_top_and_trace_name_missing_pipelines():
     p = subprocess.run([*TOP, "--name", "nothing-here", "--once"], cwd=ROOT, capture_output=True,
                        text=True, timeout=30)
     assert p.returncode == 1 and "no pipeline named 'nothing-here'" in p.stderr
+
+
+def test_a_stopped_stage_is_reported_stalled_then_running_again():
+    proc = start("stalls")
+    try:
+        time.sleep(2)
+        pid = snapshot("stalls")["stages"]["preprocess"]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            time.sleep(4.5)
+            st = snapshot("stalls")
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        pre = st["stages"]["preprocess"]
+        assert pre["state"] == "stalled" and pre["heartbeat_age_s"] > 3
+        assert st["stages"]["capture"]["state"] == "running"  # capture carries on regardless
+        assert st["stages"]["capture"]["fps_out"] > 20
+        time.sleep(2.5)
+        assert snapshot("stalls")["stages"]["preprocess"]["state"] == "running"
+    finally:
+        stop(proc)

@@ -62,6 +62,18 @@ class Supervisor:
             self.say(f"pipeline-up: a pipeline named '{self.config.name}' is already running "
                      f"(pid {other['pid']}); choose another with --name")
             return 2
+        from workers.sources import frame_bytes_estimate
+
+        from .shm import preflight, remove_orphans
+
+        removed = remove_orphans()
+        if removed:
+            self.say(f"removed {len(removed)} shared-memory segment(s) left by a killed pipeline: "
+                     + ", ".join(removed))
+        refusal = preflight(self.config, frame_bytes_estimate(self.config.source))
+        if refusal:
+            self.say(f"pipeline-up: {refusal}")
+            return 2
         if self.metrics_address:
             from .metrics import MetricsExporter
 

@@ -119,20 +119,12 @@ class Images(Source):
     """
 
     def __init__(self, cfg: ImagesSource):
-        from PIL import Image
-
         self.files = image_files(cfg.path)
         self.loop = cfg.loop
         self.fps = cfg.fps
         self.i = 0
         self._bad: set[str] = set()
-        biggest = 0
-        for f in self.files:  # headers only: sizes the ring slot for the largest image
-            try:
-                with Image.open(f) as im:
-                    biggest = max(biggest, im.size[0] * im.size[1])
-            except Exception:
-                continue
+        biggest = largest_image_pixels(self.files)
         if not biggest:
             raise SourceError(f"source.path: none of the {len(self.files)} image files at {cfg.path} "
                               "can be read")
@@ -197,6 +189,34 @@ class Camera(Source):
 
     def close(self) -> None:
         self.cap.release()
+
+
+def largest_image_pixels(files: list[str]) -> int:
+    """Pixels of the largest image, from the file headers only (sizes the ring slot)."""
+    from PIL import Image
+
+    biggest = 0
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                biggest = max(biggest, im.size[0] * im.size[1])
+        except Exception:
+            continue
+    return biggest
+
+
+def frame_bytes_estimate(cfg: SyntheticSource | VideoSource | ImagesSource | CameraSource) -> int:
+    """Bytes of the largest frame the source will deliver, known before it is opened for real
+    (for the /dev/shm preflight); 0 where that cannot be told (the source will say why)."""
+    if isinstance(cfg, (SyntheticSource, CameraSource)):
+        return cfg.width * cfg.height * 3
+    if isinstance(cfg, ImagesSource):
+        return largest_image_pixels(image_files(cfg.path)) * 3
+    cap = cv2.VideoCapture(cfg.path)
+    try:
+        return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) * int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) * 3
+    finally:
+        cap.release()
 
 
 def open_source(cfg: SyntheticSource | VideoSource | ImagesSource | CameraSource) -> Source:

@@ -26,6 +26,11 @@ ERROR = "error"  # stage: fatal problem, one line
 EOS = "eos"  # end of stream: on edges, on the results socket and to the supervisor
 BYE = "bye"  # stage: final stats, exiting
 
+# Fields a descriptor must carry besides slot, seq, shape and dtype: from capture, and added by
+# preprocess. A reader drops (as malformed) any descriptor without them.
+FRAME_FIELDS = ("src", "t_read", "t_cap", "t_wall")
+TENSOR_FIELDS = ("t_pre0", "t_pre1", "fslot", "fshape")
+
 _packer = msgpack.Packer(use_bin_type=True)
 
 

@@ -43,6 +43,7 @@ class RunReport:
         self.last_top: dict[str, Any] | None = None
         self.started = time.monotonic()
         self.stopped: float | None = None
+        self.rejected: dict[str, int] = {}  # the supervisor's count of hostile messages
 
     def mark_started(self) -> None:
         """Frames start flowing now; stages report from here on."""
@@ -174,6 +175,7 @@ class RunReport:
             "frame_age_ms": self.frame_age.summary(),
             "service_ms": {s: self.latest[s]["service_run_ms"] for s in STAGES
                            if "service_run_ms" in self.latest.get(s, {})},
+            "rejected_messages": dict(self.rejected),
         }
 
 

@@ -52,6 +52,7 @@ class StageContext:
         self._ctl = self.zmq.socket(zmq.DEALER)
         self._ctl.setsockopt(zmq.IDENTITY, stage.encode())
         self._ctl.setsockopt(zmq.LINGER, 1000)
+        self._ctl.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         self._ctl.connect(self.run.endpoint("control"))
         self.stopping = False
         self.started = False
@@ -65,7 +66,13 @@ class StageContext:
         fields["stage"] = self.stage
         self._ctl.send(pack(fields))
 
-    def _handle(self, msg: dict[str, Any]) -> None:
+    def _handle(self, raw: bytes) -> None:
+        from .messages import unpack
+
+        try:
+            msg = unpack(raw)
+        except Exception:  # only the supervisor can reach this socket; ignore garbage anyway
+            return
         if msg.get("type") == "start":
             self.started = True
         elif msg.get("type") == "stop":
@@ -75,12 +82,11 @@ class StageContext:
         """Report ready, then wait for the supervisor's start; False if told to stop instead."""
         import zmq
 
-        from .messages import unpack
 
         self.send("ready", pid=os.getpid(), cores=self.cores, **info)
         while not self.started and not self.stopping:
             if self._ctl.poll(200, zmq.POLLIN):
-                self._handle(unpack(self._ctl.recv()))
+                self._handle(self._ctl.recv())
         self._next_stats = time.monotonic() + self.STATS_INTERVAL
         return not self.stopping
 
@@ -88,11 +94,10 @@ class StageContext:
         """Cheap per-frame check: handles control messages, sends stats once a second."""
         import zmq
 
-        from .messages import unpack
 
         while True:
             try:
-                self._handle(unpack(self._ctl.recv(zmq.NOBLOCK)))
+                self._handle(self._ctl.recv(zmq.NOBLOCK))
             except zmq.Again:
                 break
         now = time.monotonic()

@@ -91,6 +91,7 @@ class Subscription:
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
         sock.setsockopt(zmq.SUBSCRIBE, b"")
         sock.connect(endpoint)
         self._poller.register(sock, zmq.POLLIN)

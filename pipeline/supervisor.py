@@ -26,6 +26,7 @@ from .ring import Ring
 from .runtime import EDGES, STAGES, NotRunning, RunPaths, find_pipeline
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
+MAX_MESSAGE = 64 * 1024  # bytes; control, stats and descriptors are far smaller
 STOP_GRACE_S = 3.0  # then SIGTERM, then SIGKILL: all within 5 s
 
 
@@ -89,6 +90,7 @@ class Supervisor:
         self.zctx = zmq.Context()
         self.ctl = self.zctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
+        self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # a peer sending more is disconnected
         self.ctl.bind(self.paths.endpoint("control"))
         self.results = self.zctx.socket(zmq.SUB)
         self.results.setsockopt(zmq.LINGER, 0)
@@ -237,26 +239,40 @@ class Supervisor:
                 self.record.write(json.dumps(msg) + "\n")
 
     def _control(self, timeout_ms: int) -> list[tuple[str, dict]]:
-        """Control messages waiting (stats and errors are absorbed here)."""
+        """Control messages from the stages (stats and errors are absorbed here). Anything else
+        that reaches the control socket is dropped, counted, and logged once per kind."""
         out = []
         if not self.ctl.poll(timeout_ms):
             return out
         while True:
             try:
-                ident, raw = self.ctl.recv_multipart(zmq.NOBLOCK)
+                frames = self.ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            try:
-                msg = unpack(raw)
-            except Exception:
+            stage = frames[0].decode(errors="replace")
+            if len(frames) != 2 or stage not in self.procs:
+                self._reject("control message from an unknown peer")
                 continue
-            stage = ident.decode(errors="replace")
+            try:
+                msg = unpack(frames[1])
+            except Exception:
+                self._reject("undecodable control message")
+                continue
             kind = msg.get("type")
+            if kind not in (READY, STATS, BYE, ERROR, EOS) or msg.get("stage") != stage:
+                self._reject("control message of unknown type or sender")
+                continue
             if kind in (STATS, BYE):
                 self.report.on_stats(msg)
             elif kind == ERROR:
                 self.errors[stage] = str(msg.get("message", ""))
             out.append((stage, msg))
+
+    def _reject(self, kind: str) -> None:
+        n = self.report.rejected.get(kind, 0)
+        self.report.rejected[kind] = n + 1
+        if not n:
+            self.say(f"dropped a {kind} (further ones are counted, not logged)")
 
     def _check_children(self) -> bool:
         """True (and `failure` set) if any stage has exited on its own."""

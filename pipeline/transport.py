@@ -22,6 +22,8 @@ import zmq
 from .messages import pack, unpack
 from .ring import Ring
 
+MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more is disconnected
+
 
 class EdgeWriter:
     """Producer end of an edge: owns the ring and applies the policy."""
@@ -100,8 +102,10 @@ class EdgeWriter:
 class EdgeReader:
     """Consumer end of an edge: takes frames by policy and checks they were not overwritten."""
 
-    def __init__(self, zctx: zmq.Context, endpoint: str, ring_name: str, policy: str):
+    def __init__(self, zctx: zmq.Context, endpoint: str, ring_name: str, policy: str,
+                 required: tuple[str, ...] = ()):
         self.policy = policy
+        self.required = ("slot", "seq", "shape", "dtype", *required)
         self.ring_name = ring_name
         self.ring: Ring | None = None  # attached on the first frame: the writer creates it
         self.drops = {"latest": 0, "torn": 0, "malformed": 0}
@@ -109,6 +113,7 @@ class EdgeReader:
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self.sock = zctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_DESCRIPTOR)
         self.sock.connect(endpoint)
 
     def take(self, timeout_ms: int) -> dict[str, Any] | None:
@@ -145,9 +150,32 @@ class EdgeReader:
             except zmq.Again:
                 return
             try:
-                self._pending.append(unpack(raw))
+                desc = unpack(raw)
             except Exception:
+                desc = None
+            if desc is not None and (desc.get("eos") is True or self._valid(desc)):
+                self._pending.append(desc)
+            else:
                 self.drops["malformed"] += 1
+
+    def _valid(self, desc: dict[str, Any]) -> bool:
+        """A descriptor this reader can act on without failing: all fields present, the slot in
+        range, the shape within the slot (anything else is counted as malformed)."""
+        if any(k not in desc for k in self.required):
+            return False
+        if self.ring is None:
+            try:
+                self.ring = Ring.attach(self.ring_name)
+            except (OSError, ValueError):
+                return False
+        slot, seq, shape = desc["slot"], desc["seq"], desc["shape"]
+        try:
+            n = int(np.prod(shape)) * np.dtype(desc["dtype"]).itemsize
+        except (TypeError, ValueError):
+            return False
+        return (type(slot) is int and 0 <= slot < self.ring.slots and type(seq) is int and seq > 0
+                and isinstance(shape, list) and all(type(d) is int and d > 0 for d in shape)
+                and desc["dtype"] in ("uint8", "float32") and 0 < n <= self.ring.slot_bytes)
 
     def frame(self, desc: dict[str, Any]) -> np.ndarray:
         """The descriptor's payload, in place in shared memory (check `intact` after reading)."""

@@ -78,3 +78,91 @@ def test_next_start_removes_orphans_itself():
                        timeout=120)
     assert p.returncode == 0 and "left by a killed pipeline" in p.stderr
     assert not {s for s in shm_segments() if f"-{victim.pid}-" in s}
+
+
+def _hostile_sender(run_dir: str, metrics_url: str) -> None:
+    """Everything a confused or malicious local process could throw at the pipeline's sockets."""
+    import glob
+    import random
+    import socket
+    import urllib.request
+
+    import msgpack
+    import zmq
+
+    rng = random.Random(7)
+    for path in glob.glob(f"{run_dir}/*.sock"):  # raw bytes, no ZeroMQ handshake
+        for size in (1, 100, 100_000):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(path)
+                s.sendall(rng.randbytes(size))
+            except OSError:
+                pass
+            finally:
+                s.close()
+    ctx = zmq.Context()
+    control = f"ipc://{run_dir}/control.sock"
+    payloads = [rng.randbytes(50), msgpack.packb({"type": "stats", "stage": "x"})[:-3],
+                msgpack.packb([1, 2, 3]), msgpack.packb({"type": "nonsense"}),
+                msgpack.packb({"schema": 999, "type": "eos", "stage": "inference"}),
+                rng.randbytes(1 << 20)]  # over the size limit: the peer is cut off
+    for ident in (b"intruder", b"inference"):  # a stranger, and one posing as a stage
+        d = ctx.socket(zmq.DEALER)
+        d.setsockopt(zmq.IDENTITY, ident)
+        d.setsockopt(zmq.LINGER, 500)
+        d.connect(control)
+        for p in payloads:
+            d.send(p)
+        for _ in range(5000):  # a flood
+            d.send(b"x")
+        d.send_multipart([b"a", b"b", b"c"])
+        d.close()
+    for what in ("results", "status"):  # a subscriber that sends garbage subscriptions
+        x = ctx.socket(zmq.XSUB)
+        x.setsockopt(zmq.LINGER, 0)
+        x.connect(f"ipc://{run_dir}/{what}.sock")
+        for _ in range(100):
+            x.send(rng.randbytes(30))
+        x.close()
+    for stage_socket in ("frames", "tensors"):  # pushing fake frame descriptors upstream
+        p = ctx.socket(zmq.PUSH)
+        p.setsockopt(zmq.LINGER, 0)
+        p.connect(f"ipc://{run_dir}/{stage_socket}.sock")  # a PUSH to a PUSH is refused
+        p.close()
+    ctx.term()
+    for body in (b"GET /metrics HTTP/1.1\r\n\r\n", rng.randbytes(5000)):
+        host, port = metrics_url.split("//")[1].split("/")[0].split(":")
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(body)
+        s.close()
+    urllib.request.urlopen(metrics_url, timeout=5).read()
+
+
+def test_hostile_messages_to_every_socket_are_dropped_counted_and_logged_once(tmp_path):
+    import json
+
+    from pipeline import attach
+    from pipeline.runtime import find_pipeline
+
+    summary = tmp_path / "s.json"
+    proc = start("demo.toml", "--name", "hostile", "--set", "model.weights=none", "--quiet",
+                 "--metrics-port", "0", "--summary-json", str(summary))
+    try:
+        lines = wait_running(proc)
+        url = next(line.split()[1] for line in lines if line.startswith("metrics: "))
+        run_dir = find_pipeline("hostile")["dir"]
+        _hostile_sender(run_dir, url)
+        with attach("hostile") as sub:  # still classifying
+            assert all(sub.receive(timeout=5) is not None for _ in range(30))
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0 and "stopped by SIGINT" in out, err
+    assert "Traceback" not in err
+    s = json.loads(summary.read_text())
+    rejected = s["rejected_messages"]
+    assert sum(rejected.values()) >= 10, rejected
+    for kind in rejected:  # logged once per kind
+        assert err.count(f"dropped a {kind} ") == 1, (kind, err)

@@ -151,3 +151,31 @@ def test_drop_new_edge_drops_at_writer_and_never_tears(tmp_path, ring_name):
     assert len(seen) + drops["drop_new"] == 2000
     assert seen == sorted(seen) and reader.drops["torn"] == 0 and reader.drops["latest"] == 0
     assert all(f.min() == f.max() == s % 251 for s, f in accepted)
+
+
+def test_reader_drops_malformed_descriptors_and_keeps_good_ones(tmp_path, ring_name):
+    import msgpack
+
+    ring = Ring.create(ring_name, 3, 1000)
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/e.sock"
+    push = ctx.socket(zmq.PUSH)
+    push.bind(endpoint)
+    reader = EdgeReader(ctx, endpoint, ring_name, "block", required=("src",))
+    good = {"slot": 1, "seq": 5, "shape": [10, 10], "dtype": "uint8", "src": "x"}
+    bad = [b"\x00garbage", msgpack.packb([1, 2]), msgpack.packb({"slot": 1}),
+           msgpack.packb({**good, "slot": 3}), msgpack.packb({**good, "slot": -1}),
+           msgpack.packb({**good, "shape": [100, 100]}), msgpack.packb({**good, "dtype": "int64"}),
+           msgpack.packb({**good, "seq": "5"}), msgpack.packb({**good, "shape": "10x10"}),
+           msgpack.packb({k: v for k, v in good.items() if k != "src"}),
+           msgpack.packb({"eos": "yes"})]
+    time.sleep(0.2)
+    for b in bad:
+        push.send(b)
+    push.send(msgpack.packb(good))
+    desc = reader.take(2000)
+    assert desc == good and reader.drops["malformed"] == len(bad)
+    reader.close()
+    push.close(0)
+    ring.close()
+    ctx.term()

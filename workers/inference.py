@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import zmq
 
-from pipeline.messages import SCHEMA, pack
+from pipeline.messages import FRAME_FIELDS, SCHEMA, TENSOR_FIELDS, pack
 from pipeline.stage import StageContext
 from pipeline.stats import StageMeter
 from pipeline.transport import EdgeReader
@@ -42,7 +42,8 @@ def run(ctx: StageContext) -> None:
     warm_ms = warm_up(model, size, model_cfg.warmup)
 
     inp = EdgeReader(ctx.zmq, ctx.run.endpoint("tensors"), ctx.run.shm_name("tensors"),
-                     ctx.config.edges.tensors.policy)
+                     ctx.config.edges.tensors.policy,
+                     required=FRAME_FIELDS + TENSOR_FIELDS)
     x = torch.zeros(1, 3, size, size)
     x_np = x.numpy()[0]
     k = min(model_cfg.top_k, len(labels))

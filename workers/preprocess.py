@@ -13,6 +13,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.messages import FRAME_FIELDS
 from pipeline.ring import Ring
 from pipeline.stage import StageContext
 from pipeline.stats import StageMeter
@@ -86,7 +87,7 @@ def run(ctx: StageContext) -> None:
     shape = list(prep.output_shape)
     edges = ctx.config.edges
     inp = EdgeReader(ctx.zmq, ctx.run.endpoint("frames"), ctx.run.shm_name("frames"),
-                     edges.frames.policy)
+                     edges.frames.policy, required=FRAME_FIELDS)
     ring = Ring.create(ctx.run.shm_name("tensors"), edges.tensors.slots,
                        int(np.prod(shape)) * 4)
     out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)

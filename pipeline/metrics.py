@@ -88,10 +88,12 @@ class _StatusCollector(Collector):
                                    "Capture inter-frame interval p99 minus p50, last second")
         if st["capture_jitter_ms"] is not None:
             jitter.add_metric([], st["capture_jitter_ms"] / 1000)
+        reconnects = CounterMetricFamily("pipeline_source_reconnects", "Times the source was reopened")
+        reconnects.add_metric([], st["stages"]["capture"]["reconnects"])
         results = CounterMetricFamily("pipeline_results", "Results published")
         results.add_metric([], st["totals"]["results"])
         yield from (frames, drops, fps, queue, hwm, slots, heartbeat, restarts, cpu, rss, threads,
-                    cores, stalled, jitter, results)
+                    cores, stalled, jitter, reconnects, results)
 
 
 class MetricsExporter:

@@ -116,7 +116,9 @@ class RunReport:
             fps_in, fps_out = self.rate.get(stage, (0.0, 0.0))
             stages[stage] = {
                 "state": ("starting" if stage not in self.seen else
-                          "stalled" if age is not None and age > self.STALLED_AFTER_S else "running"),
+                          "stalled" if age is not None and age > self.STALLED_AFTER_S else
+                          "reconnecting" if m.get("source_state") == "reconnecting" else "running"),
+                "reconnects": m.get("reconnects", 0),
                 "pid": ready.get("pid"),
                 "cores": ready.get("cores"),
                 "threads": m.get("threads"),

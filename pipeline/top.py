@@ -45,7 +45,8 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
         if m is None:
             continue
         state = m["state"]
-        style = {"running": "", "starting": "yellow", "stalled": "bold red"}.get(state, "red")
+        style = {"running": "", "starting": "yellow", "reconnecting": "bold yellow",
+                 "stalled": "bold red"}.get(state, "red")
         svc = m["service_ms"]
         service = f"{_ms(svc, 'p50')}/{_ms(svc, 'p99')}" if svc else "-"
         if stage == "capture" and m["interval_ms"]:

@@ -166,3 +166,39 @@ def test_hostile_messages_to_every_socket_are_dropped_counted_and_logged_once(tm
     assert sum(rejected.values()) >= 10, rejected
     for kind in rejected:  # logged once per kind
         assert err.count(f"dropped a {kind} ") == 1, (kind, err)
+
+
+def test_a_source_whose_file_breaks_mid_run_reconnects(tmp_path):
+    import shutil
+
+    from pipeline import attach
+
+    from .conftest import BOTTLE, need
+    from .test_profiling import snapshot
+
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(need(BOTTLE), clip)
+    proc = start("video.toml", "--name", "flaky", "--set", "model.weights=none", "--quiet",
+                 "--set", f"source.path={clip}", "--set", "source.loop=true",
+                 "--set", "source.realtime=false", "--summary-json", str(tmp_path / "s.json"))
+    try:
+        wait_running(proc)
+        time.sleep(1)
+        clip.write_bytes(b"")  # truncated under the reader: reads fail, reopening fails
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if snapshot("flaky")["stages"]["capture"]["state"] == "reconnecting":
+                break
+        else:
+            raise AssertionError("capture never reported reconnecting")
+        assert proc.poll() is None  # the pipeline stays up meanwhile
+        shutil.copy(BOTTLE, clip)  # the file comes back
+        with attach("flaky") as sub:
+            assert all(sub.receive(timeout=20) is not None for _ in range(10))
+        st = snapshot("flaky")["stages"]["capture"]
+        assert st["state"] == "running" and st["reconnects"] >= 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert "reconnecting" in err and "source back after" in err

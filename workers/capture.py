@@ -11,6 +11,7 @@ import logging
 import time
 from typing import Any
 
+import cv2
 import numpy as np
 
 from pipeline.ring import Ring
@@ -18,7 +19,10 @@ from pipeline.stage import StageContext
 from pipeline.stats import Window
 from pipeline.transport import EdgeWriter
 
-from .sources import open_source
+from .sources import Source, SourceError, open_source
+
+RECONNECT_FIRST_S = 0.5  # back-off doubles up to RECONNECT_MAX_S between attempts
+RECONNECT_MAX_S = 8.0
 
 log = logging.getLogger("capture")
 
@@ -49,7 +53,8 @@ def run(ctx: StageContext) -> None:
     scratch = np.empty(source.max_frame_bytes, np.uint8)
     src_id = ctx.config.source_id
     interval = Window()
-    state: dict[str, Any] = {"slot": None, "captured": 0, "frames": 0, "last": 0, "shape": None}
+    state: dict[str, Any] = {"slot": None, "captured": 0, "frames": 0, "last": 0, "shape": None,
+                             "source_state": "ok", "reconnects": 0}
 
     def buffer_for(shape: tuple[int, int, int]) -> np.ndarray:
         state["shape"] = shape
@@ -59,9 +64,11 @@ def run(ctx: StageContext) -> None:
         return out.view(slot, shape)
 
     def stats() -> dict[str, Any]:
-        return {"frames_in": state["captured"], "frames_out": state["frames"], "interval_ms": interval.take(),
+        return {"frames_in": state["captured"], "frames_out": state["frames"],
+                "interval_ms": interval.take(),
                 "drops": {"frames": dict(out.drops), "source": {"corrupt": source.corrupt}},
-                "in_use": {"frames": out.in_use}, "threads": 1}
+                "in_use": {"frames": out.in_use}, "threads": 1,
+                "source_state": state["source_state"], "reconnects": state["reconnects"]}
 
     ctx.stats_source = stats
     if not ctx.ready(source=ctx.config.source.kind, frame_bytes=source.max_frame_bytes):
@@ -81,8 +88,19 @@ def run(ctx: StageContext) -> None:
             if slot is not None:
                 out.begin(slot, seq)
             t_read = time.monotonic_ns()
-            meta = source.read(buffer_for)
+            try:
+                meta = source.read(buffer_for)
+            except (SourceError, cv2.error) as e:
+                meta, failure = None, str(e)
+            else:
+                failure = "no frame (end of stream or read error)"
             t_cap = time.monotonic_ns()
+            if meta is None and source.live:
+                source = reconnect(ctx, source, failure, state, ring.slot_bytes)
+                if source is None:
+                    break
+                pacer = Pacer(source.fps)
+                continue
             if meta is None:
                 ended = True
                 break
@@ -105,5 +123,37 @@ def run(ctx: StageContext) -> None:
             while ctx.alive():  # stay until the supervisor has drained the pipeline
                 time.sleep(0.05)
     finally:
-        source.close()
+        if source is not None:
+            source.close()
         out.close()
+
+
+def reconnect(ctx: StageContext, source: Source, failure: str, state: dict[str, Any],
+              slot_bytes: int) -> Source | None:
+    """Reopen a live source (camera, looping file) with exponential back-off while the rest of
+    the pipeline stays up; None if the stage is told to stop meanwhile."""
+    source.close()
+    state["source_state"] = "reconnecting"
+    log.warning("source failed: %s; reconnecting", failure)
+    started = time.monotonic()
+    delay = RECONNECT_FIRST_S
+    while True:
+        until = time.monotonic() + delay
+        while time.monotonic() < until:
+            if not ctx.alive():
+                return None
+            time.sleep(0.05)
+        try:
+            fresh = open_source(ctx.config.source)
+        except (SourceError, cv2.error) as e:
+            delay = min(delay * 2, RECONNECT_MAX_S)
+            log.debug("reopen failed: %s", e)
+            continue
+        if fresh.max_frame_bytes > slot_bytes:
+            fresh.close()
+            raise SourceError(f"source came back with larger frames ({fresh.max_frame_bytes} bytes) "
+                              f"than the ring holds ({slot_bytes}); restart the pipeline")
+        state["source_state"] = "ok"
+        state["reconnects"] += 1
+        log.warning("source back after %.1f s", time.monotonic() - started)
+        return fresh

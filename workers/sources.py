@@ -33,6 +33,7 @@ class Source:
     max_frame_bytes: int = 0
     fps: float = 0.0  # pacing for the capture loop; 0: no pacing (as fast as possible / device-paced)
     corrupt = 0  # items skipped because they could not be decoded
+    live = False  # a failed read means "reconnect", not "end of stream"
 
     def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
         raise NotImplementedError
@@ -80,6 +81,7 @@ class Video(Source):
     def __init__(self, cfg: VideoSource):
         self.path = cfg.path
         self.loop = cfg.loop
+        self.live = cfg.loop  # a looping file never ends: a failure is a fault to recover from
         self.cap = cv2.VideoCapture(cfg.path)
         if not self.cap.isOpened():
             raise SourceError(f"source.path: OpenCV cannot open video {cfg.path}")
@@ -176,6 +178,7 @@ class Camera(Source):
         self.shape = probe.shape if probe.ndim == 3 else (*probe.shape, 3)
         self.max_frame_bytes = int(np.prod(self.shape))
         self.n = 0
+        self.live = True
 
     def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
         dst = buffer_for(self.shape)

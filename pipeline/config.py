@@ -90,12 +90,27 @@ Source = Annotated[
 ]
 
 
+Restart = Literal["never", "on-failure", "always"]
+
+
+class Supervision(_Strict):
+    """Restart budget and watchdog, shared by all stages."""
+
+    max_restarts: int = Field(5, ge=0, le=1000)  # per stage within restart_window_s
+    restart_window_s: float = Field(60.0, gt=0, le=86400)
+    backoff_s: float = Field(0.5, ge=0, le=60)  # first delay; doubles per recent restart
+    backoff_max_s: float = Field(10.0, ge=0, le=600)
+    watchdog_s: float = Field(5.0, ge=0, le=3600)  # no heartbeat this long: hung (0: off)
+
+
 class CaptureStage(_Strict):
     cores: list[int] | None = None  # None: first allowed core
+    restart: Restart = "never"
 
 
 class PreprocessStage(_Strict):
     cores: list[int] | None = None  # None: first allowed core
+    restart: Restart = "never"
     threads: int = Field(1, ge=1, le=64)  # OpenCV threads
     resize: Literal["crop", "squash"] = "crop"
     resize_size: int = Field(256, ge=16, le=4096)  # shorter side before the center crop
@@ -105,6 +120,7 @@ class PreprocessStage(_Strict):
 
 class InferenceStage(_Strict):
     cores: list[int] | None = None  # None: every allowed core but the first
+    restart: Restart = "never"
     threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core
     delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
 
@@ -160,6 +176,7 @@ class Config(_Strict):
     inference: InferenceStage = InferenceStage()
     model: ModelConfig = ModelConfig()
     edges: Edges = Edges()
+    supervision: Supervision = Supervision()
     consumers: list[ConsumerConfig] = []
 
     @model_validator(mode="after")

@@ -44,13 +44,34 @@ class RunReport:
         self.started = time.monotonic()
         self.stopped: float | None = None
         self.rejected: dict[str, int] = {}  # the supervisor's count of hostile messages
+        self.restarts: dict[str, int] = {stage: 0 for stage in STAGES}
+        self.down: dict[str, str] = {}  # stage -> why it is being restarted
+        self.carried: dict[str, dict[str, Any]] = {}  # counters of a stage's earlier lives
+        self.last_result_seq = 0
 
     def mark_started(self) -> None:
         """Frames start flowing now; stages report from here on."""
         self.started = time.monotonic()
         self.seen = {stage: self.started for stage in self.seen}
 
+    def stage_down(self, stage: str, why: str) -> None:
+        """A stage died and will be restarted: keep its counters, they start again from 0."""
+        self.restarts[stage] += 1
+        self.down[stage] = why
+        last = self.latest.pop(stage, None)
+        if last:
+            c = self.carried.setdefault(stage, {"frames_in": 0, "frames_out": 0, "drops": {}})
+            c["frames_in"] += int(last.get("frames_in", 0))
+            c["frames_out"] += int(last.get("frames_out", 0))
+            _merge_drops(c["drops"], last.get("drops", {}))
+        self._prev.pop(stage, None)
+
+    def counter(self, stage: str, key: str) -> int:
+        """A stage's frames_in / frames_out over all its lives."""
+        return int(self.latest.get(stage, {}).get(key, 0)) + self.carried.get(stage, {}).get(key, 0)
+
     def on_ready(self, stage: str, msg: dict[str, Any]) -> None:
+        self.down.pop(stage, None)
         self.ready[stage] = msg
         self.seen[stage] = time.monotonic()
         try:
@@ -81,6 +102,7 @@ class RunReport:
             self.first_result = now
         self.last_result = now
         self.results += 1
+        self.last_result_seq = max(self.last_result_seq, int(msg.get("result_seq", 0)))
         ms = float(msg.get("latency_ms", 0.0))
         self.latency.add(ms)
         self.window["latency"].append(ms)
@@ -115,7 +137,8 @@ class RunReport:
             age = now - self.seen[stage] if stage in self.seen else None
             fps_in, fps_out = self.rate.get(stage, (0.0, 0.0))
             stages[stage] = {
-                "state": ("starting" if stage not in self.seen else
+                "state": ("restarting" if stage in self.down else
+                          "starting" if stage not in self.seen else
                           "stalled" if age is not None and age > self.STALLED_AFTER_S else
                           "reconnecting" if m.get("source_state") == "reconnecting" else "running"),
                 "reconnects": m.get("reconnects", 0),
@@ -130,10 +153,11 @@ class RunReport:
                 "in_use": m.get("in_use", {}),
                 "interval_ms": m.get("interval_ms") or {},
                 "drops": m.get("drops", {}),
-                "frames_in": m.get("frames_in", 0),
-                "frames_out": m.get("frames_out", 0),
+                "frames_in": self.counter(stage, "frames_in"),
+                "frames_out": self.counter(stage, "frames_out"),
                 "heartbeat_age_s": round(age, 2) if age is not None else None,
-                "restarts": 0,
+                "restarts": self.restarts[stage],
+                "last_failure": self.down.get(stage),
                 **self._process(stage),
             }
         interval = stages["capture"]["interval_ms"]
@@ -151,12 +175,13 @@ class RunReport:
 
     def totals(self) -> dict[str, Any]:
         drops: dict[str, dict[str, int]] = {}
-        for m in self.latest.values():
+        for m in [*self.latest.values(), *self.carried.values()]:
             _merge_drops(drops, m.get("drops", {}))
         return {
-            "captured": int(self.latest.get("capture", {}).get("frames_in", 0)),
-            "preprocessed": int(self.latest.get("preprocess", {}).get("frames_out", 0)),
-            "classified": int(self.latest.get("inference", {}).get("frames_out", 0)),
+            "captured": self.counter("capture", "frames_in"),
+            "preprocessed": self.counter("preprocess", "frames_out"),
+            "classified": self.counter("inference", "frames_out"),
+            "restarts": dict(self.restarts),
             "results": self.results,
             "drops": drops,
         }
@@ -178,6 +203,7 @@ class RunReport:
             "service_ms": {s: self.latest[s]["service_run_ms"] for s in STAGES
                            if "service_run_ms" in self.latest.get(s, {})},
             "rejected_messages": dict(self.rejected),
+            "restarts": dict(self.restarts),
         }
 
 

@@ -30,8 +30,8 @@ import numpy as np
 
 SHM_DIR = "/dev/shm"
 MAGIC = 0x52494E4731  # "RING1"
-_HEADER_WORDS = 8  # magic, version, slots, slot_bytes, written, released, reserved x2
-_W_MAGIC, _W_VERSION, _W_SLOTS, _W_SLOT_BYTES, _W_WRITTEN, _W_RELEASED = range(6)
+_HEADER_WORDS = 8  # magic, version, slots, slot_bytes, written, released, last seq, reserved
+_W_MAGIC, _W_VERSION, _W_SLOTS, _W_SLOT_BYTES, _W_WRITTEN, _W_RELEASED, _W_LAST_SEQ = range(7)
 _PAGE = 4096
 _SLOT_ALIGN = 64
 
@@ -98,6 +98,19 @@ class Ring:
         return cls(name, mm, owner=True)
 
     @classmethod
+    def open_for_writing(cls, name: str, slots: int, slot_bytes: int) -> "Ring":
+        """Create the ring, or take over the one a previous run of this stage left (a restart),
+        so readers that mapped it carry on with the same segment."""
+        try:
+            return cls.create(name, slots, slot_bytes)
+        except FileExistsError:
+            ring = cls.attach(name)
+            if ring.slots != slots or ring.slot_bytes < slot_bytes:
+                ring.close()
+                raise ValueError(f"ring {name} exists with another shape") from None
+            return ring
+
+    @classmethod
     def attach(cls, name: str, readonly: bool = False) -> "Ring":
         """Map an existing ring; `readonly` maps it without write permission (consumers)."""
         fd = os.open(shm_path(name), os.O_RDONLY if readonly else os.O_RDWR)
@@ -130,7 +143,20 @@ class Ring:
 
     def end_write(self, slot: int, seq: int) -> None:
         self._seq[slot, 1] = seq
+        self._head[_W_LAST_SEQ] = seq
         self._head[_W_WRITTEN] += 1
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last frame written: a restarted writer continues after it."""
+        return int(self._head[_W_LAST_SEQ])
+
+    def release_all(self) -> int:
+        """Give back every slot a reader that died was holding; returns how many."""
+        held = self.written - self.released
+        if held > 0:
+            self._head[_W_RELEASED] = self.written
+        return max(0, held)
 
     # Reader side.
     def intact(self, slot: int, seq: int) -> bool:

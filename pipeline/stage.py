@@ -56,6 +56,7 @@ class StageContext:
         self._ctl.connect(self.run.endpoint("control"))
         self.stopping = False
         self.started = False
+        self.start_info: dict[str, Any] = {}
         self._next_stats = 0.0
         self.stats_source = lambda: {}  # the worker installs a snapshot function
 
@@ -75,6 +76,7 @@ class StageContext:
             return
         if msg.get("type") == "start":
             self.started = True
+            self.start_info = msg
         elif msg.get("type") == "stop":
             self.stopping = True
 

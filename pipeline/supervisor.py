@@ -22,6 +22,7 @@ import zmq
 from .config import Config
 from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
 from .report import RunReport, format_status, format_summary
+from .restarts import RestartBudget
 from .ring import Ring
 from .runtime import EDGES, STAGES, NotRunning, RunPaths, find_pipeline
 
@@ -45,6 +46,12 @@ class Supervisor:
         self.paths = RunPaths.for_instance(config.name, os.getpid())
         self.procs: dict[str, subprocess.Popen] = {}
         self.consumers: dict[str, subprocess.Popen] = {}
+        rules = config.supervision
+        self.budgets = {s: RestartBudget(getattr(config, s).restart, rules) for s in STAGES}
+        self.down: dict[str, float] = {}  # stage -> when it went down (restart pending)
+        self.respawn_at: dict[str, float] = {}  # stage -> when to start its replacement
+        self.hung: dict[str, float] = {}  # stage -> how long it was silent when killed
+        self.started_at: float | None = None
         self.errors: dict[str, str] = {}
         self.report = RunReport(config.name)
         self.stop_reason: str | None = None
@@ -91,6 +98,7 @@ class Supervisor:
         self.ctl = self.zctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # a peer sending more is disconnected
+        self.ctl.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted stage takes over its identity
         self.ctl.bind(self.paths.endpoint("control"))
         self.results = self.zctx.socket(zmq.SUB)
         self.results.setsockopt(zmq.LINGER, 0)
@@ -110,6 +118,7 @@ class Supervisor:
                 started = True
                 self._broadcast("start")
                 self.report.mark_started()
+                self.started_at = time.monotonic()
                 self.say(f"running: results on {self.paths.endpoint('results')}  (Ctrl-C stops)")
                 self._monitor()
         finally:
@@ -132,19 +141,25 @@ class Supervisor:
         if self.stop_reason is None:
             self.stop_reason = signal.Signals(signum).name
 
-    def _spawn_all(self) -> None:
+    def _env(self) -> dict[str, str]:
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        return env
+
+    def _spawn(self, stage: str) -> None:
+        threads = len(self.config.cores_of(stage))
+        if stage == "inference" and self.config.inference.threads:
+            threads = self.config.inference.threads
+        self.procs[stage] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.stage", "--stage", stage,
+             "--run-dir", str(self.paths.dir), "--parent", str(os.getpid())],
+            env=dict(self._env(), OMP_NUM_THREADS=str(threads)), stdin=subprocess.DEVNULL)
+
+    def _spawn_all(self) -> None:
+        env = self._env()
         for stage in reversed(STAGES):  # the model loads longest: start it first
-            threads = len(self.config.cores_of(stage))
-            if stage == "inference" and self.config.inference.threads:
-                threads = self.config.inference.threads
-            stage_env = dict(env, OMP_NUM_THREADS=str(threads))
-            self.procs[stage] = subprocess.Popen(
-                [sys.executable, "-m", "pipeline.stage", "--stage", stage,
-                 "--run-dir", str(self.paths.dir), "--parent", str(os.getpid())],
-                env=stage_env, stdin=subprocess.DEVNULL)
+            self._spawn(stage)
         # Consumers connect while the model loads, so they see the first result.
         for i, c in enumerate(self.config.consumers):
             cmd = [sys.executable, "-m", "pipeline.attach_cli", "--name", self.config.name,
@@ -201,7 +216,11 @@ class Supervisor:
                 for stage, msg in self._control(0):
                     if msg.get("type") == EOS and stage == "inference":
                         eos_at = time.monotonic()
+                    elif msg.get("type") == READY and stage in self.down:
+                        self._rejoin(stage, msg)
             now = time.monotonic()
+            self._respawn_due(now)
+            self._watchdog(now)
             if eos_at is not None and now - eos_at > 1.0:  # eos seen but its result-stream marker lost
                 self.stop_reason = "end of stream"
             if end is not None and now >= end:
@@ -275,20 +294,65 @@ class Supervisor:
             self.say(f"dropped a {kind} (further ones are counted, not logged)")
 
     def _check_children(self) -> bool:
-        """True (and `failure` set) if any stage has exited on its own."""
+        """Handle stages that exited on their own: restart them by policy, or set `failure`
+        and return True when the pipeline must stop."""
         for stage, proc in self.procs.items():
             code = proc.poll()
-            if code is None:
+            if code is None or stage in self.respawn_at:
                 continue
             self._control(0)  # pick up its error message, if it sent one
-            if stage in self.errors:
-                self.failure = f"stage '{stage}' failed: {self.errors[stage]}"
+            if stage in self.hung:
+                why = f"hung (no heartbeat for {self.hung.pop(stage):.1f} s, killed)"
+            elif stage in self.errors:
+                why = f"failed: {self.errors.pop(stage)}"
             elif code < 0:
-                self.failure = f"stage '{stage}' died (killed by {signal.Signals(-code).name})"
+                why = f"died (killed by {signal.Signals(-code).name})"
             else:
-                self.failure = f"stage '{stage}' exited unexpectedly with code {code}"
-            return True
+                why = f"exited unexpectedly with code {code}"
+            if self.started_at is None:  # still starting up: no restarts, report and stop
+                self.failure = f"stage '{stage}' {why}"
+                return True
+            decision = self.budgets[stage].decide(code)
+            if isinstance(decision, str):
+                self.failure = f"stage '{stage}' {why}; not restarted: {decision}"
+                return True
+            now = time.monotonic()
+            self.down[stage] = now
+            self.respawn_at[stage] = now + decision
+            self.report.stage_down(stage, why)
+            self.say(f"stage '{stage}' {why}; restarting in {decision:.1f} s "
+                     f"(restart {len(self.budgets[stage].times)} of "
+                     f"{self.config.supervision.max_restarts} per "
+                     f"{self.config.supervision.restart_window_s:g} s)")
         return False
+
+    def _respawn_due(self, now: float) -> None:
+        for stage, due in list(self.respawn_at.items()):
+            if now >= due:
+                del self.respawn_at[stage]
+                self._spawn(stage)
+
+    def _rejoin(self, stage: str, msg: dict[str, Any]) -> None:
+        """A restarted stage is ready: it starts at once, the others never stopped."""
+        self.report.on_ready(stage, msg)
+        start = {"type": "start", "result_seq": self.report.last_result_seq}
+        self.ctl.send_multipart([stage.encode(), pack(start)])
+        self.say(f"stage '{stage}' is back after {time.monotonic() - self.down.pop(stage):.1f} s")
+
+    def _watchdog(self, now: float) -> None:
+        """A stage that stopped reporting (hung, deadlocked, SIGSTOPped) is killed; its exit is
+        then handled like any other by its restart policy."""
+        limit = self.config.supervision.watchdog_s
+        if not limit:
+            return
+        for stage, proc in self.procs.items():
+            seen = self.report.seen.get(stage)
+            if stage in self.down or stage in self.hung or seen is None or proc.poll() is not None:
+                continue
+            if now - seen > limit:
+                self.hung[stage] = now - seen
+                self.say(f"stage '{stage}' sent no heartbeat for {now - seen:.1f} s: killing it")
+                proc.kill()
 
     def _broadcast(self, kind: str) -> None:
         for stage in self.procs:

@@ -53,12 +53,13 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
             service = f"every {_ms(m['interval_ms'], 'p50')}"
         q = m["queue"]
         queue = f"{q.get('max', 0):.0f} ({m['queue_hwm']})" if stage != "capture" else "-"
-        slots = ",".join(str(n) for n in m["in_use"].values()) or "-"
-        drops = ", ".join(f"{r} {n}" for edge in m["drops"].values() for r, n in edge.items() if n)
+        writes = {"capture": "frames", "preprocess": "tensors"}.get(stage)
+        slots = str(m["in_use"].get(writes, "-")) if writes else "-"
+        drops = str(sum(n for edge in m["drops"].values() for n in edge.values()))
         cpu = f"{m['cpu_percent']:.0f}" if m["cpu_percent"] is not None else "-"
         rss = f"{m['rss_mb']:.0f}" if m["rss_mb"] is not None else "-"
         table.add_row(stage, Text(state, style=style), f"{m['fps_out']:.1f}", service, queue, slots,
-                      drops or "0", cpu, rss, style=style if state == "stalled" else None)
+                      drops, cpu, rss, style=style if state == "stalled" else None)
     lat, age, tot = st["latency_ms"], st["frame_age_ms"], st["totals"]
     head = Text(f"{st['pipeline']}  up {st['elapsed_s']:.0f} s", style="bold")
     if silent_for > 3:
@@ -72,6 +73,14 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
              f" ms   frames {tot['captured']} captured, {tot['classified']} classified, "
              f"{sum(sum(r.values()) for r in tot['drops'].values())} dropped"),
     ]
+    detail = "; ".join(f"{edge} " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()) if n)
+                       for edge, reasons in sorted(tot["drops"].items()) if any(reasons.values()))
+    if detail:
+        lines.append(Text(f"drops: {detail}"))
+    restarts = {s: m["restarts"] for s, m in st["stages"].items() if m.get("restarts")}
+    if restarts:
+        lines.append(Text("restarts: " + ", ".join(f"{s} {n}" for s, n in restarts.items()),
+                          style="yellow"))
     pins = ", ".join(f"{s} {m['cores']}x{m['threads']}" for s, m in st["stages"].items()
                      if m.get("cores") is not None)
     if pins:

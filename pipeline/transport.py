@@ -32,7 +32,7 @@ class EdgeWriter:
         self.ring = ring
         self.policy = policy
         self.drops = {"drop_new": 0, "latest": 0}
-        self._count = 0  # frames published (mirrors ring.written)
+        self._count = ring.written  # frames published (a restarted writer continues the count)
         self.sock = zctx.socket(zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, max(16, 4 * ring.slots))
@@ -111,10 +111,20 @@ class EdgeReader:
         self.drops = {"latest": 0, "torn": 0, "malformed": 0}
         self.depth = 0  # frames that were waiting behind the one taken last
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self.drops["restart"] = self._take_over()
         self.sock = zctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_DESCRIPTOR)
         self.sock.connect(endpoint)
+
+    def _take_over(self) -> int:
+        """A reader restarted after a crash: the frames its predecessor held are released (and
+        counted as dropped) so a block/drop_new writer is not left waiting for them."""
+        try:
+            self.ring = Ring.attach(self.ring_name)
+        except FileNotFoundError:  # first start: the writer creates the ring later
+            return 0
+        return self.ring.release_all()
 
     def take(self, timeout_ms: int) -> dict[str, Any] | None:
         """Next descriptor by policy (`{"eos": True}` at end of stream), or None on timeout."""

@@ -48,7 +48,7 @@ class Pacer:
 def run(ctx: StageContext) -> None:
     edge = ctx.config.edges.frames
     source = open_source(ctx.config.source)
-    ring = Ring.create(ctx.run.shm_name("frames"), edge.slots, source.max_frame_bytes)
+    ring = Ring.open_for_writing(ctx.run.shm_name("frames"), edge.slots, source.max_frame_bytes)
     out = EdgeWriter(ctx.zmq, ctx.run.endpoint("frames"), ring, edge.policy)
     scratch = np.empty(source.max_frame_bytes, np.uint8)
     src_id = ctx.config.source_id
@@ -76,7 +76,7 @@ def run(ctx: StageContext) -> None:
         source.close()
         return
     pacer = Pacer(source.fps)
-    seq = 0
+    seq = ring.last_seq  # after a restart, sequence numbers carry on
     ended = False
     try:
         while ctx.alive():

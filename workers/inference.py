@@ -62,6 +62,8 @@ def run(ctx: StageContext) -> None:
         inp.close()
         pub.close()
         return
+    # After a restart, result numbers carry on where the previous life of this stage stopped.
+    first_result_seq = int(ctx.start_info.get("result_seq", 0)) + 1
     try:
         with torch.inference_mode():
             while ctx.alive():
@@ -90,7 +92,7 @@ def run(ctx: StageContext) -> None:
                 p = top.values.tolist()
                 result = {
                     "schema": SCHEMA, "type": "result", "pipeline": pipeline,
-                    "result_seq": meter.frames_out + 1,
+                    "result_seq": first_result_seq + meter.frames_out,
                     "source": desc["src"], "seq": desc["seq"], "frame": desc.get("frame"),
                     "frame_slot": desc["fslot"], "frame_shape": desc["fshape"],
                     "captured_at": desc["t_wall"],

@@ -88,8 +88,8 @@ def run(ctx: StageContext) -> None:
     edges = ctx.config.edges
     inp = EdgeReader(ctx.zmq, ctx.run.endpoint("frames"), ctx.run.shm_name("frames"),
                      edges.frames.policy, required=FRAME_FIELDS)
-    ring = Ring.create(ctx.run.shm_name("tensors"), edges.tensors.slots,
-                       int(np.prod(shape)) * 4)
+    ring = Ring.open_for_writing(ctx.run.shm_name("tensors"), edges.tensors.slots,
+                                 int(np.prod(shape)) * 4)
     out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)
     meter = StageMeter()
     delay_s = cfg.delay_ms / 1000

@@ -202,3 +202,94 @@ def test_a_source_whose_file_breaks_mid_run_reconnects(tmp_path):
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert "reconnecting" in err and "source back after" in err
+
+
+def test_each_stage_killed_or_hung_in_turn_recovers_and_keeps_classifying(tmp_path):
+    """SIGKILL, then SIGSTOP (a hang the watchdog must catch), of every stage while the bottle
+    video plays: the pipeline restarts just that stage and goes on classifying correctly."""
+    import json
+
+    from pipeline import attach
+
+    from .conftest import BOTTLE, WEIGHTS, need
+    from .test_pipeline import stage_pid
+
+    need(WEIGHTS)
+    summary = tmp_path / "s.json"
+    proc = start("video.toml", "--name", "phoenix", "--quiet", "--summary-json", str(summary),
+                 "--set", f"source.path={need(BOTTLE)}", "--set", f"model.weights={WEIGHTS}",
+                 "--set", "source.loop=true", "--set", "supervision.watchdog_s=3",
+                 "--set", "capture.restart=always", "--set", "preprocess.restart=on-failure",
+                 "--set", "inference.restart=always")
+    recoveries = []
+    try:
+        wait_running(proc)
+        with attach("phoenix") as sub:
+            assert sub.receive(timeout=30) is not None
+            for stage in ("capture", "preprocess", "inference"):
+                for sig in (signal.SIGKILL, signal.SIGSTOP):
+                    pid = stage_pid(proc.pid, stage)
+                    t_fault = time.time()
+                    os.kill(pid, sig)
+                    labels = []
+                    while len(labels) < 10:
+                        r = sub.receive(timeout=30)
+                        assert r is not None, f"no results after {sig.name} of {stage}"
+                        if r.captured_at > t_fault:
+                            if not labels:
+                                recoveries.append(time.time() - t_fault)
+                            labels.append(r.top[0].index)
+                    assert labels.count(898) >= 6, labels  # still water bottles
+                    assert stage_pid(proc.pid, stage) != pid  # it is a new process
+                    if sig == signal.SIGSTOP:
+                        assert not os.path.exists(f"/proc/{pid}")  # the hung one was killed
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    s = json.loads(summary.read_text())
+    assert s["restarts"] == {"capture": 2, "preprocess": 2, "inference": 2}
+    assert err.count("sent no heartbeat") == 3
+    assert max(recoveries) < 3 + 1 + 15  # watchdog + back-off + model start, generously
+    print("recovery seconds:", [round(r, 2) for r in recoveries])
+
+
+def test_restart_budget_exhausted_stops_with_the_stage_and_its_last_error():
+    from .test_pipeline import stage_pid
+
+    proc = start("demo.toml", "--name", "flapper", "--set", "model.weights=none", "--quiet",
+                 "--set", "preprocess.restart=always", "--set", "supervision.max_restarts=2",
+                 "--set", "supervision.backoff_s=0.1")
+    wait_running(proc)
+    for _ in range(3):
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                pid = stage_pid(proc.pid, "preprocess")
+                break
+            except AssertionError:
+                time.sleep(0.2)
+        time.sleep(1.5)  # let it rejoin
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    last = err.strip().splitlines()[-1]
+    assert "stage 'preprocess' died (killed by SIGKILL)" in last
+    assert "restarted 2 times in the last 60 s" in last
+
+
+def test_bounded_soak_shows_no_growth():
+    """About a minute of the soak tool: memory, descriptors and shared memory stay flat."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import soak
+
+    from .conftest import BOTTLE, WEIGHTS, need
+
+    need(BOTTLE), need(WEIGHTS)
+    rows = soak.run(minutes=1.0, every=5.0, warmup=20.0, name="minisoak")
+    g = soak.growth(rows, 20.0)
+    assert all(v < 25 for v in g["rss_mb"].values()), g  # MiB over ~40 s, consumers coming and going
+    assert all(v <= 3 for v in g["fds"].values()), g
+    assert g["shm_mine_mb"] == 0 and g["restarts"] == 0
+    assert g["results"] > 1000

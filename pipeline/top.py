@@ -77,6 +77,9 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
                        for edge, reasons in sorted(tot["drops"].items()) if any(reasons.values()))
     if detail:
         lines.append(Text(f"drops: {detail}"))
+    for stage, m in st["stages"].items():
+        if m["state"] == "restarting" and m.get("last_failure"):
+            lines.append(Text(f"{stage} restarting: {m['last_failure']}", style="bold yellow"))
     restarts = {s: m["restarts"] for s, m in st["stages"].items() if m.get("restarts")}
     if restarts:
         lines.append(Text("restarts: " + ", ".join(f"{s} {n}" for s, n in restarts.items()),

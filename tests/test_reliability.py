@@ -152,6 +152,9 @@ def test_hostile_messages_to_every_socket_are_dropped_counted_and_logged_once(tm
         lines = wait_running(proc)
         url = next(line.split()[1] for line in lines if line.startswith("metrics: "))
         run_dir = find_pipeline("hostile")["dir"]
+        assert os.stat(run_dir).st_mode & 0o777 == 0o700  # only the owner reaches the sockets
+        assert os.stat(os.path.dirname(run_dir)).st_mode & 0o777 == 0o700
+        assert url.startswith("http://127.0.0.1:")  # nothing on the network unless asked
         _hostile_sender(run_dir, url)
         with attach("hostile") as sub:  # still classifying
             assert all(sub.receive(timeout=5) is not None for _ in range(30))

@@ -50,7 +50,8 @@ class StageContext:
         self.cores = self.config.cores_of(stage)
         self.zmq = zmq.Context()
         self._ctl = self.zmq.socket(zmq.DEALER)
-        self._ctl.setsockopt(zmq.IDENTITY, stage.encode())
+        # Unique per process: a restarted stage is a new peer, and nobody else can pose as it.
+        self._ctl.setsockopt(zmq.IDENTITY, f"{stage}:{os.getpid()}".encode())
         self._ctl.setsockopt(zmq.LINGER, 1000)
         self._ctl.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         self._ctl.connect(self.run.endpoint("control"))

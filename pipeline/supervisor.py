@@ -98,7 +98,6 @@ class Supervisor:
         self.ctl = self.zctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # a peer sending more is disconnected
-        self.ctl.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted stage takes over its identity
         self.ctl.bind(self.paths.endpoint("control"))
         self.results = self.zctx.socket(zmq.SUB)
         self.results.setsockopt(zmq.LINGER, 0)
@@ -268,8 +267,8 @@ class Supervisor:
                 frames = self.ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            stage = frames[0].decode(errors="replace")
-            if len(frames) != 2 or stage not in self.procs:
+            stage = frames[0].decode(errors="replace").partition(":")[0]
+            if len(frames) != 2 or frames[0] != self._identity(stage):
                 self._reject("control message from an unknown peer")
                 continue
             try:
@@ -286,6 +285,11 @@ class Supervisor:
             elif kind == ERROR:
                 self.errors[stage] = str(msg.get("message", ""))
             out.append((stage, msg))
+
+    def _identity(self, stage: str) -> bytes | None:
+        """A stage's control identity: its name and the pid of its current process."""
+        proc = self.procs.get(stage)
+        return f"{stage}:{proc.pid}".encode() if proc else None
 
     def _reject(self, kind: str) -> None:
         n = self.report.rejected.get(kind, 0)
@@ -336,7 +340,7 @@ class Supervisor:
         """A restarted stage is ready: it starts at once, the others never stopped."""
         self.report.on_ready(stage, msg)
         start = {"type": "start", "result_seq": self.report.last_result_seq}
-        self.ctl.send_multipart([stage.encode(), pack(start)])
+        self.ctl.send_multipart([self._identity(stage), pack(start)])
         self.say(f"stage '{stage}' is back after {time.monotonic() - self.down.pop(stage):.1f} s")
 
     def _watchdog(self, now: float) -> None:
@@ -357,7 +361,7 @@ class Supervisor:
     def _broadcast(self, kind: str) -> None:
         for stage in self.procs:
             try:
-                self.ctl.send_multipart([stage.encode(), pack({"type": kind})], zmq.NOBLOCK)
+                self.ctl.send_multipart([self._identity(stage), pack({"type": kind})], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
 

@@ -80,7 +80,7 @@ def test_next_start_removes_orphans_itself():
     assert not {s for s in shm_segments() if f"-{victim.pid}-" in s}
 
 
-def _hostile_sender(run_dir: str, metrics_url: str) -> None:
+def _hostile_sender(run_dir: str, metrics_url: str, impostor: bytes = b"inference") -> None:
     """Everything a confused or malicious local process could throw at the pipeline's sockets."""
     import glob
     import random
@@ -107,7 +107,7 @@ def _hostile_sender(run_dir: str, metrics_url: str) -> None:
                 msgpack.packb([1, 2, 3]), msgpack.packb({"type": "nonsense"}),
                 msgpack.packb({"schema": 999, "type": "eos", "stage": "inference"}),
                 rng.randbytes(1 << 20)]  # over the size limit: the peer is cut off
-    for ident in (b"intruder", b"inference"):  # a stranger, and one posing as a stage
+    for ident in (b"intruder", b"inference", impostor):  # a stranger, and ones posing as a stage
         d = ctx.socket(zmq.DEALER)
         d.setsockopt(zmq.IDENTITY, ident)
         d.setsockopt(zmq.LINGER, 500)
@@ -155,7 +155,9 @@ def test_hostile_messages_to_every_socket_are_dropped_counted_and_logged_once(tm
         assert os.stat(run_dir).st_mode & 0o777 == 0o700  # only the owner reaches the sockets
         assert os.stat(os.path.dirname(run_dir)).st_mode & 0o777 == 0o700
         assert url.startswith("http://127.0.0.1:")  # nothing on the network unless asked
-        _hostile_sender(run_dir, url)
+        from .test_pipeline import stage_pid
+
+        _hostile_sender(run_dir, url, f"inference:{stage_pid(proc.pid, 'inference')}".encode())
         with attach("hostile") as sub:  # still classifying
             assert all(sub.receive(timeout=5) is not None for _ in range(30))
         assert proc.poll() is None

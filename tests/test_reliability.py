@@ -111,12 +111,14 @@ def _hostile_sender(run_dir: str, metrics_url: str, impostor: bytes = b"inferenc
         d = ctx.socket(zmq.DEALER)
         d.setsockopt(zmq.IDENTITY, ident)
         d.setsockopt(zmq.LINGER, 500)
+        d.setsockopt(zmq.SNDTIMEO, 200)  # once cut off for an oversized message, give up
         d.connect(control)
-        for p in payloads:
-            d.send(p)
-        for _ in range(5000):  # a flood
-            d.send(b"x")
-        d.send_multipart([b"a", b"b", b"c"])
+        try:
+            for p in [*payloads[:-1], *[b"x"] * 5000, payloads[-1]]:  # garbage, a flood, too big
+                d.send(p)
+            d.send_multipart([b"a", b"b", b"c"])
+        except zmq.Again:
+            pass
         d.close()
     for what in ("results", "status"):  # a subscriber that sends garbage subscriptions
         x = ctx.socket(zmq.XSUB)

@@ -199,10 +199,15 @@ def test_a_source_whose_file_breaks_mid_run_reconnects(tmp_path):
         else:
             raise AssertionError("capture never reported reconnecting")
         assert proc.poll() is None  # the pipeline stays up meanwhile
-        shutil.copy(BOTTLE, clip)  # the file comes back
+        shutil.copy(BOTTLE, tmp_path / "whole.mp4")
+        os.replace(tmp_path / "whole.mp4", clip)  # the file comes back, whole at once
         with attach("flaky") as sub:
             assert all(sub.receive(timeout=20) is not None for _ in range(10))
-        st = snapshot("flaky")["stages"]["capture"]
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            st = snapshot("flaky")["stages"]["capture"]
+            if st["state"] == "running":
+                break
         assert st["state"] == "running" and st["reconnects"] >= 1
     finally:
         proc.send_signal(signal.SIGINT)

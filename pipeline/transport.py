@@ -13,6 +13,7 @@ The reader processes `drop_new` and `block` edges in order and releases each slo
 from __future__ import annotations
 
 import collections
+import math
 import time
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ import zmq
 from .messages import pack, unpack
 from .ring import Ring
 
+_ITEMSIZE = {"uint8": 1, "float32": 4}  # the payload types rings carry
 MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more is disconnected
 
 
@@ -179,13 +181,11 @@ class EdgeReader:
             except (OSError, ValueError):
                 return False
         slot, seq, shape = desc["slot"], desc["seq"], desc["shape"]
-        try:
-            n = int(np.prod(shape)) * np.dtype(desc["dtype"]).itemsize
-        except (TypeError, ValueError):
-            return False
-        return (type(slot) is int and 0 <= slot < self.ring.slots and type(seq) is int and seq > 0
+        if not (type(slot) is int and 0 <= slot < self.ring.slots and type(seq) is int and seq > 0
                 and isinstance(shape, list) and all(type(d) is int and d > 0 for d in shape)
-                and desc["dtype"] in ("uint8", "float32") and 0 < n <= self.ring.slot_bytes)
+                and desc["dtype"] in _ITEMSIZE):
+            return False
+        return 0 < math.prod(shape) * _ITEMSIZE[desc["dtype"]] <= self.ring.slot_bytes
 
     def frame(self, desc: dict[str, Any]) -> np.ndarray:
         """The descriptor's payload, in place in shared memory (check `intact` after reading)."""

@@ -48,6 +48,9 @@ class _Strict(BaseModel):
 
 class _SourceBase(_Strict):
     id: str = Field("", pattern=r"^[A-Za-z0-9_.:-]{0,40}$")
+    # A source that stops delivering for stall_ms every stall_every_s: to study camera hiccups.
+    stall_ms: float = Field(0.0, ge=0, le=60000)
+    stall_every_s: float = Field(0.0, ge=0, le=3600)
 
 
 class SyntheticSource(_SourceBase):
@@ -115,7 +118,11 @@ class PreprocessStage(_Strict):
     resize: Literal["crop", "squash"] = "crop"
     resize_size: int = Field(256, ge=16, le=4096)  # shorter side before the center crop
     crop_size: int = Field(224, ge=16, le=4096)  # model input is crop_size x crop_size
+    # What the model input ring holds: normalised float32 (the model takes it as is), or the
+    # uint8 RGB crop (a quarter of the memory; the inference stage normalises it).
+    dtype: Literal["float32", "uint8"] = "float32"
     delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
+    delay_every: int = Field(1, ge=1, le=1_000_000)  # the delay hits every Nth frame only
 
 
 class InferenceStage(_Strict):
@@ -123,13 +130,15 @@ class InferenceStage(_Strict):
     restart: Restart = "never"
     threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core
     delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
+    delay_every: int = Field(1, ge=1, le=1_000_000)  # the delay hits every Nth frame only
 
 
 class ModelConfig(_Strict):
     name: ModelName = "mobilenet_v2"
     weights: str = "DEFAULT"  # a state-dict path, "DEFAULT" (torchvision's) or "none" (random)
     engine: Literal["auto", "qnnpack", "x86", "fbgemm", "onednn"] = "auto"
-    jit: bool = True
+    jit: bool = True  # TorchScript
+    channels_last: bool = False  # NHWC weights and input
     top_k: int = Field(5, ge=1, le=1000)
     warmup: int = Field(10, ge=0, le=10000)
 

@@ -202,6 +202,7 @@ class RunReport:
             "frame_age_ms": self.frame_age.summary(),
             "service_ms": {s: self.latest[s]["service_run_ms"] for s in STAGES
                            if "service_run_ms" in self.latest.get(s, {})},
+            "capture_interval_ms": self.latest.get("capture", {}).get("interval_run_ms", {}),
             "rejected_messages": dict(self.rejected),
             "restarts": dict(self.restarts),
         }

@@ -78,12 +78,15 @@ class Ring:
         if slots < 1 or slot_bytes < 1:
             raise ValueError(f"ring {name}: slots and slot_bytes must be positive")
         size = cls.nbytes(slots, slot_bytes)
-        fd = os.open(shm_path(name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        # Built under a private name and linked into place complete, so a reader never maps
+        # a segment that is still empty or has no header.
+        final, tmp = shm_path(name), f"{shm_path(name)}.new-{os.getpid()}"
+        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
         try:
             try:
                 os.posix_fallocate(fd, 0, size)
             except OSError as e:
-                os.unlink(shm_path(name))
+                os.unlink(tmp)
                 raise OSError(e.errno, f"cannot reserve {size / 2**20:.1f} MiB in {SHM_DIR} "
                                        f"for ring {name}: {e.strerror}") from None
             mm = mmap.mmap(fd, size)
@@ -95,6 +98,13 @@ class Ring:
         head[_W_VERSION] = 1
         head[_W_MAGIC] = MAGIC
         del head
+        try:
+            os.link(tmp, final)  # fails if the ring exists: O_EXCL for the finished segment
+        except FileExistsError:
+            mm.close()
+            raise
+        finally:
+            os.unlink(tmp)
         return cls(name, mm, owner=True)
 
     @classmethod

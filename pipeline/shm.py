@@ -13,7 +13,7 @@ from pathlib import Path
 from .config import Config
 from .ring import SHM_DIR, Ring
 
-SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-(?P<edge>frames|tensors)$")
+SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-(?P<edge>frames|tensors)(\.new-\d+)?$")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import gc
 import importlib
 import logging
 import os
@@ -87,6 +88,10 @@ class StageContext:
 
 
         self.send("ready", pid=os.getpid(), cores=self.cores, **info)
+        # Everything loaded so far (torch, the model) lives for the whole run: keep it out of
+        # the collector's reach, or a full collection in the frame loop costs tens of ms.
+        gc.collect()
+        gc.freeze()
         while not self.started and not self.stopping:
             if self._ctl.poll(200, zmq.POLLIN):
                 self._handle(self._ctl.recv())
@@ -122,11 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent", type=int, required=True)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent)
+    from .runtime import CORES_ENV, RunPaths
+
+    cores = os.environ.get(CORES_ENV)
+    if cores:  # the supervisor pins itself off the inference cores; start from its full set
+        os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"{args.stage}: %(message)s")
 
     from .config import Config
-    from .runtime import RunPaths
 
     run = RunPaths.load(args.run_dir)
     config = Config.model_validate_json(run.config_file.read_text())

@@ -24,7 +24,7 @@ from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
 from .report import RunReport, format_status, format_summary
 from .restarts import RestartBudget
 from .ring import Ring
-from .runtime import EDGES, STAGES, NotRunning, RunPaths, find_pipeline
+from .runtime import CORES_ENV, EDGES, STAGES, NotRunning, RunPaths, find_pipeline
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
 MAX_MESSAGE = 64 * 1024  # bytes; control, stats and descriptors are far smaller
@@ -45,6 +45,7 @@ class Supervisor:
         self.log = log
         self.paths = RunPaths.for_instance(config.name, os.getpid())
         self.procs: dict[str, subprocess.Popen] = {}
+        self.all_cores = sorted(os.sched_getaffinity(0))
         self.consumers: dict[str, subprocess.Popen] = {}
         rules = config.supervision
         self.budgets = {s: RestartBudget(getattr(config, s).restart, rules) for s in STAGES}
@@ -57,6 +58,13 @@ class Supervisor:
         self.stop_reason: str | None = None
         self.failure: str | None = None
 
+    def _pin_off_inference(self) -> None:
+        """Keep the supervisor's per-result and once-a-second work off the model's cores, where
+        it would show up as latency spikes; it stays everywhere if inference has every core."""
+        others = set(self.all_cores) - set(self.config.cores_of("inference"))
+        if others:
+            os.sched_setaffinity(0, others)
+
     def say(self, text: str) -> None:
         print(text, file=self.log, flush=True)
 
@@ -67,6 +75,7 @@ class Supervisor:
             self.say(f"pipeline-up: {refusal}")
             return 2
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._pin_off_inference()
         self.paths.create(self.config.model_dump_json())
         self.zctx = zmq.Context()
         self.ctl = self.zctx.socket(zmq.ROUTER)
@@ -148,6 +157,7 @@ class Supervisor:
         root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        env[CORES_ENV] = ",".join(map(str, self.all_cores))  # stages start from the full set
         return env
 
     def _spawn(self, stage: str) -> None:

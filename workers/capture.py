@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.ring import Ring
 from pipeline.stage import StageContext
-from pipeline.stats import Window
+from pipeline.stats import Histogram, Window
 from pipeline.transport import EdgeWriter
 
 from .sources import Source, SourceError, open_source
@@ -34,6 +34,10 @@ class Pacer:
         self.period = 1.0 / fps if fps > 0 else 0.0
         self.due = time.monotonic()
 
+    def restart(self) -> None:
+        """Start the schedule afresh (after a stall, frames resume at once, no catch-up burst)."""
+        self.due = time.monotonic()
+
     def wait(self) -> None:
         if not self.period:
             return
@@ -45,6 +49,24 @@ class Pacer:
             self.due = time.monotonic()
 
 
+class Stall:
+    """source.stall_ms every source.stall_every_s: the source delivers nothing for a while, as a
+    camera does when it hiccups (for measuring how the pipeline rides it out)."""
+
+    def __init__(self, ms: float, every_s: float):
+        self.seconds = ms / 1000 if every_s > 0 else 0.0
+        self.every = every_s
+        self.next = time.monotonic() + every_s
+
+    def due(self) -> bool:
+        """Sleeps through the stall if one is due; True if it did."""
+        if not self.seconds or time.monotonic() < self.next:
+            return False
+        time.sleep(self.seconds)
+        self.next += self.every
+        return True
+
+
 def run(ctx: StageContext) -> None:
     edge = ctx.config.edges.frames
     source = open_source(ctx.config.source)
@@ -53,6 +75,7 @@ def run(ctx: StageContext) -> None:
     scratch = np.empty(source.max_frame_bytes, np.uint8)
     src_id = ctx.config.source_id
     interval = Window()
+    interval_run = Histogram()  # the whole run, for the summary's capture jitter
     state: dict[str, Any] = {"slot": None, "captured": 0, "frames": 0, "last": 0, "shape": None,
                              "source_state": "ok", "reconnects": 0}
 
@@ -65,7 +88,7 @@ def run(ctx: StageContext) -> None:
 
     def stats() -> dict[str, Any]:
         return {"frames_in": state["captured"], "frames_out": state["frames"],
-                "interval_ms": interval.take(),
+                "interval_ms": interval.take(), "interval_run_ms": interval_run.summary(),
                 "drops": {"frames": dict(out.drops), "source": {"corrupt": source.corrupt}},
                 "in_use": {"frames": out.in_use}, "threads": 1,
                 "source_state": state["source_state"], "reconnects": state["reconnects"]}
@@ -76,6 +99,7 @@ def run(ctx: StageContext) -> None:
         source.close()
         return
     pacer = Pacer(source.fps)
+    stall = Stall(ctx.config.source.stall_ms, ctx.config.source.stall_every_s)
     seq = ring.last_seq  # after a restart, sequence numbers carry on
     ended = False
     try:
@@ -87,6 +111,8 @@ def run(ctx: StageContext) -> None:
             state["slot"] = slot
             if slot is not None:
                 out.begin(slot, seq)
+            if stall.due():
+                pacer.restart()
             t_read = time.monotonic_ns()
             try:
                 meta = source.read(buffer_for)
@@ -106,7 +132,9 @@ def run(ctx: StageContext) -> None:
                 break
             state["captured"] += 1
             if state["last"]:
-                interval.add((t_cap - state["last"]) / 1e6)
+                gap_ms = (t_cap - state["last"]) / 1e6
+                interval.add(gap_ms)
+                interval_run.add(gap_ms)
             state["last"] = t_cap
             if slot is None:
                 out.dropped_new()

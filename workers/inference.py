@@ -20,9 +20,41 @@ from pipeline.stats import StageMeter
 from pipeline.transport import EdgeReader
 
 from .models import categories, load_classifier, warm_up
+from .preprocess import Preprocessor
 
 RESULTS_HWM = 16  # results queued per subscriber before it starts losing them
 RESULTS_SNDBUF = 8 * 1024  # bytes of kernel buffer per subscriber connection
+
+
+class ModelInputs:
+    """Private model input tensors, one per input size (adaptive resolution changes it), filled
+    from the ring: float32 copied as is, uint8 RGB normalised on the way in."""
+
+    MAX_SIZES = 8
+
+    def __init__(self, channels_last: bool):
+        self.channels_last = channels_last
+        self.norm = Preprocessor()
+        self.tensors: dict[tuple[int, ...], tuple[torch.Tensor, np.ndarray]] = {}
+
+    def load(self, src: np.ndarray) -> torch.Tensor | None:
+        """The model input for one ring payload; None for a shape that is not 3xNxN."""
+        entry = self.tensors.get(src.shape)
+        if entry is None:
+            if len(src.shape) != 3 or src.shape[0] != 3 or src.shape[1] != src.shape[2]:
+                return None
+            if len(self.tensors) >= self.MAX_SIZES:
+                self.tensors.clear()
+            x = torch.zeros(1, *src.shape)
+            if self.channels_last:  # a strided numpy view fills it in place all the same
+                x = x.contiguous(memory_format=torch.channels_last)
+            entry = self.tensors[src.shape] = (x, x.numpy()[0])
+        x, x_np = entry
+        if src.dtype == np.uint8:
+            self.norm.normalize_chw(src, x_np)
+        else:
+            np.copyto(x_np, src)
+        return x
 
 
 def run(ctx: StageContext) -> None:
@@ -36,16 +68,16 @@ def run(ctx: StageContext) -> None:
     pub.bind(ctx.run.endpoint("results"))
     threads = cfg.threads or len(ctx.cores)
     torch.set_num_threads(threads)
-    model = load_classifier(model_cfg.name, model_cfg.weights, model_cfg.engine, model_cfg.jit)
+    model = load_classifier(model_cfg.name, model_cfg.weights, model_cfg.engine, model_cfg.jit,
+                            channels_last=model_cfg.channels_last)
     labels = categories(model_cfg.name)
     size = ctx.config.preprocess.crop_size
-    warm_ms = warm_up(model, size, model_cfg.warmup)
+    warm_ms = warm_up(model, size, model_cfg.warmup, model_cfg.channels_last)
 
     inp = EdgeReader(ctx.zmq, ctx.run.endpoint("tensors"), ctx.run.shm_name("tensors"),
                      ctx.config.edges.tensors.policy,
                      required=FRAME_FIELDS + TENSOR_FIELDS)
-    x = torch.zeros(1, 3, size, size)
-    x_np = x.numpy()[0]
+    inputs = ModelInputs(model_cfg.channels_last)
     k = min(model_cfg.top_k, len(labels))
     meter = StageMeter()
     delay_s = cfg.delay_ms / 1000
@@ -78,13 +110,15 @@ def run(ctx: StageContext) -> None:
                     continue
                 t0 = time.monotonic_ns()
                 meter.took(inp.depth)
-                if delay_s:
+                if delay_s and meter.frames_in % cfg.delay_every == 0:
                     time.sleep(delay_s)  # inference.delay_ms: a deliberately slow stage
-                np.copyto(x_np, inp.frame(desc))
+                x = inputs.load(inp.frame(desc))
                 if not inp.intact(desc):
                     inp.release()
                     continue
                 inp.release()
+                if x is None:
+                    continue
                 probs = torch.softmax(model(x)[0], 0)
                 top = torch.topk(probs, k)
                 t1 = time.monotonic_ns()

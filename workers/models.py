@@ -48,9 +48,10 @@ def categories(model_name: str) -> list[str]:
 
 
 def load_classifier(model_name: str, weights: str, engine: str = "auto", jit: bool = True,
-                    threads: int | None = None) -> torch.nn.Module:
-    """A quantized classifier in eval mode, scripted if `jit`; `weights` is a state-dict path,
-    "DEFAULT" (torchvision's pretrained weights, downloaded once to torch's cache) or "none"."""
+                    threads: int | None = None, channels_last: bool = False) -> torch.nn.Module:
+    """A quantized classifier in eval mode, scripted if `jit`, its weights in channels-last
+    layout if asked; `weights` is a state-dict path, "DEFAULT" (torchvision's pretrained
+    weights, downloaded once to torch's cache) or "none"."""
     if threads:
         torch.set_num_threads(threads)
     torch.backends.quantized.engine = choose_engine(engine, model_name)
@@ -81,14 +82,19 @@ def load_classifier(model_name: str, weights: str, engine: str = "auto", jit: bo
                     raise ModelError(f"model.weights: {weights} is not a state dict of quantized "
                                      f"{model_name}: {first}") from None
         model.eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         if jit:
             model = torch.jit.script(model)
     return model
 
 
-def warm_up(model: torch.nn.Module, size: int, iterations: int) -> float:
+def warm_up(model: torch.nn.Module, size: int, iterations: int,
+            channels_last: bool = False) -> float:
     """Run a few frames so the first real one is not slow; returns the last run's ms."""
     x = torch.zeros(1, 3, size, size)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     ms = 0.0
     with torch.inference_mode():
         for _ in range(iterations):

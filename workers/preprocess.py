@@ -76,6 +76,17 @@ class Preprocessor:
             np.multiply(crop_bgr[:, :, 2 - c], self.scale[c], out=out[c])
             np.add(out[c], self.offset[c], out=out[c])
 
+    def to_rgb_chw(self, crop_bgr: np.ndarray, out: np.ndarray) -> None:
+        """out[c] = rgb[c] as uint8, for a uint8 model input ring."""
+        for c in range(3):
+            np.copyto(out[c], crop_bgr[:, :, 2 - c])
+
+    def normalize_chw(self, rgb_chw: np.ndarray, out: np.ndarray) -> None:
+        """The second half of `normalize`, for input that is already RGB CHW uint8."""
+        for c in range(3):
+            np.multiply(rgb_chw[c], self.scale[c], out=out[c])
+            np.add(out[c], self.offset[c], out=out[c])
+
     def __call__(self, frame: np.ndarray, out: np.ndarray) -> None:
         self.normalize(self.crop(frame), out)
 
@@ -88,8 +99,10 @@ def run(ctx: StageContext) -> None:
     edges = ctx.config.edges
     inp = EdgeReader(ctx.zmq, ctx.run.endpoint("frames"), ctx.run.shm_name("frames"),
                      edges.frames.policy, required=FRAME_FIELDS)
+    dtype = np.dtype(cfg.dtype)
+    write = prep.normalize if cfg.dtype == "float32" else prep.to_rgb_chw
     ring = Ring.open_for_writing(ctx.run.shm_name("tensors"), edges.tensors.slots,
-                                 int(np.prod(shape)) * 4)
+                                 int(np.prod(shape)) * dtype.itemsize)
     out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)
     meter = StageMeter()
     delay_s = cfg.delay_ms / 1000
@@ -114,7 +127,7 @@ def run(ctx: StageContext) -> None:
                 continue
             t0 = time.monotonic_ns()
             meter.took(inp.depth)
-            if delay_s:
+            if delay_s and meter.frames_in % cfg.delay_every == 0:
                 time.sleep(delay_s)  # preprocess.delay_ms: a deliberately slow stage
             cropped = prep.crop(inp.frame(desc))
             if not inp.intact(desc):
@@ -129,12 +142,12 @@ def run(ctx: StageContext) -> None:
                 continue
             seq = desc["seq"]
             out.begin(slot, seq)
-            prep.normalize(cropped, out.view(slot, prep.output_shape, np.float32))
+            write(cropped, out.view(slot, prep.output_shape, dtype))
             t1 = time.monotonic_ns()
             desc["fslot"] = desc["slot"]  # the raw frame stays readable for consumers
             desc["fshape"] = desc["shape"]
             desc["shape"] = shape
-            desc["dtype"] = "float32"
+            desc["dtype"] = cfg.dtype
             desc["t_pre0"] = t0
             desc["t_pre1"] = t1
             desc["q_pre"] = inp.depth

@@ -1,0 +1,80 @@
+"""One run of our pipeline (`pipeline-up` in a subprocess), measured like the baselines: results
+recorded by the supervisor, the first seconds skipped, CPU and memory of the whole process tree."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .baselines import WARMUP_S
+from .common import ROOT, child_env, cpu_seconds, rss_mb, spread
+
+STARTUP_TIMEOUT_S = 240.0
+
+
+def tree(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return [pid]
+
+
+def run_pipeline(config: Path, overrides: list[str], duration: float,
+                 during: Any = None) -> dict[str, Any]:
+    """Start the pipeline, count `duration` seconds of results after WARMUP_S, stop it.
+
+    `during(pids)` is called when counting starts (to start a disturbance) and may return a
+    callable that ends it."""
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        record, summary_path = Path(tmp) / "results.jsonl", Path(tmp) / "summary.json"
+        cmd = [sys.executable, "-m", "pipeline.cli", str(config), "--quiet",
+               "--record", str(record), "--summary-json", str(summary_path)]
+        for item in overrides:
+            cmd += ["--set", item]
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            deadline = time.monotonic() + STARTUP_TIMEOUT_S
+            while not (record.exists() and record.stat().st_size > 0):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    out = proc.communicate()[0] if proc.poll() is not None else ""
+                    raise SystemExit(f"bench: pipeline-up did not produce results:\n{out}")
+                time.sleep(0.05)
+            time.sleep(WARMUP_S)
+            pids = tree(proc.pid)
+            end_disturbance = during(pids) if during else None
+            t0_ns, t0, cpu0 = time.monotonic_ns(), time.monotonic(), cpu_seconds(pids)
+            time.sleep(duration)
+            t1_ns, t1, cpu = time.monotonic_ns(), time.monotonic(), cpu_seconds(pids) - cpu0
+            rss = rss_mb(pids)
+            if end_disturbance:
+                end_disturbance()
+            proc.send_signal(signal.SIGINT)
+            out = proc.communicate(timeout=30)[0]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise SystemExit(f"bench: pipeline-up exited with {proc.returncode}:\n{out}")
+        summary = json.loads(summary_path.read_text())
+        results = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
+    window = [r for r in results if r.get("type") == "result"
+              and t0_ns <= r["t"]["inference_end"] <= t1_ns]
+    latency = [(r["t"]["inference_end"] - r["t"]["capture_start"]) / 1e6 for r in window]
+    age = [(r["t"]["inference_start"] - r["t"]["capture_start"]) / 1e6 for r in window]
+    service = [(r["t"]["inference_end"] - r["t"]["inference_start"]) / 1e6 for r in window]
+    wall = t1 - t0
+    return {"fps": round(len(window) / wall, 2), "frames": len(window),
+            "latency_ms": spread(latency), "age_ms": spread(age), "model_ms": spread(service),
+            "capture_interval_ms": summary.get("capture_interval_ms", {}),
+            "cpu_pct": round(100 * cpu / wall, 1), "rss_mb": rss, "drops": summary["drops"],
+            "restarts": summary.get("restarts", {}), "results": window}

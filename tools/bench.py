@@ -60,11 +60,13 @@ class Bench:
         cfg = load_config(str(self.config), self.base_overrides(fast=True))
         self.inference_cores = sorted(cfg.cores_of("inference"))
         self.inference_threads = cfg.inference.threads or len(self.inference_cores)
+        self.capture_cores = sorted(cfg.cores_of("capture"))
 
     # -- runs ---------------------------------------------------------------------------------
     def baseline(self, kind: str, cores: list[int] | None = None, **extra: Any) -> dict[str, Any]:
         args = {"cores": cores or self.all_cores, "video": self.video, "weights": self.weights,
                 "model": "mobilenet_v2", "duration": self.args.duration, **extra}
+        progress(f"    {kind}: {json.dumps({k: v for k, v in extra.items() if k != 'weights'})}")
         cmd = [sys.executable, str(ROOT / "tools" / "benchkit" / "baselines.py"), kind,
                json.dumps(args)]
         proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
@@ -86,10 +88,13 @@ class Bench:
                 *paced, *self.args.set]
 
     def pipeline(self, fast: bool, extra: list[str] = (), config: Path | None = None,
-                 during: Any = None) -> dict[str, Any]:
+                 during: Any = None, keep_results: bool = False,
+                 duration: float | None = None) -> dict[str, Any]:
+        progress(f"    pipeline, {'fast' if fast else 'paced'}: {' '.join(extra)}")
         res = run_pipeline(config or self.config, self.base_overrides(fast) + list(extra),
-                           self.args.duration, during)
-        res.pop("results")
+                           duration or self.args.duration, during)
+        if not keep_results:
+            res.pop("results")
         return res
 
 
@@ -182,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_main:
         res["main"] = main_table(b)
         report += format_main(res["main"])
+        print("\n".join(report), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2) + "\n")
     from tools.benchkit import sections
 
     for flag, section in (("spikes", sections.spikes), ("tuning", sections.tuning),
@@ -189,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag):
             res[flag], lines = section(b, res.get("main"))
             report += ["", *lines]
-    print("\n".join(report))
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+            print("\n".join(lines), flush=True)
+            if args.json:  # written as sections finish: a long run keeps what it measured
+                args.json.write_text(json.dumps(res, indent=2) + "\n")
+    if len(report) > 0 and not args.no_main and any(
+            getattr(args, f) for f in ("spikes", "tuning", "adaptive", "models")):
+        print("\n" + "\n".join(report))  # everything together at the end
     return 0
 
 

@@ -1,1 +1,183 @@
-"""The optional sections of tools/bench.py."""
+"""The optional sections of tools/bench.py: spike isolation, tuning, adaptive resolution, and
+the tutorial's model table. Each returns (figures, report lines)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from typing import Any
+
+from .common import progress, spread
+
+PACED_FPS = 30.0
+
+
+class Hog:
+    """A busy loop pinned to one core, for as long as the run needs it."""
+
+    def __init__(self, core: int):
+        code = f"import os\nos.sched_setaffinity(0, {{{core}}})\nwhile True:\n    pass\n"
+        self.proc = subprocess.Popen([sys.executable, "-c", code])
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def _model(b: Any, main: dict[str, Any] | None) -> dict[str, Any]:
+    return main["model"] if main else b.model_only()
+
+
+def _with_hog(core: int, run: Any) -> dict[str, Any]:
+    hog = Hog(core)
+    try:
+        return run()
+    finally:
+        hog.stop()
+
+
+def _stale_and_resume(res: dict[str, Any], bound_ms: float, gap_ms: float) -> dict[str, Any]:
+    """Frames classified older than `bound_ms`, and the latency of the first result after each
+    capture gap longer than `gap_ms` (how fast the pipeline resumes after a stall)."""
+    rs = res.pop("results")
+    ages = [(r["t"]["inference_start"] - r["t"]["capture_start"]) / 1e6 for r in rs]
+    resumed = [(b["t"]["inference_end"] - b["t"]["capture_start"]) / 1e6
+               for a, b in zip(rs, rs[1:])
+               if (b["t"]["capture_start"] - a["t"]["capture_start"]) / 1e6 > gap_ms]
+    res["stale"] = sum(a > bound_ms for a in ages)
+    res["resume_latency_ms"] = spread(resumed)
+    return res
+
+
+def spikes(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    model = _model(b, main)
+    interval = 1000 / PACED_FPS
+    bound = interval + model["latency_ms"]["p50"]
+    out: dict[str, Any] = {"stale_bound_ms": round(bound, 2)}
+
+    progress("spikes (i): the source stalls 200 ms every 2 s ...")
+    stall = ["source.stall_ms=200", "source.stall_every_s=2"]
+    out["stall"] = {
+        "pipeline": _stale_and_resume(b.pipeline(False, stall, keep_results=True), bound, 150),
+        "tutorial": b.baseline("tutorial", fps=PACED_FPS, stall_ms=200, stall_every_s=2,
+                               stale_ms=bound)}
+
+    core = min(b.capture_cores)
+    progress(f"spikes (ii): a CPU hog on the capture core {core} ...")
+    base_p = main["pipeline_fast"] if main else b.pipeline(True)
+    base_t = main["tutorial_fast"] if main else b.baseline("tutorial")
+    hog_p = _with_hog(core, lambda: b.pipeline(True))
+    hog_t = _with_hog(core, lambda: b.baseline("tutorial"))
+    out["hog"] = {"core": core,
+                  "pipeline": {"fps": base_p["fps"], "fps_hog": hog_p["fps"],
+                               "ratio": hog_p["fps"] / base_p["fps"]},
+                  "tutorial": {"fps": base_t["fps"], "fps_hog": hog_t["fps"],
+                               "ratio": hog_t["fps"] / base_t["fps"]}}
+
+    progress("spikes (iii): the model takes 100 ms extra on every 30th frame ...")
+    slow = ["inference.delay_ms=100", "inference.delay_every=30"]
+    out["slow_model"] = {
+        "pipeline": _stale_and_resume(b.pipeline(False, slow, keep_results=True), bound, 1e9),
+        "tutorial": b.baseline("tutorial", fps=PACED_FPS, extra_ms=100, extra_every=30,
+                               stale_ms=bound)}
+    for case in ("stall", "slow_model"):
+        for who in ("pipeline", "tutorial"):
+            out[case][who].pop("results", None)
+
+    lines = ["Spike isolation (30 fps source unless said; stale = classified more than "
+             f"{bound:.1f} ms after capture, one frame interval + model p50)",
+             f"{'case':<34} {'fps':>6} {'age max':>8} {'e2e p99':>8} {'e2e max':>8} "
+             f"{'stale':>6} {'capture interval p50/p99':>25}"]
+    for case, label in (("stall", "(i) stall 200 ms / 2 s"), ("slow_model", "(iii) +100 ms every 30th")):
+        for who in ("pipeline", "tutorial"):
+            r = out[case][who]
+            iv = r["capture_interval_ms"]
+            lines.append(f"{label + ', ' + who:<34} {r['fps']:6.1f} {r['age_ms']['max']:8.1f} "
+                         f"{r['latency_ms']['p99']:8.1f} {r['latency_ms']['max']:8.1f} "
+                         f"{r['stale']:6d} {iv.get('p50', 0):12.1f}/{iv.get('p99', 0):.1f} ms")
+    s = out["stall"]["pipeline"]["resume_latency_ms"]
+    lines.append(f"(i) pipeline: first result after each stall came {s['p50']:.1f} ms (max "
+                 f"{s['max']:.1f}) after its capture, over {s['count']} stalls")
+    h = out["hog"]
+    lines.append(f"(ii) CPU hog on core {core}: pipeline {h['pipeline']['fps']:.1f} -> "
+                 f"{h['pipeline']['fps_hog']:.1f} fps ({h['pipeline']['ratio']:.3f}); tutorial "
+                 f"{h['tutorial']['fps']:.1f} -> {h['tutorial']['fps_hog']:.1f} fps "
+                 f"({h['tutorial']['ratio']:.3f})")
+    return out, lines
+
+
+def tuning(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    out: dict[str, Any] = {"model_only": {}, "pipeline": {}}
+    variants = [("1 thread, qnnpack, TorchScript (default)", {"threads": 1}, None),
+                ("2 threads on both cores", {"threads": 2}, b.all_cores),
+                ("engine x86", {"threads": 1, "engine": "x86"}, None),
+                ("engine fbgemm", {"threads": 1, "engine": "fbgemm"}, None),
+                ("TorchScript off (eager)", {"threads": 1, "jit": False}, None),
+                ("channels-last", {"threads": 1, "channels_last": True}, None)]
+    lines = ["Tuning: model alone (same input, 1x3x224x224)",
+             f"{'variant':<44} {'fps':>6} {'p50 ms':>7} {'p99 ms':>7}"]
+    for name, extra, cores in variants:
+        progress(f"tuning: model only, {name} ...")
+        r = b.baseline("model", cores or b.inference_cores, **extra)
+        out["model_only"][name] = r
+        lat = r["latency_ms"]
+        lines.append(f"{name:<44} {r['fps']:6.1f} {lat['p50']:7.2f} {lat['p99']:7.2f}")
+    pipeline_variants = [("shipped config", []),
+                         ("uint8 input ring", ["preprocess.dtype=uint8"]),
+                         ("channels-last", ["model.channels_last=true"]),
+                         ("inference on both cores, 2 threads",
+                          [f"inference.cores={b.all_cores}", "inference.threads=2"])]
+    lines += ["", "Tuning: pipeline", f"{'variant':<44} {'fast fps':>8} {'30 fps: e2e p50':>15} "
+              f"{'p99':>6} {'max':>6} {'CPU %':>6}"]
+    for name, extra in pipeline_variants:
+        progress(f"tuning: pipeline, {name} ...")
+        fast, paced = b.pipeline(True, extra), b.pipeline(False, extra)
+        out["pipeline"][name] = {"fast": fast, "paced": paced}
+        lat = paced["latency_ms"]
+        lines.append(f"{name:<44} {fast['fps']:8.1f} {lat['p50']:15.1f} {lat['p99']:6.1f} "
+                     f"{lat['max']:6.1f} {paced['cpu_pct']:6.0f}")
+    return out, lines
+
+
+def adaptive(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    raise SystemExit("bench: --adaptive is not available yet")
+
+
+MODELS = ["mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",
+          "shufflenet_v2_x1_5", "shufflenet_v2_x2_0", "resnet18", "resnet50", "googlenet",
+          "inception_v3", "resnext101_32x8d"]
+# The tutorial's Raspberry Pi 4 figures (fps), for the table's last column.
+PI4_FPS = {"mobilenet_v2": 33.7, "mobilenet_v3_large": 29.3, "shufflenet_v2_x0_5": 46.7,
+           "shufflenet_v2_x1_0": 24.4, "resnet18": 9.2, "resnet50": 4.3, "googlenet": 7.4,
+           "inception_v3": 4.9, "resnext101_32x8d": 1.1}
+
+
+def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    from .common import DEFAULT_WEIGHTS
+
+    out: dict[str, Any] = {}
+    duration = min(b.args.duration, 8.0)
+    lines = ["Model table (tutorial loop on all cores as the tutorial runs it; model alone and "
+             "pipeline as configured; random weights where marked)",
+             f"{'model':<20} {'weights':<10} {'FPS':>6} {'total ms':>9} {'model ms':>9} "
+             f"{'pipeline fps':>12} {'Pi 4 FPS':>9}"]
+    for name in MODELS:
+        weights = str(DEFAULT_WEIGHTS) if name == "mobilenet_v2" else "none"
+        size = 299 if name == "inception_v3" else 224
+        progress(f"models: {name} ({'pretrained' if weights != 'none' else 'random weights'}) ...")
+        common = {"model": name, "weights": weights, "size": size, "duration": duration}
+        tut = b.baseline("tutorial", **common)
+        alone = b.baseline("model", b.inference_cores, threads=b.inference_threads, **common)
+        sizes = [f"preprocess.crop_size={size}", f"preprocess.resize_size={round(size * 256 / 224)}"]
+        pipe = b.pipeline(True, [f"model.name={name}", f"model.weights={weights}", *sizes],
+                          duration=duration)
+        out[name] = {"weights": "pretrained" if weights != "none" else "random",
+                     "tutorial": tut, "model_only": alone, "pipeline": pipe}
+        total_ms = 1000 / tut["fps"] if tut["fps"] else 0.0
+        lines.append(f"{name:<20} {out[name]['weights']:<10} {tut['fps']:6.1f} {total_ms:9.1f} "
+                     f"{tut['model_ms']['p50']:9.1f} {pipe['fps']:12.1f} "
+                     f"{PI4_FPS.get(name, float('nan')):9.1f}")
+    return out, lines
+
+
+

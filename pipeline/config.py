@@ -133,6 +133,25 @@ class InferenceStage(_Strict):
     delay_every: int = Field(1, ge=1, le=1_000_000)  # the delay hits every Nth frame only
 
 
+class AdaptiveConfig(_Strict):
+    """Opt-in adaptive input resolution (see pipeline/adaptive.py)."""
+
+    enabled: bool = False
+    sizes: list[int] = [224, 192, 160]  # largest first; the largest is preprocess.crop_size
+    target_fps: float = Field(30.0, gt=0, le=1000)
+    low: float = Field(0.95, gt=0, le=1)  # step down below low x target
+    high: float = Field(1.15, ge=1, le=10)  # step up when the next size keeps high x target
+    hold_s: float = Field(2.0, ge=0, le=600)  # how long a condition must hold
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "AdaptiveConfig":
+        if not self.sizes or any(not 16 <= s <= 4096 for s in self.sizes) \
+                or sorted(set(self.sizes), reverse=True) != self.sizes:
+            raise ValueError(f"adaptive.sizes: {self.sizes} must be distinct sizes from 16 to "
+                             f"4096, largest first (e.g. [224, 192, 160])")
+        return self
+
+
 class ModelConfig(_Strict):
     name: ModelName = "mobilenet_v2"
     weights: str = "DEFAULT"  # a state-dict path, "DEFAULT" (torchvision's) or "none" (random)
@@ -186,6 +205,7 @@ class Config(_Strict):
     model: ModelConfig = ModelConfig()
     edges: Edges = Edges()
     supervision: Supervision = Supervision()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
     consumers: list[ConsumerConfig] = []
 
     @model_validator(mode="after")
@@ -210,6 +230,9 @@ class Config(_Strict):
                 f"preprocess.crop_size: {pre.crop_size} is larger than preprocess.resize_size "
                 f"{pre.resize_size} (the crop must fit in the resized image)"
             )
+        if self.adaptive.enabled and self.adaptive.sizes[0] != pre.crop_size:
+            raise ValueError(f"adaptive.sizes: the largest size {self.adaptive.sizes[0]} must equal "
+                             f"preprocess.crop_size {pre.crop_size} (the ring is sized for it)")
         return self
 
     def cores_of(self, stage: str) -> list[int]:

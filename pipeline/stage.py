@@ -59,6 +59,7 @@ class StageContext:
         self.stopping = False
         self.started = False
         self.start_info: dict[str, Any] = {}
+        self.settings: dict[str, Any] = {}
         self._next_stats = 0.0
         self.stats_source = lambda: {}  # the worker installs a snapshot function
 
@@ -79,8 +80,11 @@ class StageContext:
         if msg.get("type") == "start":
             self.started = True
             self.start_info = msg
+            self.settings.update(msg.get("settings", {}))
         elif msg.get("type") == "stop":
             self.stopping = True
+        elif msg.get("type") == "set":  # run-time settings from the supervisor (adaptive size)
+            self.settings.update({k: v for k, v in msg.items() if k != "type"})
 
     def ready(self, **info: Any) -> bool:
         """Report ready, then wait for the supervisor's start; False if told to stop instead."""

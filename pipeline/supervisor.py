@@ -19,6 +19,7 @@ from typing import IO, Any
 
 import zmq
 
+from .adaptive import SizeController
 from .config import Config
 from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
 from .report import RunReport, format_status, format_summary
@@ -46,6 +47,9 @@ class Supervisor:
         self.paths = RunPaths.for_instance(config.name, os.getpid())
         self.procs: dict[str, subprocess.Popen] = {}
         self.all_cores = sorted(os.sched_getaffinity(0))
+        a = config.adaptive
+        self.sizer = SizeController(a.sizes, a.target_fps, a.low, a.high, a.hold_s) \
+            if a.enabled else None
         self.consumers: dict[str, subprocess.Popen] = {}
         rules = config.supervision
         self.budgets = {s: RestartBudget(getattr(config, s).restart, rules) for s in STAGES}
@@ -296,9 +300,26 @@ class Supervisor:
                 continue
             if kind in (STATS, BYE):
                 self.report.on_stats(msg)
+                if kind == STATS and stage == "inference" and self.sizer:
+                    self._adapt(msg)
             elif kind == ERROR:
                 self.errors[stage] = str(msg.get("message", ""))
             out.append((stage, msg))
+
+    def _adapt(self, stats: dict[str, Any]) -> None:
+        """Adaptive resolution: feed the controller, tell preprocess when the size changes."""
+        service = (stats.get("service_ms") or {}).get("p50", 0.0)
+        old = self.sizer.size
+        size = self.sizer.update(time.monotonic(), service)
+        if size is None:
+            return
+        self.say(f"adaptive: input {old} -> {size} (model {service:.1f} ms per frame, "
+                 f"target {self.sizer.target:g} fps)")
+        try:
+            self.ctl.send_multipart([self._identity("preprocess"),
+                                     pack({"type": "set", "input_size": size})], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # preprocess is restarting: it gets the size with its start message
 
     def _identity(self, stage: str) -> bytes | None:
         """A stage's control identity: its name and the pid of its current process."""
@@ -353,7 +374,8 @@ class Supervisor:
     def _rejoin(self, stage: str, msg: dict[str, Any]) -> None:
         """A restarted stage is ready: it starts at once, the others never stopped."""
         self.report.on_ready(stage, msg)
-        start = {"type": "start", "result_seq": self.report.last_result_seq}
+        start = {"type": "start", "result_seq": self.report.last_result_seq,
+                 "settings": {"input_size": self.sizer.size} if self.sizer else {}}
         self.ctl.send_multipart([self._identity(stage), pack(start)])
         self.say(f"stage '{stage}' is back after {time.monotonic() - self.down.pop(stage):.1f} s")
 

@@ -136,7 +136,7 @@ def run(ctx: StageContext) -> None:
                           "inference_end": t1},
                     "queue": {"preprocess": desc.get("q_pre", 0), "inference": inp.depth},
                     "latency_ms": round((t1 - desc["t_cap"]) / 1e6, 3),
-                    "model": model_name,
+                    "model": model_name, "input_size": x.shape[-1],
                     "top": [{"index": i, "label": labels[i], "prob": round(q, 5)}
                             for i, q in zip(idx, p)],
                 }

@@ -95,6 +95,7 @@ def run(ctx: StageContext) -> None:
     cfg = ctx.config.preprocess
     cv2.setNumThreads(cfg.threads)
     prep = Preprocessor(cfg.resize, cfg.resize_size, cfg.crop_size)
+    by_size = {cfg.crop_size: prep}  # adaptive resolution: one preprocessor per input size
     shape = list(prep.output_shape)
     edges = ctx.config.edges
     inp = EdgeReader(ctx.zmq, ctx.run.endpoint("frames"), ctx.run.shm_name("frames"),
@@ -106,9 +107,10 @@ def run(ctx: StageContext) -> None:
     out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)
     meter = StageMeter()
     delay_s = cfg.delay_ms / 1000
+    sizes = set(ctx.config.adaptive.sizes) if ctx.config.adaptive.enabled else {cfg.crop_size}
 
     def stats() -> dict[str, Any]:
-        return {**meter.snapshot(), "threads": cv2.getNumThreads(),
+        return {**meter.snapshot(), "threads": cv2.getNumThreads(), "input_size": prep.crop_size,
                 "drops": {"frames": dict(inp.drops), "tensors": dict(out.drops)},
                 "in_use": {"frames": inp.in_use, "tensors": out.in_use}}
 
@@ -127,6 +129,11 @@ def run(ctx: StageContext) -> None:
                 continue
             t0 = time.monotonic_ns()
             meter.took(inp.depth)
+            size = ctx.settings.get("input_size", cfg.crop_size)
+            if size != prep.crop_size and size in sizes:
+                prep = by_size.get(size) or by_size.setdefault(size, Preprocessor(
+                    cfg.resize, round(cfg.resize_size * size / cfg.crop_size), size))
+                shape = list(prep.output_shape)
             if delay_s and meter.frames_in % cfg.delay_every == 0:
                 time.sleep(delay_s)  # preprocess.delay_ms: a deliberately slow stage
             cropped = prep.crop(inp.frame(desc))

@@ -78,3 +78,14 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
             "capture_interval_ms": summary.get("capture_interval_ms", {}),
             "cpu_pct": round(100 * cpu / wall, 1), "rss_mb": rss, "drops": summary["drops"],
             "restarts": summary.get("restarts", {}), "results": window}
+
+
+def run_to_end(config: Path, overrides: list[str], record: str) -> None:
+    """A pipeline on a finite source, to its end (the accuracy runs)."""
+    cmd = [sys.executable, "-m", "pipeline.cli", str(config), "--quiet", "--record", record]
+    for item in overrides:
+        cmd += ["--set", item]
+    proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: pipeline-up failed:\n{proc.stderr[-3000:]}")

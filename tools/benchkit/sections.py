@@ -7,7 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
-from .common import progress, spread
+from .common import ROOT, progress, spread
 
 PACED_FPS = 30.0
 
@@ -139,8 +139,66 @@ def tuning(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[st
     return out, lines
 
 
+def accuracy(b: Any, size: int) -> dict[str, Any]:
+    """Top-1 / top-5 of the pipeline on the labelled images at one input size (every image
+    classified once: both edges block)."""
+    import csv
+    import json
+    import tempfile
+
+    from .pipeline_run import run_to_end
+
+    with open(b.args.images / "labels.csv") as f:
+        labels = {row["file"]: int(row["class_index"]) for row in csv.DictReader(f)}
+    with tempfile.TemporaryDirectory(prefix="bench-acc-") as tmp:
+        record = f"{tmp}/r.jsonl"
+        run_to_end(ROOT / "configs" / "images.toml",
+                   [f"source.path={b.args.images}", f"model.weights={b.weights}",
+                    f"preprocess.crop_size={size}",
+                    f"preprocess.resize_size={round(size * 256 / 224)}"], record)
+        results = [json.loads(line) for line in open(record) if line.strip()]
+    results = [r for r in results if r.get("type") == "result" and r.get("item") in labels]
+    top1 = sum(r["top"][0]["index"] == labels[r["item"]] for r in results)
+    top5 = sum(labels[r["item"]] in [t["index"] for t in r["top"][:5]] for r in results)
+    n = len(results)
+    return {"images": n, "top1": round(top1 / n, 3) if n else 0.0,
+            "top5": round(top5 / n, 3) if n else 0.0}
+
+
 def adaptive(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-    raise SystemExit("bench: --adaptive is not available yet")
+    out: dict[str, Any] = {"sizes": {}}
+    lines = ["Adaptive resolution: each input size fixed (fps of the model alone and of the "
+             "pipeline, fast source; accuracy on the labelled images)",
+             f"{'size':>5} {'model fps':>10} {'model ms':>9} {'pipeline fps':>13} "
+             f"{'top-1':>6} {'top-5':>6}"]
+    for size in (224, 192, 160):
+        progress(f"adaptive: input {size} ...")
+        alone = b.model_only(size=size)
+        pipe = b.pipeline(True, [f"preprocess.crop_size={size}",
+                                 f"preprocess.resize_size={round(size * 256 / 224)}"])
+        acc = accuracy(b, size)
+        out["sizes"][size] = {"model_only": alone, "pipeline": pipe, "accuracy": acc}
+        lines.append(f"{size:5d} {alone['fps']:10.1f} {alone['latency_ms']['p50']:9.1f} "
+                     f"{pipe['fps']:13.1f} {acc['top1']:6.3f} {acc['top5']:6.3f}")
+    # The controller at work: a 30 fps source while a CPU hog shares the inference core.
+    core = min(b.inference_cores)
+    progress(f"adaptive: 30 fps source, CPU hog on inference core {core}, adaptive off/on ...")
+    runs = {}
+    for mode in ("off", "on"):
+        res = _with_hog(core, lambda: b.pipeline(False, [f"adaptive.enabled={str(mode == 'on').lower()}"],
+                                                 keep_results=True))
+        rs = res.pop("results")
+        sizes: dict[int, int] = {}
+        for r in rs:
+            sizes[r.get("input_size", 224)] = sizes.get(r.get("input_size", 224), 0) + 1
+        res["results_by_size"] = sizes
+        runs[mode] = res
+    out["hogged"] = runs
+    lines.append(f"30 fps source, CPU hog on core {core}: adaptive off {runs['off']['fps']:.1f} fps "
+                 f"(e2e p50 {runs['off']['latency_ms']['p50']:.1f} ms), on "
+                 f"{runs['on']['fps']:.1f} fps (e2e p50 {runs['on']['latency_ms']['p50']:.1f} ms); "
+                 f"results by size with it on: {runs['on']['results_by_size']}")
+    return out, lines
 
 
 MODELS = ["mobilenet_v2", "mobilenet_v3_large", "shufflenet_v2_x0_5", "shufflenet_v2_x1_0",

@@ -148,3 +148,23 @@ def test_cli_missing_config_file():
 def test_config_roundtrips_through_json():
     cfg = load_config(None, ["model.weights=none", "source.width=320"])
     assert Config.model_validate_json(cfg.model_dump_json()) == cfg
+
+
+def test_adaptive_sizes_must_be_largest_first(tmp_path):
+    msg = error_of(tmp_path, "[adaptive]\nenabled = true\nsizes = [160, 192, 224]\n")
+    assert "adaptive.sizes" in msg and "largest first" in msg
+
+
+def test_adaptive_largest_size_is_the_crop_size(tmp_path):
+    msg = error_of(tmp_path, "[adaptive]\nenabled = true\nsizes = [256, 224]\n")
+    assert "adaptive.sizes" in msg and "preprocess.crop_size 224" in msg
+
+
+def test_input_ring_dtype_lists_allowed(tmp_path):
+    msg = error_of(tmp_path, '[preprocess]\ndtype = "float16"\n')
+    assert "preprocess.dtype" in msg and "float32" in msg and "uint8" in msg
+
+
+def test_delay_every_and_stall_bounds(tmp_path):
+    assert "inference.delay_every" in error_of(tmp_path, "[inference]\ndelay_every = 0\n")
+    assert "source.stall_ms" in error_of(tmp_path, '[source]\nkind = "synthetic"\nstall_ms = -1\n')

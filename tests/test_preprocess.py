@@ -76,3 +76,19 @@ def test_close_to_torchvision_full_eval_transform():
         prep(bgr, out)
         ref = full(Image.fromarray(bgr[:, :, ::-1])).numpy()
         assert np.abs(out - ref).mean() < 0.05  # ~3 grey levels on average
+
+
+def test_uint8_ring_then_normalise_equals_float_path():
+    """preprocess.dtype = "uint8": the ring holds the RGB crop and inference normalises it; the
+    model must see exactly the numbers the float32 path gives."""
+    prep = Preprocessor("crop", 256, 224)
+    for img in sample_images(6):
+        crop = prep.crop(img)
+        direct = np.empty((3, 224, 224), np.float32)
+        prep.normalize(crop, direct)
+        ring = np.empty((3, 224, 224), np.uint8)
+        prep.to_rgb_chw(crop, ring)
+        assert np.array_equal(ring, crop[:, :, ::-1].transpose(2, 0, 1))
+        via_ring = np.empty((3, 224, 224), np.float32)
+        prep.normalize_chw(ring, via_ring)
+        assert np.array_equal(direct, via_ring)

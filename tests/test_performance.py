@@ -1,0 +1,96 @@
+"""Performance features on real runs: the uint8 input ring and channels-last give the same
+answers, spikes stay in their stage, and tools/bench.py measures what it claims."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from .conftest import BOTTLE, IMAGES, ROOT, WEIGHTS, need, read_jsonl, run_pipeline
+
+WEIGHTS_SET = f"model.weights={WEIGHTS}"
+
+
+def classify_images(tmp_path, *overrides: str) -> dict[str, int]:
+    record = tmp_path / f"r{len(list(tmp_path.iterdir()))}.jsonl"
+    args = ["--set", f"source.path={need(IMAGES)}", "--set", WEIGHTS_SET, "--quiet",
+            "--record", str(record)]
+    for item in overrides:
+        args += ["--set", item]
+    p = run_pipeline("images.toml", *args)
+    assert p.returncode == 0, p.stderr
+    return {r["item"]: r["top"][0]["index"] for r in read_jsonl(record) if r.get("type") == "result"}
+
+
+def test_uint8_ring_and_channels_last_classify_like_the_default(tmp_path, clean_machine):
+    need(WEIGHTS)
+    default = classify_images(tmp_path)
+    variant = classify_images(tmp_path, "preprocess.dtype=uint8", "model.channels_last=true")
+    assert len(default) == len(variant) == 200
+    same = sum(default[k] == variant[k] for k in default)
+    assert same >= 198, f"only {same} of 200 top-1 classes agree"
+
+
+def paced_bottle(tmp_path, *overrides: str) -> tuple[list[dict], dict]:
+    need(WEIGHTS)
+    record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    args = ["--set", f"source.path={need(BOTTLE)}", "--set", WEIGHTS_SET, "--set",
+            "source.loop=true", "--set", "source.fps=30", "--duration", "10", "--quiet",
+            "--record", str(record), "--summary-json", str(summary)]
+    for item in overrides:
+        args += ["--set", item]
+    p = run_pipeline("video.toml", *args)
+    assert p.returncode == 0, p.stderr
+    results = [r for r in read_jsonl(record) if r.get("type") == "result"]
+    return results, json.loads(summary.read_text())
+
+
+def age_ms(r: dict) -> float:
+    return (r["t"]["inference_start"] - r["t"]["capture_start"]) / 1e6
+
+
+def test_a_stalling_source_never_gets_stale_frames_classified(tmp_path, clean_machine):
+    """source.stall_ms: 300 ms without frames every second; every frame classified is fresh
+    and the pipeline resumes with the first frame after each stall."""
+    results, summary = paced_bottle(tmp_path, "source.stall_ms=300", "source.stall_every_s=1")
+    assert summary["capture_interval_ms"]["max"] >= 300  # the stalls happened
+    gaps = [(b["t"]["capture_start"] - a["t"]["capture_start"]) / 1e6
+            for a, b in zip(results, results[1:])]
+    assert sum(g > 250 for g in gaps) >= 5
+    assert max(age_ms(r) for r in results) < 60, "a stale frame was classified"
+    # No burst after a stall: the pacer restarts its schedule instead of catching up.
+    assert min(gaps) > 10
+
+
+def test_a_slow_model_frame_neither_delays_capture_nor_queues_frames(tmp_path, clean_machine):
+    """inference.delay_ms=100 on every 10th frame: capture keeps its 33 ms rhythm, the frames
+    that arrive meanwhile are dropped as stale instead of queueing, and the frame classified
+    after a slow one is the newest."""
+    results, summary = paced_bottle(tmp_path, "inference.delay_ms=100", "inference.delay_every=10")
+    interval = summary["capture_interval_ms"]
+    assert 30 < interval["p50"] < 37 and interval["p99"] < 45, interval
+    assert summary["drops"]["tensors"].get("latest", 0) + summary["drops"]["frames"].get("latest", 0) > 20
+    slow = [r for r in results if (r["t"]["inference_end"] - r["t"]["inference_start"]) / 1e6 > 100]
+    assert len(slow) >= 10
+    assert max(age_ms(r) for r in results) < 70, "a frame queued behind a slow one"
+
+
+def test_bench_tool_measures_all_four_runs(tmp_path):
+    """A short run of tools/bench.py: all four runs measured, the ratios computed from them."""
+    need(BOTTLE)
+    need(WEIGHTS)
+    out = tmp_path / "bench.json"
+    p = subprocess.run([sys.executable, "tools/bench.py", "--duration", "2", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.read_text())["main"]
+    for key in ("model", "tutorial_fast", "mpqueue_fast", "pipeline_fast", "tutorial_paced",
+                "mpqueue_paced", "pipeline_paced"):
+        r = res[key]
+        assert r["fps"] > 3 and r["frames"] > 5, (key, r)
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"] <= r["latency_ms"]["max"]
+        assert r["cpu_pct"] > 10 and r["rss_mb"] > 50
+    assert 20 < res["pipeline_paced"]["fps"] < 35
+    assert abs(res["ratios"]["d/a"] - res["pipeline_fast"]["fps"] / res["model"]["fps"]) < 1e-9
+    assert "d/b" in p.stdout and "tutorial loop" in p.stdout

@@ -53,12 +53,6 @@ class EdgeWriter:
                 time.sleep(0.0005)
         return self._count % self.ring.slots
 
-    def wait_taken(self, alive: Callable[[], bool]) -> None:
-        """Wait until the reader has taken (or dropped) every frame published so far: pull mode
-        for sources without a clock of their own."""
-        while self._count > self.ring.released and alive():
-            time.sleep(0.0005)
-
     def dropped_new(self) -> None:
         self.drops["drop_new"] += 1
 

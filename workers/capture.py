@@ -19,7 +19,7 @@ from pipeline.stage import StageContext
 from pipeline.stats import Histogram, Window
 from pipeline.transport import EdgeWriter
 
-from .sources import Source, SourceError, is_pulled, open_source
+from .sources import Source, SourceError, open_source
 
 RECONNECT_FIRST_S = 0.5  # back-off doubles up to RECONNECT_MAX_S between attempts
 RECONNECT_MAX_S = 8.0
@@ -100,13 +100,10 @@ def run(ctx: StageContext) -> None:
         return
     pacer = Pacer(source.fps)
     stall = Stall(ctx.config.source.stall_ms, ctx.config.source.stall_every_s)
-    pulled = is_pulled(ctx.config.source)
     seq = ring.last_seq  # after a restart, sequence numbers carry on
     ended = False
     try:
         while ctx.alive():
-            if pulled:
-                out.wait_taken(ctx.alive)
             seq += 1
             slot = out.acquire(ctx.alive)
             if slot is None and not ctx.alive():

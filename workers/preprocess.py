@@ -19,8 +19,6 @@ from pipeline.stage import StageContext
 from pipeline.stats import StageMeter
 from pipeline.transport import EdgeReader, EdgeWriter
 
-from .sources import is_pulled
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -121,11 +119,8 @@ def run(ctx: StageContext) -> None:
         inp.close()
         out.close()
         return
-    pulled = is_pulled(ctx.config.source)
     try:
         while ctx.alive():
-            if pulled:  # the next tensor is made when inference has taken the previous one
-                out.wait_taken(ctx.alive)
             desc = inp.take(timeout_ms=100)
             if desc is None:
                 continue

@@ -222,17 +222,6 @@ def frame_bytes_estimate(cfg: SyntheticSource | VideoSource | ImagesSource | Cam
         cap.release()
 
 
-def is_pulled(cfg: SyntheticSource | VideoSource | ImagesSource | CameraSource) -> bool:
-    """A source with no clock of its own (a file decoded as fast as possible, an unpaced image
-    folder or pattern) is read at the pace of the model, one frame in flight per edge: reading
-    ahead only to drop frames would burn a core, and on shared caches slow the model down."""
-    if cfg.kind == "camera":
-        return False
-    if cfg.kind == "video":
-        return not cfg.realtime
-    return cfg.fps == 0
-
-
 def open_source(cfg: SyntheticSource | VideoSource | ImagesSource | CameraSource) -> Source:
     kinds = {"synthetic": Synthetic, "video": Video, "images": Images, "camera": Camera}
     return kinds[cfg.kind](cfg)

@@ -105,7 +105,7 @@ def tutorial(args: dict[str, Any]) -> dict[str, Any]:
     from torchvision import transforms
 
     torch.backends.quantized.engine = "qnnpack"  # as the tutorial sets it
-    net = load({**args, "engine": "qnnpack", "threads": None})
+    net = load({**args, "engine": "qnnpack"})  # threads: torch's default unless a run says
     preprocess = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     cap = LiveVideo(args["video"], args.get("fps", 0.0), stall_ms=args.get("stall_ms", 0.0),
                     stall_every_s=args.get("stall_every_s", 0.0))

@@ -60,9 +60,13 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
             proc.send_signal(signal.SIGINT)
             out = proc.communicate(timeout=30)[0]
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # interrupted: let the supervisor clean up, then insist
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         if proc.returncode != 0:
             raise SystemExit(f"bench: pipeline-up exited with {proc.returncode}:\n{out}")
         summary = json.loads(summary_path.read_text())

@@ -215,10 +215,11 @@ def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[st
 
     out: dict[str, Any] = {}
     duration = min(b.args.duration, 8.0)
-    lines = ["Model table (tutorial loop on all cores as the tutorial runs it; model alone and "
-             "pipeline as configured; random weights where marked)",
+    lines = ["Model table. FPS, total and model ms: the tutorial's loop (all cores, qnnpack, "
+             "torch's default threads); alone: the model on the inference cores; pipeline: "
+             "fast source. Random weights where marked: timing only",
              f"{'model':<20} {'weights':<10} {'FPS':>6} {'total ms':>9} {'model ms':>9} "
-             f"{'pipeline fps':>12} {'Pi 4 FPS':>9}"]
+             f"{'alone fps':>9} {'engine':>7} {'pipeline fps':>12} {'Pi 4 FPS':>9}"]
     for name in MODELS:
         weights = str(DEFAULT_WEIGHTS) if name == "mobilenet_v2" else "none"
         size = 299 if name == "inception_v3" else 224
@@ -227,13 +228,14 @@ def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[st
         tut = b.baseline("tutorial", **common)
         alone = b.baseline("model", b.inference_cores, threads=b.inference_threads, **common)
         sizes = [f"preprocess.crop_size={size}", f"preprocess.resize_size={round(size * 256 / 224)}"]
-        pipe = b.pipeline(True, [f"model.name={name}", f"model.weights={weights}", *sizes],
-                          duration=duration)
+        pipe = b.pipeline(True, [f"model.name={name}", f"model.weights={weights}",
+                                 "model.engine=auto", *sizes], duration=duration)
         out[name] = {"weights": "pretrained" if weights != "none" else "random",
                      "tutorial": tut, "model_only": alone, "pipeline": pipe}
         total_ms = 1000 / tut["fps"] if tut["fps"] else 0.0
         lines.append(f"{name:<20} {out[name]['weights']:<10} {tut['fps']:6.1f} {total_ms:9.1f} "
-                     f"{tut['model_ms']['p50']:9.1f} {pipe['fps']:12.1f} "
+                     f"{tut['model_ms']['p50']:9.1f} {alone['fps']:9.1f} {alone['engine']:>7} "
+                     f"{pipe['fps']:12.1f} "
                      f"{PI4_FPS.get(name, float('nan')):9.1f}")
     return out, lines
 

@@ -64,3 +64,13 @@ def test_engine_choice():
     assert choose_engine("auto", "mobilenet_v2") in supported
     with pytest.raises(ModelError, match="model.engine"):
         choose_engine("nonexistent", "mobilenet_v2")
+
+
+@pytest.mark.parametrize("name", ["googlenet", "inception_v3"])
+def test_scripted_models_with_aux_outputs_return_logits(name):
+    """Scripted GoogLeNet and Inception v3 return (logits, aux...) tuples: the loader hands the
+    inference stage a model that returns the logits like every other."""
+    model = load_classifier(name, "none", jit=True)
+    size = 299 if name == "inception_v3" else 224
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, size, size)).shape == (1, 1000)

@@ -42,6 +42,21 @@ def choose_engine(requested: str, model_name: str) -> str:
     raise ModelError("this torch build has no quantized engine")
 
 
+# Scripted, these return (logits, aux...) even in eval mode; eager, they return the logits.
+TUPLE_OUTPUT = ("googlenet", "inception_v3")
+
+
+class FirstOutput(torch.nn.Module):
+    """The logits of a scripted model that returns a tuple, so every model returns a tensor."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[0]
+
+
 def categories(model_name: str) -> list[str]:
     """ImageNet class names from torchvision's weights metadata (shipped with the package)."""
     return list(get_model_weights(f"quantized_{model_name}").DEFAULT.meta["categories"])
@@ -86,6 +101,8 @@ def load_classifier(model_name: str, weights: str, engine: str = "auto", jit: bo
             model = model.to(memory_format=torch.channels_last)
         if jit:
             model = torch.jit.script(model)
+            if model_name in TUPLE_OUTPUT:
+                model = FirstOutput(model)
     return model
 
 

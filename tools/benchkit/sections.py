@@ -225,11 +225,16 @@ def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[st
         size = 299 if name == "inception_v3" else 224
         progress(f"models: {name} ({'pretrained' if weights != 'none' else 'random weights'}) ...")
         common = {"model": name, "weights": weights, "size": size, "duration": duration}
-        tut = b.baseline("tutorial", **common)
-        alone = b.baseline("model", b.inference_cores, threads=b.inference_threads, **common)
         sizes = [f"preprocess.crop_size={size}", f"preprocess.resize_size={round(size * 256 / 224)}"]
-        pipe = b.pipeline(True, [f"model.name={name}", f"model.weights={weights}",
-                                 "model.engine=auto", *sizes], duration=duration)
+        try:
+            tut = b.baseline("tutorial", **common)
+            alone = b.baseline("model", b.inference_cores, threads=b.inference_threads, **common)
+            pipe = b.pipeline(True, [f"model.name={name}", f"model.weights={weights}",
+                                     "model.engine=auto", *sizes], duration=duration)
+        except SystemExit as e:  # one model failing does not lose the others' figures
+            out[name] = {"error": str(e)[-500:]}
+            lines.append(f"{name:<20} failed: {str(e).strip().splitlines()[-1][:80]}")
+            continue
         out[name] = {"weights": "pretrained" if weights != "none" else "random",
                      "tutorial": tut, "model_only": alone, "pipeline": pipe}
         total_ms = 1000 / tut["fps"] if tut["fps"] else 0.0

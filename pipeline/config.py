@@ -38,6 +38,18 @@ PATH_KEYS = (("source", "path"), ("model", "weights"))
 WEIGHTS_SPECIAL = ("DEFAULT", "none")
 
 
+CORES_ENV = "EDGE_PIPELINE_CORES"  # set by the supervisor for the processes it starts
+
+
+def allowed_cores() -> list[int]:
+    """Cores this pipeline may use: the supervisor's own set, handed down to its stages and
+    consumers (it pins itself off the inference cores), else this process's affinity."""
+    given = os.environ.get(CORES_ENV)
+    if given:
+        return sorted(int(c) for c in given.split(","))
+    return sorted(os.sched_getaffinity(0))
+
+
 class ConfigError(Exception):
     """A config problem, phrased as one line for the user."""
 
@@ -210,7 +222,7 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _check_topology(self) -> "Config":
-        allowed = sorted(os.sched_getaffinity(0))
+        allowed = allowed_cores()
         for stage in ("capture", "preprocess", "inference"):
             cores = getattr(self, stage).cores
             if cores is None:
@@ -241,7 +253,7 @@ class Config(_Strict):
         cores = getattr(self, stage).cores
         if cores is not None:
             return list(cores)
-        allowed = sorted(os.sched_getaffinity(0))
+        allowed = allowed_cores()
         if stage == "inference" and len(allowed) > 1:
             return allowed[1:]
         return allowed[:1]

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-CORES_ENV = "EDGE_PIPELINE_CORES"  # the supervisor's own core set, handed to the stages it starts
-
 EDGES = ("frames", "tensors")
 STAGES = ("capture", "preprocess", "inference")
 

@@ -91,11 +91,12 @@ class StageContext:
         import zmq
 
 
-        self.send("ready", pid=os.getpid(), cores=self.cores, **info)
         # Everything loaded so far (torch, the model) lives for the whole run: keep it out of
         # the collector's reach, or a full collection in the frame loop costs tens of ms.
+        # (Before "ready": the collection itself takes that long.)
         gc.collect()
         gc.freeze()
+        self.send("ready", pid=os.getpid(), cores=self.cores, **info)
         while not self.started and not self.stopping:
             if self._ctl.poll(200, zmq.POLLIN):
                 self._handle(self._ctl.recv())
@@ -131,15 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parent", type=int, required=True)
     args = ap.parse_args(argv)
     _die_with_parent(args.parent)
-    from .runtime import CORES_ENV, RunPaths
+    from .config import Config
+    from .runtime import RunPaths
 
-    cores = os.environ.get(CORES_ENV)
-    if cores:  # the supervisor pins itself off the inference cores; start from its full set
-        os.sched_setaffinity(0, {int(c) for c in cores.split(",")})
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=logging.INFO, format=f"{args.stage}: %(message)s")
-
-    from .config import Config
 
     run = RunPaths.load(args.run_dir)
     config = Config.model_validate_json(run.config_file.read_text())

@@ -20,12 +20,12 @@ from typing import IO, Any
 import zmq
 
 from .adaptive import SizeController
-from .config import Config
+from .config import CORES_ENV, Config, allowed_cores
 from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
 from .report import RunReport, format_status, format_summary
 from .restarts import RestartBudget
 from .ring import Ring
-from .runtime import CORES_ENV, EDGES, STAGES, NotRunning, RunPaths, find_pipeline
+from .runtime import EDGES, STAGES, NotRunning, RunPaths, find_pipeline
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
 MAX_MESSAGE = 64 * 1024  # bytes; control, stats and descriptors are far smaller
@@ -46,7 +46,7 @@ class Supervisor:
         self.log = log
         self.paths = RunPaths.for_instance(config.name, os.getpid())
         self.procs: dict[str, subprocess.Popen] = {}
-        self.all_cores = sorted(os.sched_getaffinity(0))
+        self.all_cores = allowed_cores()
         a = config.adaptive
         self.sizer = SizeController(a.sizes, a.target_fps, a.low, a.high, a.hold_s) \
             if a.enabled else None

@@ -123,6 +123,7 @@ class StageContext:
         self.send("bye", **self.stats_source(), **final)
         self._ctl.close()
         self.zmq.term()
+        gc.unfreeze()  # let interpreter shutdown free everything (bindings report leaks otherwise)
 
 
 def main(argv: list[str] | None = None) -> int:

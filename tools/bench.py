@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tuning", action="store_true", help="tuning section")
     ap.add_argument("--adaptive", action="store_true", help="adaptive-resolution section")
     ap.add_argument("--models", action="store_true", help="the tutorial's model table")
+    ap.add_argument("--model-names", default="", metavar="A,B",
+                    help="with --models: only these models (default: the tutorial's list)")
     ap.add_argument("--no-main", action="store_true", help="skip the a/b/c/d table")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON")
     return ap

@@ -44,6 +44,8 @@ def choose_engine(requested: str, model_name: str) -> str:
 
 # Scripted, these return (logits, aux...) even in eval mode; eager, they return the logits.
 TUPLE_OUTPUT = ("googlenet", "inception_v3")
+# ...and say so on every forward pass: once per frame on stderr is noise, not news.
+warnings.filterwarnings("ignore", message=r"Scripted Quantizable\w+ always returns")
 
 
 class FirstOutput(torch.nn.Module):

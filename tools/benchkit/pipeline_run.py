@@ -39,14 +39,16 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
                "--record", str(record), "--summary-json", str(summary_path)]
         for item in overrides:
             cmd += ["--set", item]
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
+        log = open(Path(tmp) / "pipeline.log", "w+")  # a file, not a pipe: nothing can block
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=log,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             deadline = time.monotonic() + STARTUP_TIMEOUT_S
             while not (record.exists() and record.stat().st_size > 0):
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    out = proc.communicate()[0] if proc.poll() is not None else ""
-                    raise SystemExit(f"bench: pipeline-up did not produce results:\n{out}")
+                    log.seek(0)
+                    raise SystemExit(f"bench: pipeline-up did not produce results:\n"
+                                     f"{log.read()[-3000:]}")
                 time.sleep(0.05)
             time.sleep(WARMUP_S)
             pids = tree(proc.pid)
@@ -58,7 +60,7 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
             if end_disturbance:
                 end_disturbance()
             proc.send_signal(signal.SIGINT)
-            out = proc.communicate(timeout=30)[0]
+            proc.wait(timeout=30)
         finally:
             if proc.poll() is None:  # interrupted: let the supervisor clean up, then insist
                 proc.send_signal(signal.SIGINT)
@@ -67,8 +69,11 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+        log.seek(0)
+        out = log.read()
+        log.close()
         if proc.returncode != 0:
-            raise SystemExit(f"bench: pipeline-up exited with {proc.returncode}:\n{out}")
+            raise SystemExit(f"bench: pipeline-up exited with {proc.returncode}:\n{out[-3000:]}")
         summary = json.loads(summary_path.read_text())
         results = [json.loads(line) for line in record.read_text().splitlines() if line.strip()]
     window = [r for r in results if r.get("type") == "result"

@@ -220,7 +220,8 @@ def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[st
              "fast source. Random weights where marked: timing only",
              f"{'model':<20} {'weights':<10} {'FPS':>6} {'total ms':>9} {'model ms':>9} "
              f"{'alone fps':>9} {'engine':>7} {'pipeline fps':>12} {'Pi 4 FPS':>9}"]
-    for name in MODELS:
+    chosen = [m for m in b.args.model_names.split(",") if m] or MODELS
+    for name in chosen:
         weights = str(DEFAULT_WEIGHTS) if name == "mobilenet_v2" else "none"
         size = 299 if name == "inception_v3" else 224
         progress(f"models: {name} ({'pretrained' if weights != 'none' else 'random weights'}) ...")

@@ -18,7 +18,7 @@ Options add sections: --spikes (stall, CPU hog, slow model frames, each beside t
 
 Usage:
     .venv/bin/python tools/bench.py [--duration 15] [--json out.json] [--spikes] [--tuning]
-                                    [--adaptive] [--models] [--only-sections]
+                                    [--adaptive] [--models [--model-names A,B]] [--no-main]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from tools.benchkit.common import (  # noqa: E402
     DEFAULT_VIDEO,
     DEFAULT_WEIGHTS,
     IMAGES,
+    PACED_FPS,
     ROOT,
     child_env,
     progress,
@@ -45,7 +46,6 @@ from tools.benchkit.common import (  # noqa: E402
 from tools.benchkit.pipeline_run import run_pipeline  # noqa: E402
 
 CONFIG = ROOT / "configs" / "video.toml"
-PACED_FPS = 30.0
 
 
 class Bench:

@@ -14,6 +14,7 @@ ASSETS = ROOT.parent / "shared" / "assets"
 DEFAULT_VIDEO = ASSETS / "video" / "bottle-detection.mp4"
 DEFAULT_WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
 IMAGES = ASSETS / "images"
+PACED_FPS = 30.0  # the live-camera rate of the paced runs
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 

@@ -25,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quiet", action="store_true", help="no per-second status lines")
     ap.add_argument("--metrics-port", type=int, metavar="PORT",
                     help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
+    ap.add_argument("--host", metavar="NAME",
+                    help="run only the stages placed on host NAME by the topology (default: all)")
     ap.add_argument("--metrics-host", default="127.0.0.1",
                     help="address for --metrics-port (default 127.0.0.1: this machine only)")
     return ap
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-up: --duration must be positive, got {args.duration}", file=sys.stderr)
         return EXIT_CONFIG
     try:
-        config = load_config(args.config, overrides)
+        config = load_config(args.config, overrides, host=args.host)
     except ConfigError as e:
         print(f"pipeline-up: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -48,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
 
     return Supervisor(config, duration=args.duration, record=args.record,
                       summary_json=args.summary_json, quiet=args.quiet,
-                      metrics_port=args.metrics_port, metrics_host=args.metrics_host).run()
+                      metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                      host=args.host).run()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import glob
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
@@ -34,7 +35,7 @@ Policy = Literal["latest", "drop_new", "block"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Keys whose values are file paths: relative to the config file when written there,
 # relative to the working directory when given with --set.
-PATH_KEYS = (("source", "path"), ("model", "weights"))
+PATH_KEYS = (("source", "path"), ("model", "weights"), ("curve", "keys"))
 WEIGHTS_SPECIAL = ("DEFAULT", "none")
 
 
@@ -58,8 +59,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+HOST_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+LOCAL = "local"  # the host of every stage a config does not place elsewhere
+
+
 class _SourceBase(_Strict):
-    id: str = Field("", pattern=r"^[A-Za-z0-9_.:-]{0,40}$")
+    id: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$")
+    host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where this source's capture stage runs
     # A source that stops delivering for stall_ms every stall_every_s: to study camera hiccups.
     stall_ms: float = Field(0.0, ge=0, le=60000)
     stall_every_s: float = Field(0.0, ge=0, le=3600)
@@ -140,7 +146,9 @@ class PreprocessStage(_Strict):
 class InferenceStage(_Strict):
     cores: list[int] | None = None  # None: every allowed core but the first
     restart: Restart = "never"
-    threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core
+    threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core (per worker)
+    workers: int = Field(1, ge=1, le=64)  # model processes sharing the sources' frames
+    host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where preprocess and inference run
     delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
     delay_every: int = Field(1, ge=1, le=1_000_000)  # the delay hits every Nth frame only
 
@@ -174,14 +182,44 @@ class ModelConfig(_Strict):
     warmup: int = Field(10, ge=0, le=10000)
 
 
+TCP_ENDPOINT = r"^tcp://[^\s/]+:[0-9]{1,5}$"
+
+
 class Edge(_Strict):
     policy: Policy = "latest"
     slots: int = Field(4, ge=2, le=256)
+    # Across hosts (frames edge only): the writer binds `bind`, the reader connects to `connect`
+    # ("{host}" stands for the capture host's name); source i of several uses port + i.
+    bind: str = Field("", pattern=f"({TCP_ENDPOINT})?")
+    connect: str = Field("", pattern=f"({TCP_ENDPOINT})?")
+    encoding: Literal["raw", "jpeg"] = "raw"  # how a frame travels over tcp
+    quality: int = Field(90, ge=1, le=100)  # JPEG quality
+
+    @property
+    def tcp(self) -> bool:
+        return bool(self.bind)
 
 
 class Edges(_Strict):
     frames: Edge = Edge()  # capture -> preprocess (raw BGR frames)
     tensors: Edge = Edge()  # preprocess -> inference (model inputs)
+
+
+class CurveConfig(_Strict):
+    """ZeroMQ CURVE on tcp edges: `keys` is a folder holding HOST.key_secret for the hosts that run
+    here and HOST.key (public) for every host; a peer whose public key is not there is refused."""
+
+    keys: str = ""  # empty: tcp edges are plain
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One stage process: `name` is how stats, status and restarts refer to it."""
+
+    name: str  # "capture", or "capture.ID" with several sources; "inference.N" with several workers
+    kind: str  # capture | preprocess | inference
+    source: int | None = None  # index into Config.source_list (capture, preprocess)
+    worker: int | None = None  # 0-based (inference)
 
 
 class ConsumerConfig(_Strict):
@@ -211,6 +249,7 @@ class ConsumerConfig(_Strict):
 class Config(_Strict):
     name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     source: Source = SyntheticSource(kind="synthetic")
+    sources: list[Source] = []  # several sources instead of `source`
     capture: CaptureStage = CaptureStage()
     preprocess: PreprocessStage = PreprocessStage()
     inference: InferenceStage = InferenceStage()
@@ -218,6 +257,7 @@ class Config(_Strict):
     edges: Edges = Edges()
     supervision: Supervision = Supervision()
     adaptive: AdaptiveConfig = AdaptiveConfig()
+    curve: CurveConfig = CurveConfig()
     consumers: list[ConsumerConfig] = []
 
     @model_validator(mode="after")
@@ -245,7 +285,95 @@ class Config(_Strict):
         if self.adaptive.enabled and self.adaptive.sizes[0] != pre.crop_size:
             raise ValueError(f"adaptive.sizes: the largest size {self.adaptive.sizes[0]} must equal "
                              f"preprocess.crop_size {pre.crop_size} (the ring is sized for it)")
+        self._check_sources()
+        self._check_edges()
         return self
+
+    def _check_sources(self) -> None:
+        ids = self.source_ids()
+        dup = next((i for i in ids if ids.count(i) > 1), None)
+        if dup is not None:
+            raise ValueError(f"sources.id: '{dup}' names two sources (each needs its own id)")
+
+    def _check_edges(self) -> None:
+        frames, tensors = self.edges.frames, self.edges.tensors
+        if tensors.bind or tensors.connect or tensors.encoding != "raw":
+            raise ValueError("edges.tensors: only edges.frames can cross hosts (bind, connect, "
+                             "encoding); preprocess runs beside inference")
+        if bool(frames.bind) != bool(frames.connect):
+            raise ValueError("edges.frames: give both bind (where capture listens, e.g. "
+                             "tcp://*:5550) and connect (e.g. tcp://{host}:5550), or neither")
+        if frames.encoding == "jpeg" and not frames.tcp:
+            raise ValueError("edges.frames.encoding: jpeg applies to a tcp edge only "
+                             "(give edges.frames.bind and connect)")
+        if not frames.tcp:
+            for i, src in enumerate(self.source_list):
+                if src.host != self.inference.host:
+                    raise ValueError(
+                        f"edges.frames: source '{self.source_ids()[i]}' is captured on host "
+                        f"'{src.host}' and inference runs on '{self.inference.host}': give "
+                        f"edges.frames.bind and edges.frames.connect (tcp://) to cross hosts")
+        if frames.tcp and len(self.source_list) > 1:
+            port = int(frames.bind.rsplit(":", 1)[1])
+            if port + len(self.source_list) - 1 > 65535:
+                raise ValueError(f"edges.frames.bind: ports {port}.. leave no room for "
+                                 f"{len(self.source_list)} sources (port + i per source)")
+
+    @property
+    def source_list(self) -> list[Any]:
+        """The sources, whether the config gave one [source] or several [[sources]]."""
+        return list(self.sources) or [self.source]
+
+    def source_ids(self) -> list[str]:
+        """Each source's id: its `id`, else its kind (numbered when there are several)."""
+        srcs = self.source_list
+        if len(srcs) == 1:
+            return [srcs[0].id or srcs[0].kind]
+        return [s.id or f"{s.kind}{i + 1}" for i, s in enumerate(srcs)]
+
+    def hosts(self) -> list[str]:
+        return sorted({s.host for s in self.source_list} | {self.inference.host})
+
+    def instances(self, host: str | None = None) -> list[Instance]:
+        """Stage processes of the topology (on `host` only, if given), in start order."""
+        ids, several = self.source_ids(), len(self.source_list) > 1
+        out: list[Instance] = []
+        if host is None or host == self.inference.host:
+            n = self.inference.workers
+            out += [Instance(f"inference.{w + 1}" if n > 1 else "inference", "inference", worker=w)
+                    for w in range(n)]
+            out += [Instance(f"preprocess.{sid}" if several else "preprocess", "preprocess", source=i)
+                    for i, sid in enumerate(ids)]
+        out += [Instance(f"capture.{sid}" if several else "capture", "capture", source=i)
+                for i, (sid, src) in enumerate(zip(ids, self.source_list))
+                if host is None or src.host == host]
+        return out
+
+    def edge_name(self, edge: str, source: int) -> str:
+        """Ring and socket name of a source's edge: `frames`, or `frames.ID` with several."""
+        return f"{edge}.{self.source_ids()[source]}" if len(self.source_list) > 1 else edge
+
+    def frames_endpoints(self, source: int) -> tuple[str, str]:
+        """(bind, connect) of a source's tcp frames edge: port + source index."""
+        e, src = self.edges.frames, self.source_list[source]
+
+        def shift(url: str) -> str:
+            head, port = url.rsplit(":", 1)
+            return f"{head}:{int(port) + source}"
+
+        return shift(e.bind), shift(e.connect.replace("{host}", src.host))
+
+    def cores_for(self, inst: Instance) -> list[int]:
+        """A process's cores: workers split the inference cores between them (a worker per core
+        when there are as many cores as workers; several per core when there are fewer)."""
+        cores = self.cores_of(inst.kind)
+        if inst.worker is None or self.inference.workers == 1:
+            return cores
+        n = self.inference.workers
+        if n >= len(cores):
+            return [cores[inst.worker % len(cores)]]
+        per = len(cores) // n
+        return cores[inst.worker * per:(inst.worker + 1) * per]
 
     def cores_of(self, stage: str) -> list[int]:
         """Cores a stage is pinned to; unset stages get the default layout
@@ -258,9 +386,6 @@ class Config(_Strict):
             return allowed[1:]
         return allowed[:1]
 
-    @property
-    def source_id(self) -> str:
-        return self.source.id or self.source.kind
 
 
 def _core_list(cores: list[int]) -> str:
@@ -283,11 +408,19 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def _set(tree: dict, parts: list[str], value: Any, origin: str) -> None:
-    node = tree
+    """tree[a][b]... = value; a numeric part indexes a list (sources.1.path)."""
+    node: Any = tree
     for i, part in enumerate(parts[:-1]):
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
+        if isinstance(node, list) and part.isdigit():
+            if int(part) >= len(node):
+                raise ConfigError(f"{origin}: {'.'.join(parts[:i])} has {len(node)} entries")
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
             raise ConfigError(f"{origin}: {'.'.join(parts[: i + 1])} is not a table")
+    if isinstance(node, list):
+        raise ConfigError(f"{origin}: give an entry of {'.'.join(parts[:-1])} (e.g. .0.key)")
     node[parts[-1]] = value
 
 
@@ -302,10 +435,15 @@ def _resolve_path(tree: dict, base: Path) -> None:
     consumers = tree.get("consumers")
     for consumer in consumers if isinstance(consumers, list) else []:
         resolve(consumer, "out")
+    sources = tree.get("sources")
+    for src in sources if isinstance(sources, list) else []:
+        resolve(src, "path")
 
 
-def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Config:
-    """Read, override and validate a topology; raises ConfigError with one readable line."""
+def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
+                host: str | None = None) -> Config:
+    """Read, override and validate a topology; raises ConfigError with one readable line.
+    With `host`, only what runs on that host must exist here (files, keys)."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -321,51 +459,80 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Co
         _resolve_path(tree, path.resolve().parent)
     for text in overrides:
         parts, value = parse_override(text)
-        single = {}
-        _set(single, parts, value, f"--set {text}")
-        _resolve_path(single, Path.cwd())
-        node = single
-        for p in parts[:-1]:
-            node = node[p]
-        _set(tree, parts, node[parts[-1]], f"--set {text}")
-    return validate(tree)
+        if parts[-1] in ("path", "weights", "keys", "out") and isinstance(value, str) \
+                and value and value not in WEIGHTS_SPECIAL and value != "-":
+            value = os.path.normpath(Path.cwd() / os.path.expanduser(value))
+        _set(tree, parts, value, f"--set {text}")
+    return validate(tree, host)
 
 
-def validate(tree: dict[str, Any]) -> Config:
+def validate(tree: dict[str, Any], host: str | None = None) -> Config:
+    if "source" in tree and tree.get("sources"):
+        raise ConfigError("sources: give either [source] or [[sources]], not both")
     if isinstance(tree.get("source"), dict):
         tree["source"].setdefault("kind", "synthetic")
+    for src in tree.get("sources") or [] if isinstance(tree.get("sources"), list) else []:
+        if isinstance(src, dict):
+            src.setdefault("kind", "synthetic")
     try:
         config = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_describe(e, tree)) from None
-    _check_files(config)
+    if host is not None and host not in config.hosts():
+        raise ConfigError(f"--host {host}: no stage runs on it (hosts in this config: "
+                          f"{', '.join(config.hosts())})")
+    _check_files(config, host)
     return config
 
 
-def _check_files(config: Config) -> None:
-    src = config.source
+def _check_files(config: Config, host: str | None = None) -> None:
+    for i, src in enumerate(config.source_list):
+        if host is None or src.host == host:  # a source elsewhere is checked on its own host
+            _check_source(src, "source" if not config.sources else f"sources[{i}]")
+    weights = config.model.weights
+    runs_model = host is None or host == config.inference.host
+    if runs_model and weights not in WEIGHTS_SPECIAL and not os.path.isfile(weights):
+        raise ConfigError(
+            f"model.weights: no such file: {weights} (give a state-dict path, \"DEFAULT\" or \"none\")"
+        )
+    if config.curve.keys:
+        _check_keys(config, host)
+
+
+def _check_keys(config: Config, host: str | None) -> None:
+    keys = config.curve.keys
+    if not config.edges.frames.tcp:
+        raise ConfigError("curve.keys: CURVE secures tcp edges, and edges.frames is not one "
+                          "(give edges.frames.bind and connect)")
+    if not os.path.isdir(keys):
+        raise ConfigError(f"curve.keys: no such folder: {keys}")
+    needed = [(h, ".key_secret") for h in config.hosts() if host is None or h == host]
+    needed += [(h, ".key") for h in config.hosts()]
+    for h, suffix in needed:
+        if not os.path.isfile(os.path.join(keys, h + suffix)):
+            raise ConfigError(f"curve.keys: no {h}{suffix} in {keys} (make a key pair with "
+                              f"`python tools/make_keys.py {keys} {h}`; copy only the .key "
+                              f"files to other hosts)")
+
+
+def _check_source(src: Any, key: str) -> None:
     if isinstance(src, VideoSource) and not os.path.isfile(src.path):
-        raise ConfigError(f"source.path: no such video file: {src.path}")
+        raise ConfigError(f"{key}.path: no such video file: {src.path}")
     if isinstance(src, ImagesSource) and not image_files(src.path):
         raise ConfigError(
-            f"source.path: no image files ({', '.join(IMAGE_SUFFIXES)}) at {src.path} "
+            f"{key}.path: no image files ({', '.join(IMAGE_SUFFIXES)}) at {src.path} "
             "(give a folder or a glob pattern)"
         )
     if isinstance(src, CameraSource) and isinstance(src.device, str) and src.backend == "v4l2":
         if not os.path.exists(src.device):
-            raise ConfigError(f"source.device: no such camera device: {src.device} ({_video_devices()})")
+            raise ConfigError(f"{key}.device: no such camera device: {src.device} ({_video_devices()})")
     if isinstance(src, CameraSource) and isinstance(src.device, int):
         if src.device < 0:
-            raise ConfigError(f"source.device: camera index must be >= 0, got {src.device}")
+            raise ConfigError(f"{key}.device: camera index must be >= 0, got {src.device}")
         if src.backend == "v4l2" and not os.path.exists(f"/dev/video{src.device}"):
             raise ConfigError(
-                f"source.device: no camera /dev/video{src.device} ({_video_devices()})"
+                f"{key}.device: no camera /dev/video{src.device} ({_video_devices()})"
             )
-    weights = config.model.weights
-    if weights not in WEIGHTS_SPECIAL and not os.path.isfile(weights):
-        raise ConfigError(
-            f"model.weights: no such file: {weights} (give a state-dict path, \"DEFAULT\" or \"none\")"
-        )
 
 
 def _video_devices() -> str:
@@ -387,8 +554,11 @@ def _describe(error: ValidationError, tree: dict) -> str:
     err = error.errors()[0]
     loc = [str(p) for p in err["loc"]]
     # Drop the discriminator tag pydantic inserts for the source union.
-    if len(loc) > 1 and loc[0] == "source" and loc[1] in ("synthetic", "video", "images", "camera"):
+    kinds = ("synthetic", "video", "images", "camera")
+    if len(loc) > 1 and loc[0] == "source" and loc[1] in kinds:
         loc = [loc[0]] + loc[2:]
+    if len(loc) > 2 and loc[0] == "sources" and loc[2] in kinds:
+        loc = [f"sources[{loc[1]}]"] + loc[3:]
     if loc and loc[0] == "source" and len(loc) > 1 and loc[1] in ("int", "str"):
         loc = loc[:1]
     key = ".".join(loc) or "(top level)"
@@ -399,6 +569,7 @@ def _describe(error: ValidationError, tree: dict) -> str:
         allowed = _allowed_keys(loc[:-1], tree)
         return f"{key}: unknown key (allowed here: {', '.join(allowed)}){suffix}"
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
+        key = f"sources[{loc[1]}]" if loc[0] == "sources" and len(loc) > 1 else key
         return f"{key}.kind: must be one of synthetic, video, images, camera{suffix}"
     if kind == "value_error":
         return f"{err['msg'].removeprefix('Value error, ')}{suffix}"
@@ -410,8 +581,10 @@ def _describe(error: ValidationError, tree: dict) -> str:
 def _allowed_keys(loc: list[str], tree: dict) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc:
-        if part == "source":
-            kind = tree.get("source", {}).get("kind", "synthetic")
+        if part == "source" or part.startswith("sources["):
+            node = tree.get("source", {}) if part == "source" else \
+                tree["sources"][int(part[8:-1])]
+            kind = node.get("kind", "synthetic") if isinstance(node, dict) else "synthetic"
             model = {"synthetic": SyntheticSource, "video": VideoSource, "images": ImagesSource,
                      "camera": CameraSource}.get(kind, SyntheticSource)
             continue

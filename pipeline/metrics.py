@@ -13,8 +13,6 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .runtime import STAGES
-
 # 1 ms .. 2.5 s: a 30 fps pipeline lives around 20-100 ms; the tail shows stalls.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
                    0.15, 0.25, 0.5, 1.0, 2.5)
@@ -58,13 +56,13 @@ class _StatusCollector(Collector):
                                   labels=["stage", "cores"])
         stalled = GaugeMetricFamily("pipeline_stage_stalled", "1 while the stage has not reported for 3 s",
                                     labels=["stage"])
-        for stage in STAGES:
-            m = st["stages"][stage]
+        for stage, m in st["stages"].items():
+            kind = stage.split(".")[0]
             frames.add_metric([stage, "in"], m["frames_in"])
             frames.add_metric([stage, "out"], m["frames_out"])
             fps.add_metric([stage, "in"], m["fps_in"])
             fps.add_metric([stage, "out"], m["fps_out"])
-            if stage != "capture":
+            if kind != "capture":
                 queue.add_metric([stage], m["queue"].get("max", 0))
                 hwm.add_metric([stage], m["queue_hwm"])
             if m["heartbeat_age_s"] is not None:
@@ -78,9 +76,10 @@ class _StatusCollector(Collector):
                 threads.add_metric([stage], m["threads"])
             if m["cores"] is not None:
                 cores.add_metric([stage, ",".join(map(str, m["cores"]))], len(m["cores"]))
-            writes = {"capture": "frames", "preprocess": "tensors"}.get(stage)
-            if writes in m["in_use"]:  # the writer's count: frames not yet finished downstream
-                slots.add_metric([writes], m["in_use"][writes])
+            writes = {"capture": "frames", "preprocess": "tensors"}.get(kind)
+            for edge, n in m["in_use"].items():  # the writer's count: frames not yet finished
+                if writes and edge.startswith(writes):
+                    slots.add_metric([edge], n)
         for edge, reasons in st["totals"]["drops"].items():
             for reason, n in reasons.items():
                 drops.add_metric([edge, reason], n)
@@ -88,12 +87,24 @@ class _StatusCollector(Collector):
                                    "Capture inter-frame interval p99 minus p50, last second")
         if st["capture_jitter_ms"] is not None:
             jitter.add_metric([], st["capture_jitter_ms"] / 1000)
-        reconnects = CounterMetricFamily("pipeline_source_reconnects", "Times the source was reopened")
-        reconnects.add_metric([], st["stages"]["capture"]["reconnects"])
+        reconnects = CounterMetricFamily("pipeline_source_reconnects", "Times the source was reopened",
+                                         labels=["source"])
+        for stage, m in st["stages"].items():
+            if stage.split(".")[0] == "capture":
+                reconnects.add_metric([m.get("source", "")], m["reconnects"])
+        source_fps = GaugeMetricFamily("pipeline_source_fps", "Results per second of a source, last second",
+                                       labels=["source"])
+        source_latency = GaugeMetricFamily("pipeline_source_latency_p99_seconds",
+                                           "End-to-end latency p99 of a source, last second",
+                                           labels=["source"])
+        for src, m in st.get("sources", {}).items():
+            source_fps.add_metric([src], m["fps"])
+            if m["latency_ms"]:
+                source_latency.add_metric([src], m["latency_ms"]["p99"] / 1000)
         results = CounterMetricFamily("pipeline_results", "Results published")
         results.add_metric([], st["totals"]["results"])
         yield from (frames, drops, fps, queue, hwm, slots, heartbeat, restarts, cpu, rss, threads,
-                    cores, stalled, jitter, reconnects, results)
+                    cores, stalled, jitter, reconnects, results, source_fps, source_latency)
 
 
 class MetricsExporter:

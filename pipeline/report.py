@@ -10,7 +10,6 @@ import math
 import time
 from typing import Any
 
-from .runtime import STAGES
 from .stats import Histogram
 
 
@@ -27,8 +26,12 @@ class RunReport:
 
     STALLED_AFTER_S = 3.0  # no stats from a stage for this long: it is shown as stalled
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, stages: dict[str, tuple[str, str | None]]):
+        """`stages`: instance name -> (kind, source id or None), in display order."""
         self.name = name
+        self.kinds = {n: kind for n, (kind, _) in stages.items()}
+        self.source_of = {n: src for n, (_, src) in stages.items()}
+        self.sources: dict[str, SourceReport] = {}
         self.latest: dict[str, dict[str, Any]] = {}  # last stats message per stage
         self.ready: dict[str, dict[str, Any]] = {}  # ready message per stage (pid, cores, ...)
         self.seen: dict[str, float] = {}  # when each stage last reported
@@ -44,7 +47,7 @@ class RunReport:
         self.started = time.monotonic()
         self.stopped: float | None = None
         self.rejected: dict[str, int] = {}  # the supervisor's count of hostile messages
-        self.restarts: dict[str, int] = {stage: 0 for stage in STAGES}
+        self.restarts: dict[str, int] = {stage: 0 for stage in self.kinds}
         self.down: dict[str, str] = {}  # stage -> why it is being restarted
         self.carried: dict[str, dict[str, Any]] = {}  # counters of a stage's earlier lives
         self.last_result_seq = 0
@@ -84,7 +87,7 @@ class RunReport:
 
     def on_stats(self, msg: dict[str, Any]) -> None:
         stage = msg.get("stage")
-        if stage not in STAGES:
+        if stage not in self.kinds:
             return
         now = time.monotonic()
         n_in, n_out = int(msg.get("frames_in", 0)), int(msg.get("frames_out", 0))
@@ -113,6 +116,25 @@ class RunReport:
             self.window["frame_age"].append(age)
         top = msg.get("top") or []
         self.last_top = top[0] if top else None
+        src = str(msg.get("source"))
+        per = self.sources.get(src) or self.sources.setdefault(src, SourceReport())
+        per.add(now, ms)
+
+    def of_kind(self, kind: str) -> list[str]:
+        return [n for n, k in self.kinds.items() if k == kind]
+
+    def source_drops(self, src: str) -> dict[str, dict[str, int]]:
+        """Drops on a source's edges: its capture and preprocess, and every worker's share of
+        its tensors edge (with one source, every drop is that source's)."""
+        single = len({s for s in self.source_of.values() if s is not None}) <= 1
+        drops: dict[str, dict[str, int]] = {}
+        for stage in self.kinds:
+            own = single or self.source_of[stage] == src
+            for m in (self.latest.get(stage, {}), self.carried.get(stage, {})):
+                for edge, reasons in m.get("drops", {}).items():
+                    if own or edge == f"tensors.{src}":
+                        _merge_drops(drops, {edge: reasons})
+        return drops
 
     def _process(self, stage: str) -> dict[str, Any]:
         proc = self._procs.get(stage)
@@ -131,7 +153,7 @@ class RunReport:
         pipeline-top and the metrics endpoint. Starts a new one-second window."""
         now = time.monotonic()
         stages = {}
-        for stage in STAGES:
+        for stage in self.kinds:
             m = self.latest.get(stage, {})
             ready = self.ready.get(stage, {})
             age = now - self.seen[stage] if stage in self.seen else None
@@ -160,16 +182,23 @@ class RunReport:
                 "last_failure": self.down.get(stage),
                 **self._process(stage),
             }
-        interval = stages["capture"]["interval_ms"]
+        for stage, m in stages.items():
+            if self.source_of[stage] is not None:
+                m["source"] = self.source_of[stage]
+        jitters = [m["interval_ms"]["p99"] - m["interval_ms"]["p50"] for n, m in stages.items()
+                   if self.kinds[n] == "capture" and m["interval_ms"]]
         windows = {k: _percentiles(v) for k, v in self.window.items()}
         for values in self.window.values():
             values.clear()
+        sources = {src: {**per.window(now), "drops": self.source_drops(src)}
+                   for src, per in sorted(self.sources.items())}
         return {"schema": 1, "type": "status", "pipeline": self.name,
                 "elapsed_s": round(now - self.started, 3),
                 "stages": stages,
                 "latency_ms": windows["latency"],
                 "frame_age_ms": windows["frame_age"],
-                "capture_jitter_ms": round(interval["p99"] - interval["p50"], 3) if interval else None,
+                "capture_jitter_ms": round(max(jitters), 3) if jitters else None,
+                "sources": sources,
                 "totals": self.totals(),
                 "top": self.last_top}
 
@@ -177,10 +206,13 @@ class RunReport:
         drops: dict[str, dict[str, int]] = {}
         for m in [*self.latest.values(), *self.carried.values()]:
             _merge_drops(drops, m.get("drops", {}))
+        def total(kind: str, key: str) -> int:
+            return sum(self.counter(stage, key) for stage in self.of_kind(kind))
+
         return {
-            "captured": self.counter("capture", "frames_in"),
-            "preprocessed": self.counter("preprocess", "frames_out"),
-            "classified": self.counter("inference", "frames_out"),
+            "captured": total("capture", "frames_in"),
+            "preprocessed": total("preprocess", "frames_out"),
+            "classified": total("inference", "frames_out"),
             "restarts": dict(self.restarts),
             "results": self.results,
             "drops": drops,
@@ -200,9 +232,12 @@ class RunReport:
             "fps": round((self.results - 1) / span, 2) if self.results > 1 and span > 0 else 0.0,
             "latency_ms": self.latency.summary(),
             "frame_age_ms": self.frame_age.summary(),
-            "service_ms": {s: self.latest[s]["service_run_ms"] for s in STAGES
+            "service_ms": {s: self.latest[s]["service_run_ms"] for s in self.kinds
                            if "service_run_ms" in self.latest.get(s, {})},
-            "capture_interval_ms": self.latest.get("capture", {}).get("interval_run_ms", {}),
+            "capture_interval_ms": next((self.latest.get(s, {}).get("interval_run_ms", {})
+                                         for s in self.of_kind("capture")), {}),
+            "sources": {src: {**per.summary(), "drops": self.source_drops(src)}
+                        for src, per in sorted(self.sources.items())},
             "rejected_messages": dict(self.rejected),
             "restarts": dict(self.restarts),
         }
@@ -220,16 +255,52 @@ def _percentiles(values: list[float]) -> dict[str, float]:
             "count": len(v)}
 
 
+class SourceReport:
+    """One source's results: fps and end-to-end latency, per second and over the run."""
+
+    def __init__(self) -> None:
+        self.latency = Histogram()
+        self.recent: list[float] = []
+        self.first = self.last = 0.0
+        self.count = 0
+        self._window_start: float | None = None
+
+    def add(self, now: float, latency_ms: float) -> None:
+        if not self.count:
+            self.first = now
+        self.last = now
+        self.count += 1
+        self.latency.add(latency_ms)
+        self.recent.append(latency_ms)
+
+    def window(self, now: float) -> dict[str, Any]:
+        """fps and latency since the previous call."""
+        span = now - self._window_start if self._window_start is not None else 1.0
+        self._window_start = now
+        out = {"fps": round(len(self.recent) / span, 2) if span > 0 else 0.0,
+               "latency_ms": _percentiles(self.recent)}
+        self.recent = []
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        span = self.last - self.first
+        return {"results": self.count,
+                "fps": round((self.count - 1) / span, 2) if self.count > 1 and span > 0 else 0.0,
+                "latency_ms": self.latency.summary()}
+
+
 def format_status(st: dict[str, Any]) -> list[str]:
-    """One line per stage for the supervisor's terminal."""
+    """One line per stage for the supervisor's terminal (and one per source when several)."""
     lines = []
-    for stage in STAGES:
-        m = st["stages"][stage]
+    first_inference = next((n for n in st["stages"] if n.split(".")[0] == "inference"), None)
+    width = max([10, *map(len, st["stages"]), *(len(s) + 7 for s in st.get("sources", {}))])
+    for stage, m in st["stages"].items():
+        kind = stage.split(".")[0]
         if m["state"] == "starting":
-            lines.append(f"{stage:<10}  (no stats yet)")
+            lines.append(f"{stage:<{width}}  (no stats yet)")
             continue
-        parts = [f"{stage:<10} {m['fps_out']:6.1f} fps"]
-        if stage != "capture":
+        parts = [f"{stage:<{width}} {m['fps_out']:6.1f} fps"]
+        if kind != "capture":
             q = m["queue"]
             parts.append(f"queue {q.get('p50', 0):.0f}/max {q.get('max', 0):.0f}")
         for key, label in (("service_ms", "service"), ("interval_ms", "interval")):
@@ -239,12 +310,18 @@ def format_status(st: dict[str, Any]) -> list[str]:
         parts.append("drops " + (", ".join(drops) if drops else "0"))
         if m["state"] == "stalled":
             parts.append(f"STALLED (no report for {m['heartbeat_age_s']:.0f} s)")
-        if stage == "inference" and st["latency_ms"]:
+        if stage == first_inference and st["latency_ms"]:
             lat = st["latency_ms"]
             parts.append(f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms")
             if st["top"]:
                 parts.append(f"{st['top']['label']} {st['top']['prob']:.2f}")
         lines.append("  ".join(parts))
+    if len(st.get("sources", {})) > 1:
+        for src, m in st["sources"].items():
+            lat = m["latency_ms"]
+            e2e = f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms" if lat else "no results"
+            drops = sum(n for reasons in m["drops"].values() for n in reasons.values())
+            lines.append(f"{'source ' + src:<{width}} {m['fps']:6.1f} fps  {e2e}  drops {drops}")
     return lines
 
 
@@ -262,6 +339,12 @@ def format_summary(s: dict[str, Any]) -> str:
     if lat.get("count"):
         lines.append(f"latency    end-to-end p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  "
                      f"p99 {lat['p99']:.1f}  max {lat['max']:.1f} ms")
+    if len(s.get("sources", {})) > 1:
+        for src, m in s["sources"].items():
+            lat = m["latency_ms"]
+            lines.append(f"source     {src:<10} {m['fps']:.1f} fps, {m['results']} results"
+                         + (f", e2e p50 {lat['p50']:.1f}  p99 {lat['p99']:.1f} ms" if lat.get("count")
+                            else ""))
     for stage, svc in s["service_ms"].items():
         if svc.get("count"):
             lines.append(f"service    {stage:<10} p50 {svc['p50']:.1f}  p99 {svc['p99']:.1f}  "

@@ -15,6 +15,11 @@ latest when its sequence words are re-read after the copy.
 Two counters in the header carry flow control for the `block` and `drop_new` policies: `written`
 (frames published, writer-owned) and `released` (frames finished, reader-owned).
 
+Two more words let several readers share a ring (inference workers): `claimed`, the sequence
+number of the newest frame a reader took, and `holder`, the pid of the reader working on a frame
+of an in-order (`block`, `drop_new`) ring. They change only under `locked()`, an exclusive flock
+on the segment, held for a few microseconds and dropped by the kernel if its holder dies.
+
 Segments are plain files in /dev/shm (POSIX shared memory on Linux), created and unlinked by name,
 so no resource tracker process is involved and the supervisor can remove them after any crash.
 The space is reserved at creation (posix_fallocate): a full /dev/shm fails there, loudly, instead
@@ -23,15 +28,20 @@ of raising SIGBUS in the middle of a frame.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import mmap
 import os
+from typing import Iterator
 
 import numpy as np
 
 SHM_DIR = "/dev/shm"
 MAGIC = 0x52494E4731  # "RING1"
-_HEADER_WORDS = 8  # magic, version, slots, slot_bytes, written, released, last seq, reserved
+# magic, version, slots, slot_bytes, written, released, last seq, reserved, claimed, holder
+_HEADER_WORDS = 10
 _W_MAGIC, _W_VERSION, _W_SLOTS, _W_SLOT_BYTES, _W_WRITTEN, _W_RELEASED, _W_LAST_SEQ = range(7)
+_W_CLAIMED, _W_HOLDER = 8, 9
 _PAGE = 4096
 _SLOT_ALIGN = 64
 
@@ -66,6 +76,7 @@ class Ring:
             for i in range(self.slots)
         ]
         self._views: dict[tuple, np.ndarray] = {}
+        self._lock_fd: int | None = None
 
     @staticmethod
     def nbytes(slots: int, slot_bytes: int) -> int:
@@ -95,7 +106,7 @@ class Ring:
         head = np.frombuffer(mm, dtype=np.uint64, count=_HEADER_WORDS)
         head[_W_SLOTS] = slots
         head[_W_SLOT_BYTES] = slot_bytes
-        head[_W_VERSION] = 1
+        head[_W_VERSION] = 2
         head[_W_MAGIC] = MAGIC
         del head
         try:
@@ -176,6 +187,33 @@ class Ring:
     def release(self, n: int = 1) -> None:
         self._head[_W_RELEASED] += n
 
+    # Shared readers (under `locked`).
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        if self._lock_fd is None:
+            self._lock_fd = os.open(shm_path(self.name), os.O_RDONLY)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @property
+    def claimed(self) -> int:
+        return int(self._head[_W_CLAIMED])
+
+    @claimed.setter
+    def claimed(self, seq: int) -> None:
+        self._head[_W_CLAIMED] = seq
+
+    @property
+    def holder(self) -> int:
+        return int(self._head[_W_HOLDER])
+
+    @holder.setter
+    def holder(self, pid: int) -> None:
+        self._head[_W_HOLDER] = pid
+
     @property
     def written(self) -> int:
         return int(self._head[_W_WRITTEN])
@@ -188,6 +226,9 @@ class Ring:
         """Unmap (the segment itself stays until `unlink`)."""
         self._views.clear()
         self._payload = []
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         self._head = self._seq = None  # type: ignore[assignment]
         try:
             self._mm.close()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-EDGES = ("frames", "tensors")
-STAGES = ("capture", "preprocess", "inference")
+STAGES = ("capture", "preprocess", "inference")  # stage kinds; a topology runs instances of them
+RESULTS_IN = "results-in"  # inference workers publish here; the supervisor's hub republishes
 
 
 class NotRunning(LookupError):
@@ -50,8 +50,12 @@ def running_pipelines() -> list[dict[str, Any]]:
 
 
 def find_pipeline(name: str | None = None) -> dict[str, Any]:
-    """The running pipeline called `name`, or the only one running when `name` is None."""
+    """The running pipeline called `name`, or the only one running when `name` is None. A
+    pipeline split over hosts runs one supervisor per host: the one with results is chosen."""
     running = running_pipelines()
+    with_results = [i for i in running if i["endpoints"].get("results")]
+    if name is None and len(with_results) == 1 and len({i["name"] for i in running}) == 1:
+        return with_results[0]
     listing = ", ".join(f"{i['name']} (pid {i['pid']})" for i in running) or "none"
     if name is None:
         if len(running) == 1:
@@ -62,7 +66,7 @@ def find_pipeline(name: str | None = None) -> dict[str, Any]:
     matches = [i for i in running if i["name"] == name]
     if not matches:
         raise NotRunning(f"no pipeline named '{name}' is running (running: {listing})")
-    return matches[-1]
+    return ([i for i in matches if i["endpoints"].get("results")] or matches)[-1]
 
 
 def runtime_root() -> Path:
@@ -100,19 +104,22 @@ class RunPaths:
     def config_file(self) -> Path:
         return self.dir / "config.json"
 
-    def create(self, config_json: str) -> None:
-        """Make the instance's directory and its discovery entry (run.json)."""
+    def create(self, config_json: str, *, host: str | None, stages: list[str],
+               rings: dict[str, str], results: bool) -> None:
+        """Make the instance's directory and its discovery entry (run.json): which host of the
+        topology this is, its stage processes, and the ring holding each source's frames here."""
         root = runtime_root()
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         self.dir.mkdir(mode=0o700)
         self.config_file.write_text(config_json)
         info = {
-            "name": self.name, "pid": self.pid, "started_at": time.time(),
-            "endpoints": {w: self.endpoint(w) for w in ("results", "status", "control")},
-            "rings": {edge: self.shm_name(edge) for edge in EDGES},
-            "stages": list(STAGES), "config": json.loads(config_json),
+            "name": self.name, "pid": self.pid, "started_at": time.time(), "host": host,
+            "endpoints": {w: self.endpoint(w) for w in ("status", "control")},
+            "rings": rings, "stages": stages, "config": json.loads(config_json),
         }
+        if results:
+            info["endpoints"]["results"] = self.endpoint("results")
         tmp = self.dir / "run.json.tmp"
         tmp.write_text(json.dumps(info, indent=1))
         tmp.rename(self.dir / "run.json")  # readers never see half an entry

@@ -13,7 +13,8 @@ from pathlib import Path
 from .config import Config
 from .ring import SHM_DIR, Ring
 
-SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-(?P<edge>frames|tensors)(\.new-\d+)?$")
+SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-"
+                     r"(?P<edge>(frames|tensors)[A-Za-z0-9_.-]*?)(\.new-\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -27,10 +28,20 @@ class RingNeed:
         return Ring.nbytes(self.slots, self.slot_bytes)
 
 
-def ring_needs(config: Config, frame_bytes: int) -> list[RingNeed]:
-    pre = config.preprocess
-    return [RingNeed("frames", config.edges.frames.slots, frame_bytes),
-            RingNeed("tensors", config.edges.tensors.slots, 3 * pre.crop_size ** 2 * 4)]
+def ring_needs(config: Config, frame_bytes: list[int], host: str | None = None) -> list[RingNeed]:
+    """The rings this host makes: a frames ring per source captured here (and one more where a
+    tcp edge delivers it), a tensors ring per source preprocessed here."""
+    pre, edges = config.preprocess, config.edges
+    needs = []
+    here = {i.name: i for i in config.instances(host)}
+    for inst in here.values():
+        if inst.kind == "capture" or (inst.kind == "preprocess" and edges.frames.tcp):
+            needs.append(RingNeed(config.edge_name("frames", inst.source), edges.frames.slots,
+                                  frame_bytes[inst.source]))
+        if inst.kind == "preprocess":
+            needs.append(RingNeed(config.edge_name("tensors", inst.source), edges.tensors.slots,
+                                  3 * pre.crop_size ** 2 * 4))
+    return needs
 
 
 def free_bytes(path: str = SHM_DIR) -> int:
@@ -38,9 +49,10 @@ def free_bytes(path: str = SHM_DIR) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def preflight(config: Config, frame_bytes: int, free: int | None = None) -> str | None:
+def preflight(config: Config, frame_bytes: list[int], free: int | None = None,
+              host: str | None = None) -> str | None:
     """None if the rings fit in /dev/shm, else the one-line reason to refuse to start."""
-    needs = ring_needs(config, frame_bytes)
+    needs = ring_needs(config, frame_bytes, host)
     need = sum(n.total for n in needs)
     free = free_bytes() if free is None else free
     if need <= free:

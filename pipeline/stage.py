@@ -21,7 +21,7 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import Config
+    from .config import Config, Instance
     from .runtime import RunPaths
 
 _PR_SET_PDEATHSIG = 1
@@ -42,17 +42,21 @@ class StageContext:
 
     STATS_INTERVAL = 1.0
 
-    def __init__(self, stage: str, run: "RunPaths", config: "Config"):
+    def __init__(self, instance: "Instance", run: "RunPaths", config: "Config"):
         import zmq
 
-        self.stage = stage
+        self.instance = instance
+        self.stage = instance.name
         self.run = run
         self.config = config
-        self.cores = self.config.cores_of(stage)
+        self.cores = self.config.cores_for(instance)
+        # capture and preprocess serve one source; inference workers serve them all
+        self.source = config.source_list[instance.source] if instance.source is not None else None
+        self.source_id = config.source_ids()[instance.source] if instance.source is not None else None
         self.zmq = zmq.Context()
         self._ctl = self.zmq.socket(zmq.DEALER)
         # Unique per process: a restarted stage is a new peer, and nobody else can pose as it.
-        self._ctl.setsockopt(zmq.IDENTITY, f"{stage}:{os.getpid()}".encode())
+        self._ctl.setsockopt(zmq.IDENTITY, f"{self.stage}:{os.getpid()}".encode())
         self._ctl.setsockopt(zmq.LINGER, 1000)
         self._ctl.setsockopt(zmq.MAXMSGSIZE, 64 * 1024)
         self._ctl.connect(self.run.endpoint("control"))
@@ -62,6 +66,11 @@ class StageContext:
         self.settings: dict[str, Any] = {}
         self._next_stats = 0.0
         self.stats_source = lambda: {}  # the worker installs a snapshot function
+
+    def edge(self, edge: str, source: int | None = None) -> tuple[str, str]:
+        """(ipc endpoint, ring name) of `edge` for `source` (default: this stage's source)."""
+        name = self.config.edge_name(edge, self.instance.source if source is None else source)
+        return self.run.endpoint(name), self.run.shm_name(name)
 
     def send(self, kind: str, **fields: Any) -> None:
         from .messages import pack
@@ -128,7 +137,7 @@ class StageContext:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="pipeline.stage")
-    ap.add_argument("--stage", required=True, choices=["capture", "preprocess", "inference"])
+    ap.add_argument("--stage", required=True, help="stage instance, e.g. capture or inference.2")
     ap.add_argument("--run-dir", required=True)
     ap.add_argument("--parent", type=int, required=True)
     args = ap.parse_args(argv)
@@ -141,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
 
     run = RunPaths.load(args.run_dir)
     config = Config.model_validate_json(run.config_file.read_text())
-    os.sched_setaffinity(0, config.cores_of(args.stage))  # before torch/OpenCV start threads
+    instance = {i.name: i for i in config.instances()}[args.stage]
+    os.sched_setaffinity(0, config.cores_for(instance))  # before torch/OpenCV start threads
 
-    ctx = StageContext(args.stage, run, config)
+    ctx = StageContext(instance, run, config)
     signal.signal(signal.SIGTERM, lambda *_: setattr(ctx, "stopping", True))
-    worker = importlib.import_module(f"workers.{args.stage}")
+    worker = importlib.import_module(f"workers.{instance.kind}")
     try:
         worker.run(ctx)
     except Exception as e:  # report one line to the supervisor, full detail to stderr

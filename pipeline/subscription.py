@@ -21,7 +21,7 @@ import zmq
 
 from .messages import EOS, SCHEMA, unpack
 from .ring import Ring
-from .runtime import find_pipeline
+from .runtime import NotRunning, find_pipeline
 
 POLL_S = 0.5  # how often an idle subscriber checks that the pipeline still exists
 
@@ -72,6 +72,9 @@ class Subscription:
     def __init__(self, name: str | None = None, *, frames: bool = False, status: bool = False,
                  max_age: float | None = None, hwm: int = 100):
         self.info = find_pipeline(name)
+        if "results" not in self.info["endpoints"]:
+            raise NotRunning(f"pipeline '{self.info['name']}' runs no inference on this machine "
+                             f"(host {self.info.get('host')}): attach where its results are")
         self.name = self.info["name"]
         self.frames = frames
         self.received = 0
@@ -81,7 +84,7 @@ class Subscription:
         self.ended: str | None = None  # why the stream ended
         self.last_status: dict[str, Any] | None = None  # latest per-second pipeline status
         self._last_rseq: int | None = None
-        self._ring: Ring | None = None
+        self._rings: dict[str, Ring] = {}  # frames ring per source
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._results = self._subscribe(self.info["endpoints"]["results"], hwm)
@@ -144,7 +147,10 @@ class Subscription:
     def _result(self, msg: dict[str, Any]) -> Result:
         rseq = int(msg["result_seq"])
         gap = rseq - self._last_rseq - 1 if self._last_rseq is not None else 0
-        self._last_rseq = rseq
+        if gap < 0:  # several workers: a result overtaken by the next one, counted missed before
+            self.missed = max(0, self.missed - 1)
+        else:
+            self._last_rseq = rseq
         self.missed += max(0, gap)
         self.received += 1
         r = Result(
@@ -159,15 +165,18 @@ class Subscription:
 
     def _attach_frame(self, r: Result) -> None:
         try:
-            if self._ring is None:
-                self._ring = Ring.attach(self.info["rings"]["frames"], readonly=True)
+            rings = self.info["rings"]
+            name = rings.get("frames") or rings[f"frames.{r.source}"]
+            ring = self._rings.get(name)
+            if ring is None:
+                ring = self._rings[name] = Ring.attach(name, readonly=True)
             slot, shape = r.raw["frame_slot"], tuple(r.raw["frame_shape"])
-            view = self._ring.view(slot, shape)
-        except (OSError, ValueError):
+            view = ring.view(slot, shape)
+        except (OSError, ValueError, KeyError):
             self.frames_missed += 1
             return
-        if self._ring.intact(slot, r.seq):
-            r.frame, r._ring = view, self._ring
+        if ring.intact(slot, r.seq):
+            r.frame, r._ring = view, ring
         else:
             self.frames_missed += 1
 
@@ -180,9 +189,9 @@ class Subscription:
 
     def close(self) -> None:
         self._ctx.destroy(0)
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        for ring in self._rings.values():
+            ring.close()
+        self._rings.clear()
 
     def __enter__(self) -> "Subscription":
         return self

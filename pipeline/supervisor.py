@@ -24,8 +24,9 @@ from .config import CORES_ENV, Config, allowed_cores
 from .messages import BYE, EOS, ERROR, READY, STATS, pack, unpack
 from .report import RunReport, format_status, format_summary
 from .restarts import RestartBudget
+from .results_hub import ResultsHub
 from .ring import Ring
-from .runtime import EDGES, STAGES, NotRunning, RunPaths, find_pipeline
+from .runtime import RESULTS_IN, NotRunning, RunPaths, find_pipeline
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
 MAX_MESSAGE = 64 * 1024  # bytes; control, stats and descriptors are far smaller
@@ -35,8 +36,12 @@ STOP_GRACE_S = 3.0  # then SIGTERM, then SIGKILL: all within 5 s
 class Supervisor:
     def __init__(self, config: Config, *, duration: float | None = None, record: str | None = None,
                  summary_json: str | None = None, quiet: bool = False, log: IO[str] = sys.stderr,
-                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1"):
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
+                 host: str | None = None):
         self.config = config
+        self.host = host  # None: every stage of the topology runs here
+        self.stages = {i.name: i for i in config.instances(host)}
+        self.workers = [n for n, i in self.stages.items() if i.kind == "inference"]
         self.duration = duration
         self.record_path = record
         self.summary_path = summary_json
@@ -52,13 +57,18 @@ class Supervisor:
             if a.enabled else None
         self.consumers: dict[str, subprocess.Popen] = {}
         rules = config.supervision
-        self.budgets = {s: RestartBudget(getattr(config, s).restart, rules) for s in STAGES}
+        self.budgets = {n: RestartBudget(getattr(config, i.kind).restart, rules)
+                        for n, i in self.stages.items()}
         self.down: dict[str, float] = {}  # stage -> when it went down (restart pending)
         self.respawn_at: dict[str, float] = {}  # stage -> when to start its replacement
         self.hung: dict[str, float] = {}  # stage -> how long it was silent when killed
         self.started_at: float | None = None
         self.errors: dict[str, str] = {}
-        self.report = RunReport(config.name)
+        ids = config.source_ids()
+        self.report = RunReport(config.name, {
+            n: (i.kind, ids[i.source] if i.source is not None else None)
+            for n, i in sorted(self.stages.items(), key=lambda kv: _display_order(kv[1]))})
+        self.hub: ResultsHub | None = None
         self.stop_reason: str | None = None
         self.failure: str | None = None
 
@@ -66,7 +76,7 @@ class Supervisor:
         """Keep the supervisor's per-result and once-a-second work off the model's cores, where
         it would show up as latency spikes; it stays everywhere if inference has every core."""
         others = set(self.all_cores) - set(self.config.cores_of("inference"))
-        if others:
+        if others and self.workers:
             os.sched_setaffinity(0, others)
 
     def say(self, text: str) -> None:
@@ -80,8 +90,12 @@ class Supervisor:
             return 2
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self._pin_off_inference()
-        self.paths.create(self.config.model_dump_json())
+        self.paths.create(self.config.model_dump_json(), host=self.host, stages=list(self.stages),
+                          rings=self._frame_rings(), results=bool(self.workers))
         self.zctx = zmq.Context()
+        if self.workers:  # one results endpoint, however many workers publish into it
+            self.hub = ResultsHub(self.zctx, self.paths.endpoint(RESULTS_IN),
+                                  self.paths.endpoint("results"))
         self.ctl = self.zctx.socket(zmq.ROUTER)
         self.ctl.setsockopt(zmq.LINGER, 0)
         self.ctl.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE)  # a peer sending more is disconnected
@@ -91,7 +105,8 @@ class Supervisor:
         self.results.setsockopt(zmq.RCVHWM, 100000)
         self.results.setsockopt(zmq.SUBSCRIBE, b"")
         self.results.setsockopt(zmq.RECONNECT_IVL, 10)
-        self.results.connect(self.paths.endpoint("results"))
+        if self.workers:
+            self.results.connect(self.paths.endpoint("results"))
         self.status = self.zctx.socket(zmq.PUB)
         self.status.setsockopt(zmq.LINGER, 0)
         self.status.setsockopt(zmq.SNDHWM, 10)
@@ -103,7 +118,9 @@ class Supervisor:
                 self._broadcast("start")
                 self.report.mark_started()
                 self.started_at = time.monotonic()
-                self.say(f"running: results on {self.paths.endpoint('results')}  (Ctrl-C stops)")
+                where = f"results on {self.paths.endpoint('results')}" if self.workers else \
+                    f"capture for host {self.config.inference.host} ({', '.join(self.stages)})"
+                self.say(f"running: {where}  (Ctrl-C stops)")
                 self._monitor()
         finally:
             self._shutdown()
@@ -131,15 +148,13 @@ class Supervisor:
         else:
             return (f"a pipeline named '{self.config.name}' is already running "
                     f"(pid {other['pid']}); choose another with --name")
-        from workers.sources import frame_bytes_estimate
-
         from .shm import preflight, remove_orphans
 
         removed = remove_orphans()
         if removed:
             self.say(f"removed {len(removed)} shared-memory segment(s) left by a killed pipeline: "
                      + ", ".join(removed))
-        refusal = preflight(self.config, frame_bytes_estimate(self.config.source))
+        refusal = preflight(self.config, self._frame_bytes(), host=self.host)
         if refusal:
             return refusal
         if self.metrics_address:
@@ -153,6 +168,35 @@ class Supervisor:
             self.say(f"metrics: http://{host}:{self.metrics.port}/metrics")
         return None
 
+    def _frame_bytes(self) -> list[int]:
+        """Largest frame of each source, where it can be told here (0 elsewhere)."""
+        from workers.sources import frame_bytes_estimate
+
+        sizes = []
+        for src in self.config.source_list:
+            try:
+                sizes.append(frame_bytes_estimate(src))
+            except Exception:  # a source on another host: its file or device is not here
+                sizes.append(0)
+        return sizes
+
+    def _frame_rings(self) -> dict[str, str]:
+        """Each source's rings on this host, by edge name; `frames...` is the ring a result's
+        frame_slot points into (the received copy when frames arrive over tcp)."""
+        rings = {}
+        for inst in self.stages.values():
+            if inst.source is None:
+                continue
+            frames = self.config.edge_name("frames", inst.source)
+            if inst.kind == "preprocess":
+                tcp = self.config.edges.frames.tcp
+                rings[frames] = self.paths.shm_name(frames + (".rx" if tcp else ""))
+                tensors = self.config.edge_name("tensors", inst.source)
+                rings[tensors] = self.paths.shm_name(tensors)
+            else:
+                rings.setdefault(frames, self.paths.shm_name(frames))
+        return rings
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_reason is None:
             self.stop_reason = signal.Signals(signum).name
@@ -165,8 +209,9 @@ class Supervisor:
         return env
 
     def _spawn(self, stage: str) -> None:
-        threads = len(self.config.cores_of(stage))
-        if stage == "inference" and self.config.inference.threads:
+        inst = self.stages[stage]
+        threads = len(self.config.cores_for(inst))
+        if inst.kind == "inference" and self.config.inference.threads:
             threads = self.config.inference.threads
         self.procs[stage] = subprocess.Popen(
             [sys.executable, "-m", "pipeline.stage", "--stage", stage,
@@ -175,10 +220,10 @@ class Supervisor:
 
     def _spawn_all(self) -> None:
         env = self._env()
-        for stage in reversed(STAGES):  # the model loads longest: start it first
+        for stage in self.stages:  # workers first: the model loads longest
             self._spawn(stage)
         # Consumers connect while the model loads, so they see the first result.
-        for i, c in enumerate(self.config.consumers):
+        for i, c in enumerate(self.config.consumers if self.workers else []):
             cmd = [sys.executable, "-m", "pipeline.attach_cli", "--name", self.config.name,
                    "--consumer", c.kind, "--port", str(c.port), "--host", c.host]
             cmd += ["--out", c.out] if c.out else []
@@ -199,26 +244,32 @@ class Supervisor:
     def _await_ready(self) -> bool:
         ready: dict[str, dict] = {}
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while len(ready) < len(STAGES):
+        while len(ready) < len(self.stages):
             if self.stop_reason or self._check_children():
                 return False
             if time.monotonic() > deadline:
                 self.failure = f"stages not ready after {READY_TIMEOUT_S:.0f} s: " + \
-                    ", ".join(s for s in STAGES if s not in ready)
+                    ", ".join(s for s in self.stages if s not in ready)
                 return False
             for stage, msg in self._control(100):
                 if msg.get("type") == READY:
                     ready[stage] = msg
                     self.report.on_ready(stage, msg)
-        inf = ready["inference"]
-        self.say(f"ready: {self.config.source.kind} source, {inf.get('model')} on "
-                 f"{inf.get('engine')} with {inf.get('threads')} thread(s); cores "
-                 + ", ".join(f"{s} {ready[s].get('cores')}" for s in STAGES))
+        kinds = sorted({ready[s].get("source") for s in ready if ready[s].get("source")})
+        what = f"{len(self.config.source_list)} sources" if len(self.config.source_list) > 1 \
+            else f"{kinds[0] if kinds else 'remote'} source"
+        inf = ready[self.workers[0]] if self.workers else None
+        model = (f"{inf.get('model')} on {inf.get('engine')} with {inf.get('threads')} thread(s)"
+                 f"{f' x {len(self.workers)} workers' if len(self.workers) > 1 else ''}") \
+            if inf else f"no model here (inference on host {self.config.inference.host})"
+        self.say(f"ready: {what}, {model}; cores "
+                 + ", ".join(f"{s} {ready[s].get('cores')}" for s in self.stages))
         return True
 
     def _monitor(self) -> None:
         end = time.monotonic() + self.duration if self.duration else None
         next_status = time.monotonic() + 1.0
+        eos: set[str] = set()  # stages that reached the end of the stream
         eos_at: float | None = None
         poller = zmq.Poller()
         poller.register(self.ctl, zmq.POLLIN)
@@ -226,19 +277,22 @@ class Supervisor:
         while self.stop_reason is None:
             events = dict(poller.poll(100))
             if self.results in events:
-                if self._drain_results():
-                    self.stop_reason = "end of stream"
-                    break
+                self._drain_results()
             if self.ctl in events:
                 for stage, msg in self._control(0):
-                    if msg.get("type") == EOS and stage == "inference":
-                        eos_at = time.monotonic()
+                    if msg.get("type") == EOS:
+                        eos.add(stage)
                     elif msg.get("type") == READY and stage in self.down:
                         self._rejoin(stage, msg)
             now = time.monotonic()
             self._respawn_due(now)
             self._watchdog(now)
-            if eos_at is not None and now - eos_at > 1.0:  # eos seen but its result-stream marker lost
+            # The end: every worker has run dry; on a host without workers, every capture has
+            # ended (and had a moment to hand its last frames to the link).
+            finishing = self.workers or [n for n, i in self.stages.items() if i.kind == "capture"]
+            if eos_at is None and set(finishing) <= eos:
+                eos_at = now
+            if eos_at is not None and (self.workers or now - eos_at > 1.0):
                 self.stop_reason = "end of stream"
             if end is not None and now >= end:
                 self.stop_reason = "duration"
@@ -255,19 +309,19 @@ class Supervisor:
                     lines = format_status(status)
                     self.say(f"[{status['elapsed_s']:6.1f}s] " + f"\n{'':9}".join(lines))
 
-    def _drain_results(self) -> bool:
-        """Take every waiting result; True once the end-of-stream marker arrives."""
+    def _drain_results(self) -> None:
+        """Take every waiting result."""
         while True:
             try:
                 raw = self.results.recv(zmq.NOBLOCK)
             except zmq.Again:
-                return False
+                return
             try:
                 msg = unpack(raw)
             except Exception:
                 continue
-            if msg.get("type") == EOS:
-                return True
+            if msg.get("type") != "result":
+                continue
             self.report.on_result(msg)
             if self.metrics:
                 self.metrics.on_result(msg)
@@ -285,7 +339,7 @@ class Supervisor:
                 frames = self.ctl.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            stage = frames[0].decode(errors="replace").partition(":")[0]
+            stage = frames[0].decode(errors="replace").rpartition(":")[0]
             if len(frames) != 2 or frames[0] != self._identity(stage):
                 self._reject("control message from an unknown peer")
                 continue
@@ -300,7 +354,7 @@ class Supervisor:
                 continue
             if kind in (STATS, BYE):
                 self.report.on_stats(msg)
-                if kind == STATS and stage == "inference" and self.sizer:
+                if kind == STATS and stage == self._first_worker() and self.sizer:
                     self._adapt(msg)
             elif kind == ERROR:
                 self.errors[stage] = str(msg.get("message", ""))
@@ -315,11 +369,18 @@ class Supervisor:
             return
         self.say(f"adaptive: input {old} -> {size} (model {service:.1f} ms per frame, "
                  f"target {self.sizer.target:g} fps)")
-        try:
-            self.ctl.send_multipart([self._identity("preprocess"),
-                                     pack({"type": "set", "input_size": size})], zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # preprocess is restarting: it gets the size with its start message
+        for stage, inst in self.stages.items():
+            if inst.kind != "preprocess":
+                continue
+            try:
+                self.ctl.send_multipart([self._identity(stage),
+                                         pack({"type": "set", "input_size": size})], zmq.NOBLOCK)
+            except zmq.ZMQError:
+                pass  # preprocess is restarting: it gets the size with its start message
+
+    def _first_worker(self) -> str | None:
+        """The worker whose model time drives adaptive resolution (all run the same model)."""
+        return next((w for w in self.workers if w not in self.down), None)
 
     def _identity(self, stage: str) -> bytes | None:
         """A stage's control identity: its name and the pid of its current process."""
@@ -394,6 +455,14 @@ class Supervisor:
                 self.say(f"stage '{stage}' sent no heartbeat for {now - seen:.1f} s: killing it")
                 proc.kill()
 
+    def _all_rings(self) -> set[str]:
+        """Every ring a stage of this host may have made (capture's own frames ring too)."""
+        names = set(self._frame_rings().values())
+        for inst in self.stages.values():
+            if inst.source is not None:
+                names.add(self.paths.shm_name(self.config.edge_name("frames", inst.source)))
+        return names
+
     def _broadcast(self, kind: str) -> None:
         for stage in self.procs:
             try:
@@ -409,7 +478,9 @@ class Supervisor:
         while time.monotonic() < deadline and any(p.poll() is None for p in self.procs.values()):
             self._control(20)
             self._drain_results()  # results still in flight belong in the record and the figures
-        # Consumers see the end-of-stream message from inference and finish on their own.
+        if self.hub is not None:  # consumers see the end of the stream and finish on their own
+            self.hub.publish_end(self.config.name, "end of stream" if self.stop_reason == "end of stream"
+                                 else "stopped")
         consumer_deadline = time.monotonic() + 2.0
         while time.monotonic() < consumer_deadline and any(
                 p.poll() is None for p in self.consumers.values()):
@@ -425,8 +496,10 @@ class Supervisor:
                     pass
         self._control(0)  # final stats ("bye") from stages that stopped cleanly
         self._drain_results()
-        for edge in EDGES:
-            Ring.unlink(self.paths.shm_name(edge))
+        for name in self._all_rings():
+            Ring.unlink(name)
+        if self.hub is not None:
+            self.hub.close()
         self.ctl.close(0)
         self.results.close(0)
         self.status.close(0)
@@ -434,3 +507,9 @@ class Supervisor:
         self.paths.remove()
         if self.metrics:
             self.metrics.close()
+
+
+def _display_order(inst: Any) -> tuple[int, int]:
+    """Status lines follow the frames: captures, preprocessors, workers."""
+    order = {"capture": 0, "preprocess": 1, "inference": 2}[inst.kind]
+    return order, inst.source if inst.source is not None else inst.worker

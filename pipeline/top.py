@@ -26,8 +26,6 @@ from rich.text import Text
 
 from .runtime import NotRunning, find_pipeline
 
-STAGE_ORDER = ("capture", "preprocess", "inference")
-
 
 def _ms(d: dict[str, Any], key: str) -> str:
     return f"{d[key]:.1f}" if d and d.get(key) is not None else "-"
@@ -40,21 +38,19 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
                          ("svc p50/p99", "right"), ("queue", "right"), ("slots", "right"),
                          ("drops", "left"), ("cpu%", "right"), ("MB", "right")):
         table.add_column(col, justify=justify, no_wrap=True)
-    for stage in STAGE_ORDER:
-        m = st["stages"].get(stage)
-        if m is None:
-            continue
+    for stage, m in st["stages"].items():
+        kind = stage.split(".")[0]
         state = m["state"]
         style = {"running": "", "starting": "yellow", "reconnecting": "bold yellow",
                  "stalled": "bold red"}.get(state, "red")
         svc = m["service_ms"]
         service = f"{_ms(svc, 'p50')}/{_ms(svc, 'p99')}" if svc else "-"
-        if stage == "capture" and m["interval_ms"]:
+        if kind == "capture" and m["interval_ms"]:
             service = f"every {_ms(m['interval_ms'], 'p50')}"
         q = m["queue"]
-        queue = f"{q.get('max', 0):.0f} ({m['queue_hwm']})" if stage != "capture" else "-"
-        writes = {"capture": "frames", "preprocess": "tensors"}.get(stage)
-        slots = str(m["in_use"].get(writes, "-")) if writes else "-"
+        queue = f"{q.get('max', 0):.0f} ({m['queue_hwm']})" if kind != "capture" else "-"
+        writes = {"capture": "frames", "preprocess": "tensors"}.get(kind)
+        slots = str(next((n for e, n in m["in_use"].items() if writes and e.startswith(writes)), "-"))
         drops = str(sum(n for edge in m["drops"].values() for n in edge.values()))
         cpu = f"{m['cpu_percent']:.0f}" if m["cpu_percent"] is not None else "-"
         rss = f"{m['rss_mb']:.0f}" if m["rss_mb"] is not None else "-"
@@ -88,6 +84,10 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
                      if m.get("cores") is not None)
     if pins:
         lines.append(Text(f"cores x threads: {pins}", style="dim"))
+    if len(st.get("sources", {})) > 1:
+        lines.append(Text("per source: " + "; ".join(
+            f"{src} {m['fps']:.1f} fps p99 {_ms(m['latency_ms'], 'p99')} ms"
+            for src, m in st["sources"].items())))
     if st.get("top"):
         lines.append(Text(f"now: {st['top']['label']} {st['top']['prob']:.2f}", style="green"))
     lines.append(Text("q quits", style="dim"))

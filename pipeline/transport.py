@@ -8,12 +8,16 @@ descriptors, and the edge's back-pressure policy.
   at the writer (counted as `drop_new`).
 - `block`: the writer waits for a free slot; nothing is dropped.
 The reader processes `drop_new` and `block` edges in order and releases each slot when done.
+
+A `fanout` edge publishes its descriptors to every reader (PUB/SUB) and the readers share the
+ring through its claim words (`claim`): the tensors edges, which several inference workers read.
 """
 
 from __future__ import annotations
 
 import collections
 import math
+import os
 import time
 from typing import Any, Callable
 
@@ -30,12 +34,13 @@ MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more i
 class EdgeWriter:
     """Producer end of an edge: owns the ring and applies the policy."""
 
-    def __init__(self, zctx: zmq.Context, endpoint: str, ring: Ring, policy: str):
+    def __init__(self, zctx: zmq.Context, endpoint: str, ring: Ring, policy: str,
+                 fanout: bool = False):
         self.ring = ring
         self.policy = policy
         self.drops = {"drop_new": 0, "latest": 0}
         self._count = ring.written  # frames published (a restarted writer continues the count)
-        self.sock = zctx.socket(zmq.PUSH)
+        self.sock = zctx.socket(zmq.PUB if fanout else zmq.PUSH)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.SNDHWM, max(16, 4 * ring.slots))
         self.sock.setsockopt(zmq.SNDTIMEO, 100)
@@ -105,28 +110,84 @@ class EdgeReader:
     """Consumer end of an edge: takes frames by policy and checks they were not overwritten."""
 
     def __init__(self, zctx: zmq.Context, endpoint: str, ring_name: str, policy: str,
-                 required: tuple[str, ...] = ()):
+                 required: tuple[str, ...] = (), fanout: bool = False, sole: bool = True):
         self.policy = policy
         self.required = ("slot", "seq", "shape", "dtype", *required)
         self.ring_name = ring_name
         self.ring: Ring | None = None  # attached on the first frame: the writer creates it
         self.drops = {"latest": 0, "torn": 0, "malformed": 0}
         self.depth = 0  # frames that were waiting behind the one taken last
+        self.ended = False  # end of stream seen (fanout readers)
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
-        self.drops["restart"] = self._take_over()
-        self.sock = zctx.socket(zmq.PULL)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, MAX_DESCRIPTOR)
+        self._holding = False
+        self.drops["restart"] = self._take_over() if sole else 0
+        self.sock = self._socket(zctx, fanout)
         self.sock.connect(endpoint)
+
+    def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
+        sock = zctx.socket(zmq.SUB if fanout else zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_DESCRIPTOR)
+        if fanout:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        return sock
 
     def _take_over(self) -> int:
         """A reader restarted after a crash: the frames its predecessor held are released (and
-        counted as dropped) so a block/drop_new writer is not left waiting for them."""
+        counted as dropped) so a block/drop_new writer is not left waiting for them. (Only for
+        the sole reader of a ring: shared readers recover a dead holder's frame in `claim`.)"""
         try:
             self.ring = Ring.attach(self.ring_name)
         except FileNotFoundError:  # first start: the writer creates the ring later
             return 0
+        with self.ring.locked():
+            self.ring.holder = 0
         return self.ring.release_all()
+
+    def claim(self) -> dict[str, Any] | None:
+        """Shared ring: take the frame this reader should work on next, unless another reader
+        took it first. `latest` takes the newest frame no reader has taken; in-order edges take
+        the oldest, one frame at a time per ring (so slots are released in order). None if
+        there is nothing to take; sets `ended` once the writer's end of stream arrives."""
+        self._drain()
+        pending = self._pending
+        if pending and pending[-1].get("eos"):
+            pending.pop()
+            self.ended = True
+        if not pending or self.ring is None:
+            return None
+        ring, mine = self.ring, os.getpid()
+        with ring.locked():
+            claimed = ring.claimed
+            while pending and pending[0]["seq"] <= claimed:  # taken by other readers
+                pending.popleft()
+            if not pending:
+                return None
+            if self.policy == "latest":
+                desc = pending.pop()
+                skipped = len(pending)
+                self.drops["latest"] += skipped
+                ring.release(skipped)
+                pending.clear()
+            else:
+                holder = ring.holder
+                if holder and holder != mine:
+                    if _alive(holder):
+                        return None  # another reader works on this ring: keep the order
+                    self.drops["restart"] += 1  # its frame died with it
+                    ring.release(1)
+                desc = pending.popleft()
+                ring.holder = mine
+                self._holding = True
+            ring.claimed = desc["seq"]
+        self.depth = len(pending)
+        return desc
+
+    @property
+    def waiting(self) -> bool:
+        """Descriptors received and not yet claimed (they may be claimable after a release)."""
+        return bool(self._pending)
 
     def take(self, timeout_ms: int) -> dict[str, Any] | None:
         """Next descriptor by policy (`{"eos": True}` at end of stream), or None on timeout."""
@@ -148,12 +209,16 @@ class EdgeReader:
             return eos
         newest = pending[frames - 1]
         self.drops["latest"] += frames - 1
-        self._release(frames - 1)
+        self._skip(frames - 1)
         self.depth = frames - 1
         pending.clear()
         if eos is not None:
             pending.append(eos)
         return newest
+
+    def _skip(self, n: int) -> None:
+        """Frames passed over by `latest` are done with: their slots may be reused."""
+        self._release(n)
 
     def _drain(self) -> None:
         while True:
@@ -204,6 +269,11 @@ class EdgeReader:
     def release(self) -> None:
         """Done with the frame taken last: its slot may be reused."""
         self._release(1)
+        if self._holding:
+            self._holding = False
+            with self.ring.locked():
+                if self.ring.holder == os.getpid():
+                    self.ring.holder = 0
 
     def _release(self, n: int) -> None:
         if self.ring is None:
@@ -225,3 +295,13 @@ class EdgeReader:
         self.sock.close(0)
         if self.ring is not None:
             self.ring.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -17,8 +17,8 @@ from .test_pipeline import start, wait_running
 
 def test_preflight_names_what_is_needed_what_is_free_and_what_to_shrink():
     cfg = load_config(None, ["model.weights=none", "edges.frames.slots=8"])
-    assert preflight(cfg, 640 * 480 * 3, free=10 * 2**30) is None
-    msg = preflight(cfg, 640 * 480 * 3, free=5 * 2**20)
+    assert preflight(cfg, [640 * 480 * 3], free=10 * 2**30) is None
+    msg = preflight(cfg, [640 * 480 * 3], free=5 * 2**20)
     assert msg.startswith("not enough shared memory: the rings need 9.3 MiB")
     assert "frames ring 8 x 0.9 MiB" in msg and "has 5.0 MiB free" in msg
     assert "edges.frames.slots" in msg and "source.width/height" in msg

@@ -17,6 +17,7 @@ import numpy as np
 from pipeline.ring import Ring
 from pipeline.stage import StageContext
 from pipeline.stats import Histogram, Window
+from pipeline.tcp_edge import Curve, TcpEdgeWriter
 from pipeline.transport import EdgeWriter
 
 from .sources import Source, SourceError, open_source
@@ -69,11 +70,21 @@ class Stall:
 
 def run(ctx: StageContext) -> None:
     edge = ctx.config.edges.frames
-    source = open_source(ctx.config.source)
-    ring = Ring.open_for_writing(ctx.run.shm_name("frames"), edge.slots, source.max_frame_bytes)
-    out = EdgeWriter(ctx.zmq, ctx.run.endpoint("frames"), ring, edge.policy)
+    source = open_source(ctx.source)
+    endpoint, ring_name = ctx.edge("frames")
+    ring = Ring.open_for_writing(ring_name, edge.slots, source.max_frame_bytes)
+    curve = None
+    if edge.tcp:  # preprocess is on another host (or listens on tcp anyway): send frames inline
+        keys = ctx.config.curve.keys
+        curve = Curve(keys, ctx.source.host) if keys else None
+        bind, _ = ctx.config.frames_endpoints(ctx.instance.source)
+        out: EdgeWriter = TcpEdgeWriter(ctx.zmq, bind, ring, edge.policy, edge.encoding,
+                                        edge.quality, curve)
+    else:
+        out = EdgeWriter(ctx.zmq, endpoint, ring, edge.policy)
     scratch = np.empty(source.max_frame_bytes, np.uint8)
-    src_id = ctx.config.source_id
+    src_id = ctx.source_id
+    frames_edge = ctx.config.edge_name("frames", ctx.instance.source)
     interval = Window()
     interval_run = Histogram()  # the whole run, for the summary's capture jitter
     state: dict[str, Any] = {"slot": None, "captured": 0, "frames": 0, "last": 0, "shape": None,
@@ -87,19 +98,23 @@ def run(ctx: StageContext) -> None:
         return out.view(slot, shape)
 
     def stats() -> dict[str, Any]:
-        return {"frames_in": state["captured"], "frames_out": state["frames"],
-                "interval_ms": interval.take(), "interval_run_ms": interval_run.summary(),
-                "drops": {"frames": dict(out.drops), "source": {"corrupt": source.corrupt}},
-                "in_use": {"frames": out.in_use}, "threads": 1,
+        sent = {"tx_bytes": out.bytes_sent, "tx_frames": out.frames_sent,
+                "encode_ms": round(out.encode_ms, 1)} if isinstance(out, TcpEdgeWriter) else {}
+        return {"frames_in": state["captured"], "frames_out": state["frames"], "source": src_id,
+                "interval_ms": interval.take(), "interval_run_ms": interval_run.summary(), **sent,
+                "drops": {frames_edge: dict(out.drops), "source": {"corrupt": source.corrupt}},
+                "in_use": {frames_edge: out.in_use}, "threads": 1,
                 "source_state": state["source_state"], "reconnects": state["reconnects"]}
 
     ctx.stats_source = stats
-    if not ctx.ready(source=ctx.config.source.kind, frame_bytes=source.max_frame_bytes):
+    if not ctx.ready(source=ctx.source.kind, frame_bytes=source.max_frame_bytes):
         out.close()
         source.close()
+        if curve is not None:
+            curve.close()
         return
     pacer = Pacer(source.fps)
-    stall = Stall(ctx.config.source.stall_ms, ctx.config.source.stall_every_s)
+    stall = Stall(ctx.source.stall_ms, ctx.source.stall_every_s)
     seq = ring.last_seq  # after a restart, sequence numbers carry on
     ended = False
     try:
@@ -154,6 +169,8 @@ def run(ctx: StageContext) -> None:
         if source is not None:
             source.close()
         out.close()
+        if curve is not None:
+            curve.close()
 
 
 def reconnect(ctx: StageContext, source: Source, failure: str, state: dict[str, Any],
@@ -172,7 +189,7 @@ def reconnect(ctx: StageContext, source: Source, failure: str, state: dict[str, 
                 return None
             time.sleep(0.05)
         try:
-            fresh = open_source(ctx.config.source)
+            fresh = open_source(ctx.source)
         except (SourceError, cv2.error) as e:
             delay = min(delay * 2, RECONNECT_MAX_S)
             log.debug("reopen failed: %s", e)

@@ -1,5 +1,6 @@
-"""Inference stage: copies the newest model input out of the tensors ring, classifies it, and
-publishes the result on the PUB socket.
+"""Inference stage (one or several workers): takes the newest model input of the next source
+(see pipeline/workqueue.py), copies it out of the tensors ring, classifies it, and publishes the
+result into the supervisor's results hub.
 
 The input is copied (15 us) into a private tensor before the model runs, so the slot is free again
 at once and the sequence-lock check covers the whole read.
@@ -15,15 +16,14 @@ import torch
 import zmq
 
 from pipeline.messages import FRAME_FIELDS, SCHEMA, TENSOR_FIELDS, pack
+from pipeline.runtime import RESULTS_IN
 from pipeline.stage import StageContext
 from pipeline.stats import StageMeter
 from pipeline.transport import EdgeReader
+from pipeline.workqueue import SharedCounter, WorkQueue
 
 from .models import categories, load_classifier, warm_up
 from .preprocess import Preprocessor
-
-RESULTS_HWM = 16  # results queued per subscriber before it starts losing them
-RESULTS_SNDBUF = 8 * 1024  # bytes of kernel buffer per subscriber connection
 
 
 class ModelInputs:
@@ -59,13 +59,10 @@ class ModelInputs:
 
 def run(ctx: StageContext) -> None:
     cfg, model_cfg = ctx.config.inference, ctx.config.model
-    pub = ctx.zmq.socket(zmq.PUB)  # bound first: subscribers connect while the model loads
+    pub = ctx.zmq.socket(zmq.PUB)  # into the supervisor's results hub, which subscribers read
     pub.setsockopt(zmq.LINGER, 1000)
-    # A subscriber more than a few seconds behind loses results (and sees the gap in
-    # result_seq) instead of making the pipeline buffer for it.
-    pub.setsockopt(zmq.SNDHWM, RESULTS_HWM)
-    pub.setsockopt(zmq.SNDBUF, RESULTS_SNDBUF)
-    pub.bind(ctx.run.endpoint("results"))
+    pub.setsockopt(zmq.SNDHWM, 1000)  # the hub is local and fast; its subscribers have their HWM
+    pub.connect(ctx.run.endpoint(RESULTS_IN))
     threads = cfg.threads or len(ctx.cores)
     torch.set_num_threads(threads)
     model = load_classifier(model_cfg.name, model_cfg.weights, model_cfg.engine, model_cfg.jit,
@@ -74,40 +71,42 @@ def run(ctx: StageContext) -> None:
     size = ctx.config.preprocess.crop_size
     warm_ms = warm_up(model, size, model_cfg.warmup, model_cfg.channels_last)
 
-    inp = EdgeReader(ctx.zmq, ctx.run.endpoint("tensors"), ctx.run.shm_name("tensors"),
-                     ctx.config.edges.tensors.policy,
-                     required=FRAME_FIELDS + TENSOR_FIELDS)
+    policy, sole = ctx.config.edges.tensors.policy, cfg.workers == 1
+    edges = [ctx.edge("tensors", i) for i in range(len(ctx.config.source_list))]
+    readers = [EdgeReader(ctx.zmq, endpoint, ring, policy, required=FRAME_FIELDS + TENSOR_FIELDS,
+                          fanout=True, sole=sole) for endpoint, ring in edges]
+    work = WorkQueue(readers)
+    result_seq = SharedCounter(str(ctx.run.dir / "result_seq"))
     inputs = ModelInputs(model_cfg.channels_last)
     k = min(model_cfg.top_k, len(labels))
     meter = StageMeter()
     delay_s = cfg.delay_ms / 1000
     pipeline, model_name = ctx.config.name, model_cfg.name
+    names = [ctx.config.edge_name("tensors", i) for i in range(len(readers))]
     ended = False
 
     def stats() -> dict[str, Any]:
         return {**meter.snapshot(), "threads": torch.get_num_threads(),
-                "drops": {"tensors": dict(inp.drops)}, "in_use": {"tensors": inp.in_use}}
+                "drops": {n: dict(r.drops) for n, r in zip(names, readers)},
+                "in_use": {n: r.in_use for n, r in zip(names, readers)}}
 
     ctx.stats_source = stats
     if not ctx.ready(model=model_name, engine=torch.backends.quantized.engine, threads=threads,
                      warmup_ms=round(warm_ms, 2)):
-        inp.close()
+        work.close()
         pub.close()
+        result_seq.close()
         return
-    # After a restart, result numbers carry on where the previous life of this stage stopped.
-    first_result_seq = int(ctx.start_info.get("result_seq", 0)) + 1
     try:
         with torch.inference_mode():
             while ctx.alive():
-                desc = inp.take(timeout_ms=100)
+                desc = work.take(timeout_ms=100)
                 if desc is None:
+                    if work.ended and not ended:  # every source has ended: tell the supervisor
+                        ended = True
+                        ctx.send("eos")
                     continue
-                if desc.get("eos"):
-                    pub.send(pack({"schema": SCHEMA, "type": "eos", "pipeline": pipeline,
-                                   "reason": "end of stream"}))
-                    ended = True
-                    ctx.send("eos")
-                    continue
+                inp = work.current
                 t0 = time.monotonic_ns()
                 meter.took(inp.depth)
                 if delay_s and meter.frames_in % cfg.delay_every == 0:
@@ -126,7 +125,7 @@ def run(ctx: StageContext) -> None:
                 p = top.values.tolist()
                 result = {
                     "schema": SCHEMA, "type": "result", "pipeline": pipeline,
-                    "result_seq": first_result_seq + meter.frames_out,
+                    "result_seq": result_seq.next(), "worker": ctx.stage,
                     "source": desc["src"], "seq": desc["seq"], "frame": desc.get("frame"),
                     "frame_slot": desc["fslot"], "frame_shape": desc["fshape"],
                     "captured_at": desc["t_wall"],
@@ -145,8 +144,6 @@ def run(ctx: StageContext) -> None:
                 pub.send(pack(result))
                 meter.done((t1 - t0) / 1e6)
     finally:
-        if not ended:  # tell subscribers this pipeline instance is gone
-            pub.send(pack({"schema": SCHEMA, "type": "eos", "pipeline": pipeline,
-                           "reason": "stopped"}))
-        inp.close()
+        work.close()
         pub.close()
+        result_seq.close()

@@ -17,7 +17,10 @@ from pipeline.messages import FRAME_FIELDS
 from pipeline.ring import Ring
 from pipeline.stage import StageContext
 from pipeline.stats import StageMeter
+from pipeline.tcp_edge import Curve, TcpEdgeReader
 from pipeline.transport import EdgeReader, EdgeWriter
+
+from .sources import frame_bytes_estimate
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -91,6 +94,22 @@ class Preprocessor:
         self.normalize(self.crop(frame), out)
 
 
+def open_frames_reader(ctx: StageContext) -> tuple[EdgeReader, Curve | None]:
+    """The frames edge from this source's capture: shared memory, or inline over tcp (into a
+    ring of this host's own, `<edge>.rx`)."""
+    config, edge = ctx.config, ctx.config.edges.frames
+    endpoint, ring_name = ctx.edge("frames")
+    if not edge.tcp:
+        return EdgeReader(ctx.zmq, endpoint, ring_name, edge.policy, required=FRAME_FIELDS), None
+    host = ctx.source.host
+    curve = Curve(config.curve.keys, config.inference.host) if config.curve.keys else None
+    _, connect = config.frames_endpoints(ctx.instance.source)
+    reader = TcpEdgeReader(ctx.zmq, connect, ring_name + ".rx", edge.policy, edge.slots,
+                           frame_bytes_estimate(ctx.source), required=FRAME_FIELDS, curve=curve,
+                           server_host=host)
+    return reader, curve
+
+
 def run(ctx: StageContext) -> None:
     cfg = ctx.config.preprocess
     cv2.setNumThreads(cfg.threads)
@@ -98,26 +117,32 @@ def run(ctx: StageContext) -> None:
     by_size = {cfg.crop_size: prep}  # adaptive resolution: one preprocessor per input size
     shape = list(prep.output_shape)
     edges = ctx.config.edges
-    inp = EdgeReader(ctx.zmq, ctx.run.endpoint("frames"), ctx.run.shm_name("frames"),
-                     edges.frames.policy, required=FRAME_FIELDS)
+    inp, curve = open_frames_reader(ctx)
     dtype = np.dtype(cfg.dtype)
     write = prep.normalize if cfg.dtype == "float32" else prep.to_rgb_chw
-    ring = Ring.open_for_writing(ctx.run.shm_name("tensors"), edges.tensors.slots,
-                                 int(np.prod(shape)) * dtype.itemsize)
-    out = EdgeWriter(ctx.zmq, ctx.run.endpoint("tensors"), ring, edges.tensors.policy)
+    endpoint, ring_name = ctx.edge("tensors")
+    ring = Ring.open_for_writing(ring_name, edges.tensors.slots, int(np.prod(shape)) * dtype.itemsize)
+    out = EdgeWriter(ctx.zmq, endpoint, ring, edges.tensors.policy, fanout=True)
     meter = StageMeter()
     delay_s = cfg.delay_ms / 1000
     sizes = set(ctx.config.adaptive.sizes) if ctx.config.adaptive.enabled else {cfg.crop_size}
 
+    frames, tensors = ctx.config.edge_name("frames", ctx.instance.source), ctx.config.edge_name(
+        "tensors", ctx.instance.source)
+
     def stats() -> dict[str, Any]:
+        extra = {"rx_bytes": inp.bytes_received} if isinstance(inp, TcpEdgeReader) else {}
         return {**meter.snapshot(), "threads": cv2.getNumThreads(), "input_size": prep.crop_size,
-                "drops": {"frames": dict(inp.drops), "tensors": dict(out.drops)},
-                "in_use": {"frames": inp.in_use, "tensors": out.in_use}}
+                "source": ctx.source_id, **extra,
+                "drops": {frames: dict(inp.drops), tensors: dict(out.drops)},
+                "in_use": {frames: inp.in_use, tensors: out.in_use}}
 
     ctx.stats_source = stats
     if not ctx.ready():
         inp.close()
         out.close()
+        if curve is not None:
+            curve.close()
         return
     try:
         while ctx.alive():
@@ -163,3 +188,5 @@ def run(ctx: StageContext) -> None:
     finally:
         inp.close()
         out.close()
+        if curve is not None:
+            curve.close()

@@ -182,7 +182,7 @@ class ModelConfig(_Strict):
     warmup: int = Field(10, ge=0, le=10000)
 
 
-TCP_ENDPOINT = r"^tcp://[^\s/]+:[0-9]{1,5}$"
+TCP_ENDPOINT = r"^(tcp://[^\s/]+:[0-9]{1,5})?$"  # empty: not a tcp edge
 
 
 class Edge(_Strict):
@@ -190,8 +190,8 @@ class Edge(_Strict):
     slots: int = Field(4, ge=2, le=256)
     # Across hosts (frames edge only): the writer binds `bind`, the reader connects to `connect`
     # ("{host}" stands for the capture host's name); source i of several uses port + i.
-    bind: str = Field("", pattern=f"({TCP_ENDPOINT})?")
-    connect: str = Field("", pattern=f"({TCP_ENDPOINT})?")
+    bind: str = Field("", pattern=TCP_ENDPOINT)
+    connect: str = Field("", pattern=TCP_ENDPOINT)
     encoding: Literal["raw", "jpeg"] = "raw"  # how a frame travels over tcp
     quality: int = Field(90, ge=1, le=100)  # JPEG quality
 
@@ -575,6 +575,8 @@ def _describe(error: ValidationError, tree: dict) -> str:
         return f"{err['msg'].removeprefix('Value error, ')}{suffix}"
     if kind == "missing":
         return f"{key}: required key is missing{suffix}"
+    if kind == "string_pattern_mismatch" and loc[-1] in ("bind", "connect"):
+        return f"{key}: {err['input']!r} is not tcp://ADDRESS:PORT (e.g. tcp://*:5550){suffix}"
     return f"{key}: {err['msg']} (got {err['input']!r}){suffix}"
 
 

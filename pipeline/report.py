@@ -238,6 +238,8 @@ class RunReport:
                                          for s in self.of_kind("capture")), {}),
             "sources": {src: {**per.summary(), "drops": self.source_drops(src)}
                         for src, per in sorted(self.sources.items())},
+            "tcp": {s: {k: self.latest[s][k] for k in ("tx_bytes", "tx_frames", "encode_ms")}
+                    for s in self.of_kind("capture") if "tx_bytes" in self.latest.get(s, {})},
             "rejected_messages": dict(self.rejected),
             "restarts": dict(self.restarts),
         }

@@ -26,7 +26,7 @@ from .report import RunReport, format_status, format_summary
 from .restarts import RestartBudget
 from .results_hub import ResultsHub
 from .ring import Ring
-from .runtime import RESULTS_IN, NotRunning, RunPaths, find_pipeline
+from .runtime import RESULTS_IN, RunPaths, running_pipelines
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
 MAX_MESSAGE = 64 * 1024  # bytes; control, stats and descriptors are far smaller
@@ -141,13 +141,12 @@ class Supervisor:
     def _preflight(self) -> str | None:
         """Everything that can refuse a start before anything is started: a name in use, too
         little shared memory, a metrics port that is taken. Also clears orphaned segments."""
-        try:
-            other = find_pipeline(self.config.name)
-        except NotRunning:
-            pass
-        else:
-            return (f"a pipeline named '{self.config.name}' is already running "
-                    f"(pid {other['pid']}); choose another with --name")
+        for other in running_pipelines():  # the halves of a split pipeline may share a machine
+            if other["name"] != self.config.name:
+                continue
+            if self.host is None or other.get("host") in (None, self.host):
+                return (f"a pipeline named '{self.config.name}' is already running "
+                        f"(pid {other['pid']}); choose another with --name")
         from .shm import preflight, remove_orphans
 
         removed = remove_orphans()
@@ -322,7 +321,11 @@ class Supervisor:
                 continue
             if msg.get("type") != "result":
                 continue
-            self.report.on_result(msg)
+            try:
+                self.report.on_result(msg)
+            except (TypeError, ValueError, KeyError, AttributeError):  # not from our workers
+                self._reject("malformed result")
+                continue
             if self.metrics:
                 self.metrics.on_result(msg)
             if self.record:

@@ -164,7 +164,7 @@ class TcpEdgeReader(EdgeReader):
         sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME)
         sock.setsockopt(zmq.RCVHWM, max(2, self._slots))
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 500)
         curve, server_host = self._curve
         if curve is not None:
             curve.client(sock, server_host)

@@ -170,6 +170,7 @@ class EdgeReader:
                 self.drops["latest"] += skipped
                 ring.release(skipped)
                 pending.clear()
+                self.depth = skipped
             else:
                 holder = ring.holder
                 if holder and holder != mine:
@@ -180,8 +181,8 @@ class EdgeReader:
                 desc = pending.popleft()
                 ring.holder = mine
                 self._holding = True
+                self.depth = len(pending)
             ring.claimed = desc["seq"]
-        self.depth = len(pending)
         return desc
 
     @property

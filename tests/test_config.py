@@ -168,3 +168,68 @@ def test_input_ring_dtype_lists_allowed(tmp_path):
 def test_delay_every_and_stall_bounds(tmp_path):
     assert "inference.delay_every" in error_of(tmp_path, "[inference]\ndelay_every = 0\n")
     assert "source.stall_ms" in error_of(tmp_path, '[source]\nkind = "synthetic"\nstall_ms = -1\n')
+
+
+MULTI = """
+[[sources]]
+kind = "synthetic"
+id = "a"
+[[sources]]
+kind = "synthetic"
+id = "b"
+host = "cam"
+"""
+
+
+def test_several_sources_and_workers_make_one_process_each(tmp_path):
+    cfg = load_config(write(tmp_path, MULTI + "[inference]\nworkers = 3\ncores = [0]\n"
+                            "[edges.frames]\nbind = \"tcp://*:5600\"\nconnect = \"tcp://{host}:5600\"\n"),
+                      ["model.weights=none"])
+    names = [i.name for i in cfg.instances()]
+    assert names == ["inference.1", "inference.2", "inference.3", "preprocess.a", "preprocess.b",
+                     "capture.a", "capture.b"]
+    assert [i.name for i in cfg.instances("cam")] == ["capture.b"]
+    assert [i.name for i in cfg.instances("local")] == names[:5] + ["capture.a"]
+    assert cfg.frames_endpoints(1) == ("tcp://*:5601", "tcp://cam:5601")  # port + source index
+    assert cfg.edge_name("frames", 0) == "frames.a" and cfg.hosts() == ["cam", "local"]
+    assert {tuple(cfg.cores_for(i)) for i in cfg.instances() if i.kind == "inference"} == {(0,)}
+
+
+@pytest.mark.parametrize("text, overrides, expected", [
+    (MULTI, [], "source 'b' is captured on host 'cam' and inference runs on 'local'"),
+    (MULTI.replace('id = "b"', 'id = "a"'), [], "sources.id: 'a' names two sources"),
+    ('[source]\nkind = "synthetic"\n' + MULTI, [], "give either [source] or [[sources]]"),
+    ("", ["edges.frames.bind=tcp://*:5600"], "edges.frames: give both bind"),
+    ("", ["edges.frames.encoding=jpeg"], "jpeg applies to a tcp edge only"),
+    ("", ["edges.tensors.bind=tcp://*:5600", "edges.tensors.connect=tcp://x:5600"],
+     "only edges.frames can cross hosts"),
+    ("", ["edges.frames.bind=udp://x:1"], "edges.frames.bind: 'udp://x:1' is not tcp://ADDRESS:PORT"),
+    ("", ["inference.workers=0"], "inference.workers: Input should be greater than or equal to 1"),
+    ("", ["curve.keys=/nonexistent"], "curve.keys: CURVE secures tcp edges"),
+    ("", ["edges.frames.bind=tcp://*:5600", "edges.frames.connect=tcp://x:5600",
+          "curve.keys=/nonexistent"], "curve.keys: no such folder: /nonexistent"),
+    (MULTI, ["sources.5.id=x"], "--set sources.5.id=x: sources has 2 entries"),
+])
+def test_scale_out_mistakes_are_one_line(tmp_path, text, overrides, expected):
+    msg = error_of(tmp_path, text, "model.weights=none", *overrides)
+    assert expected in msg, msg
+
+
+def test_host_must_be_one_the_config_names(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "[source]\nhost = \"box\"\n[inference]\nhost = \"box\"\n"),
+                    ["model.weights=none"], host="pi")
+    assert str(e.value) == "--host pi: no stage runs on it (hosts in this config: box)"
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "two-hosts.toml"),
+                        "--host", "nowhere"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--host nowhere: no stage runs on it" in p.stderr
+
+
+def test_files_of_other_hosts_are_not_required_here(tmp_path):
+    text = ('[source]\nkind = "video"\npath = "/elsewhere/cam.mp4"\nhost = "cam"\n'
+            '[inference]\nhost = "box"\n[edges.frames]\nbind = "tcp://*:5600"\n'
+            'connect = "tcp://{host}:5600"\n')
+    cfg = load_config(write(tmp_path, text), ["model.weights=none"], host="box")
+    assert [i.kind for i in cfg.instances("box")] == ["inference", "preprocess"]
+    msg = error_of(tmp_path, text, "model.weights=none")  # all hosts here: the file must exist
+    assert msg == "source.path: no such video file: /elsewhere/cam.mp4"

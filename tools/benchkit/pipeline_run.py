@@ -86,7 +86,7 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
             "latency_ms": spread(latency), "age_ms": spread(age), "model_ms": spread(service),
             "capture_interval_ms": summary.get("capture_interval_ms", {}),
             "cpu_pct": round(100 * cpu / wall, 1), "rss_mb": rss, "drops": summary["drops"],
-            "restarts": summary.get("restarts", {}), "results": window}
+            "restarts": summary.get("restarts", {}), "tcp": summary.get("tcp", {}), "results": window}
 
 
 def run_to_end(config: Path, overrides: list[str], record: str) -> None:

@@ -42,8 +42,10 @@ def list_pipelines() -> int:
     print(f"{'NAME':<14} {'PID':>7} {'UP':>8}  {'SOURCE':<10} RESULTS ENDPOINT")
     for info in running:
         up = time.time() - info["started_at"]
-        print(f"{info['name']:<14} {info['pid']:>7} {up:7.0f}s  "
-              f"{info['config']['source']['kind']:<10} {info['endpoints']['results']}")
+        sources = info["config"].get("sources") or [info["config"]["source"]]
+        kind = sources[0]["kind"] if len(sources) == 1 else f"{len(sources)} sources"
+        results = info["endpoints"].get("results") or f"(none: host {info.get('host')} runs capture only)"
+        print(f"{info['name']:<14} {info['pid']:>7} {up:7.0f}s  {kind:<10} {results}")
         print(f"{'':<14} {'':>7} {'':>8}  stages: {', '.join(info['stages'])}; "
               f"status: {info['endpoints']['status']}")
     return 0

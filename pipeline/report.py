@@ -50,7 +50,6 @@ class RunReport:
         self.restarts: dict[str, int] = {stage: 0 for stage in self.kinds}
         self.down: dict[str, str] = {}  # stage -> why it is being restarted
         self.carried: dict[str, dict[str, Any]] = {}  # counters of a stage's earlier lives
-        self.last_result_seq = 0
 
     def mark_started(self) -> None:
         """Frames start flowing now; stages report from here on."""
@@ -105,7 +104,6 @@ class RunReport:
             self.first_result = now
         self.last_result = now
         self.results += 1
-        self.last_result_seq = max(self.last_result_seq, int(msg.get("result_seq", 0)))
         ms = float(msg.get("latency_ms", 0.0))
         self.latency.add(ms)
         self.window["latency"].append(ms)

@@ -62,7 +62,6 @@ class StageContext:
         self._ctl.connect(self.run.endpoint("control"))
         self.stopping = False
         self.started = False
-        self.start_info: dict[str, Any] = {}
         self.settings: dict[str, Any] = {}
         self._next_stats = 0.0
         self.stats_source = lambda: {}  # the worker installs a snapshot function
@@ -88,7 +87,6 @@ class StageContext:
             return
         if msg.get("type") == "start":
             self.started = True
-            self.start_info = msg
             self.settings.update(msg.get("settings", {}))
         elif msg.get("type") == "stop":
             self.stopping = True

@@ -438,7 +438,7 @@ class Supervisor:
     def _rejoin(self, stage: str, msg: dict[str, Any]) -> None:
         """A restarted stage is ready: it starts at once, the others never stopped."""
         self.report.on_ready(stage, msg)
-        start = {"type": "start", "result_seq": self.report.last_result_seq,
+        start = {"type": "start",
                  "settings": {"input_size": self.sizer.size} if self.sizer else {}}
         self.ctl.send_multipart([self._identity(stage), pack(start)])
         self.say(f"stage '{stage}' is back after {time.monotonic() - self.down.pop(stage):.1f} s")

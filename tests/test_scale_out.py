@@ -18,6 +18,7 @@ import pytest
 import zmq
 import zmq.auth
 
+from pipeline import attach
 from pipeline.config import image_files
 from pipeline.ring import Ring
 from pipeline.tcp_edge import TcpEdgeReader, TcpEdgeWriter
@@ -152,6 +153,14 @@ def test_killed_worker_restarts_while_the_other_keeps_classifying(tmp_path, clea
     proc = up(cfg, "--record", str(record), "--quiet")
     try:
         wait_for(lambda: lines(record) > 60, 120, "results")
+        shapes = {}  # a consumer reads each source's frames from that source's ring
+        with attach("scale", frames=True) as sub:
+            for r in sub:
+                if r.frame is not None:
+                    shapes[r.source] = r.frame.shape
+                if len(shapes) == 2 or sub.received > 100:
+                    break
+        assert shapes == {"bottle": (360, 640, 3), "synth": (480, 640, 3)}
         victim = int(subprocess.run(["pgrep", "-P", str(proc.pid), "-f",
                                      "pipeline.stage --stage inference.1 "],
                                     capture_output=True, text=True).stdout.split()[0])

@@ -128,8 +128,8 @@ class StageContext:
 
     def close(self, **final: Any) -> None:
         self.send("bye", **self.stats_source(), **final)
-        self._ctl.close()
-        self.zmq.term()
+        self._ctl.close()  # lingers until the last message is out
+        self.zmq.destroy(linger=0)  # and any socket a failing worker left open
         gc.unfreeze()  # let interpreter shutdown free everything (bindings report leaks otherwise)
 
 

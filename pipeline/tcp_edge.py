@@ -38,6 +38,14 @@ def _wall_minus_monotonic() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
+class LinkError(Exception):
+    """A tcp edge that cannot be set up, in one line for the user."""
+
+    @property
+    def user_message(self) -> str:
+        return str(self)
+
+
 class Curve:
     """This host's CURVE key pair from the keys folder (HOST.key_secret, HOST.key)."""
 
@@ -73,22 +81,25 @@ class TcpEdgeWriter(EdgeWriter):
 
     def __init__(self, zctx: zmq.Context, bind: str, ring: Ring, policy: str, encoding: str,
                  quality: int, curve: Curve | None = None):
-        self.ring = ring
-        self.policy = policy
-        self.drops = {"drop_new": 0, "latest": 0}
-        self._count = ring.written
         self.jpeg = [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == "jpeg" else None
         self.bytes_sent = 0
         self.frames_sent = 0
         self.encode_ms = 0.0  # total JPEG encoding time
         self._clock = _wall_minus_monotonic()
-        self.sock = zctx.socket(zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, ring.slots)  # the queue of a slow link: slots frames
-        self.sock.setsockopt(zmq.IMMEDIATE, 1)  # no queue for a peer that is not connected
-        if curve is not None:
-            curve.serve(zctx, self.sock)
-        self.sock.bind(bind)
+        self._curve = curve
+        try:
+            super().__init__(zctx, bind, ring, policy)
+        except zmq.ZMQError as e:
+            raise LinkError(f"cannot listen on {bind} (edges.frames.bind): {e}") from None
+
+    def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
+        sock = zctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self.ring.slots)  # the queue of a slow link: slots frames
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queue for a peer that is not connected
+        if self._curve is not None:
+            self._curve.serve(zctx, sock)
+        return sock
 
     def acquire(self, alive: Callable[[], bool]) -> int | None:
         if self.policy == "drop_new" and not self.sock.poll(0, zmq.POLLOUT):

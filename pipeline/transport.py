@@ -40,11 +40,19 @@ class EdgeWriter:
         self.policy = policy
         self.drops = {"drop_new": 0, "latest": 0}
         self._count = ring.written  # frames published (a restarted writer continues the count)
-        self.sock = zctx.socket(zmq.PUB if fanout else zmq.PUSH)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, max(16, 4 * ring.slots))
-        self.sock.setsockopt(zmq.SNDTIMEO, 100)
-        self.sock.bind(endpoint)
+        self.sock = self._socket(zctx, fanout)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.sock.close(0)  # an open socket would keep the context from terminating
+            raise
+
+    def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
+        sock = zctx.socket(zmq.PUB if fanout else zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, max(16, 4 * self.ring.slots))
+        sock.setsockopt(zmq.SNDTIMEO, 100)
+        return sock
 
     def acquire(self, alive: Callable[[], bool]) -> int | None:
         """Slot for the next frame, or None if the stage is stopping or, on a drop_new edge, every

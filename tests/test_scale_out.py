@@ -342,3 +342,20 @@ def test_curve_admits_only_clients_whose_key_is_in_the_folder(tmp_path, clean_ma
     p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--host", "box"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "curve.keys: no box.key_secret" in p.stderr
+
+
+def test_a_port_in_use_is_one_clear_line_and_leaves_nothing(tmp_path, clean_machine):
+    port = free_port()
+    cfg = two_host_config(tmp_path / "port.toml", port)
+    first = up(cfg, "--host", "cam", "--quiet")
+    try:
+        time.sleep(3)
+        assert first.poll() is None
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--name", "second",
+                            "--host", "cam"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert p.returncode == 1
+        assert p.stderr.strip().splitlines()[-1].startswith(
+            f"pipeline-up: stage 'capture' failed: cannot listen on tcp://127.0.0.1:{port} "
+            "(edges.frames.bind): Address already in use")
+    finally:
+        finish(first)

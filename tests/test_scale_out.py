@@ -359,3 +359,24 @@ def test_a_port_in_use_is_one_clear_line_and_leaves_nothing(tmp_path, clean_mach
             "(edges.frames.bind): Address already in use")
     finally:
         finish(first)
+
+
+def test_scaling_bench_measures_the_grid_and_the_tcp_edge(tmp_path):
+    """A short run of tools/bench_scale.py: one grid cell, the four frames-edge variants."""
+    need(WEIGHTS)
+    out = tmp_path / "scale.json"
+    p = subprocess.run([sys.executable, "tools/bench_scale.py", "--duration", "2", "--sources", "2",
+                        "--workers", "2", "--json", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    res = json.loads(out.read_text())
+    (cell,) = res["grid"]
+    assert cell["sources"] == 2 and cell["workers"] == 2 and set(cell["per_source"]) == {"cam1", "cam2"}
+    assert cell["fps"] > 10 and cell["worst_p99_ms"] > 0
+    edges = {r["edge"]: r for r in res["tcp"]}
+    assert list(edges) == ["shared memory", "tcp raw", "tcp jpeg q90", "tcp jpeg q75"]
+    assert edges["shared memory"]["bytes_per_frame"] == 0
+    raw, q90, q75 = (edges[k]["bytes_per_frame"] for k in ("tcp raw", "tcp jpeg q90", "tcp jpeg q75"))
+    assert raw > 640 * 360 * 3 and raw > 10 * q90 > 10 * q75 > 0  # a raw frame, then JPEG ones
+    assert all(r["fps"] > 10 for r in res["tcp"])
+    assert "Frames edge: shared memory vs tcp" in p.stdout

@@ -1,6 +1,7 @@
 """Scaling benchmark: a sources x workers grid, and the cost of the tcp frames edge.
 
-    python tools/bench_scale.py [--duration 10] [--sources 1,2,4] [--workers 1,2] [--json out.json]
+    python tools/bench_scale.py [--duration 10] [--sources 1,2,4] [--workers 1,2] [--batching]
+                                [--json out.json]
 
 Grid: N live 30 fps video sources (the asset videos, looping, paced at their own rate like
 cameras) into W inference workers; one worker gets core 1 (the shipped layout), two get one core
@@ -10,6 +11,9 @@ the worst source's fps and end-to-end p99, drops, CPU and memory.
 Tcp edge: one 30 fps source with the frames edge over shared memory (the baseline, same run),
 then over ZeroMQ TCP on loopback, raw and JPEG at quality 90 and 75: bytes per frame, the link
 bandwidth at 30 fps, and end-to-end latency against the baseline.
+
+Batching (`--batching`): the model's time per frame at batch 1, 2 and 4 on one core, which is
+what micro-batching frames of several sources could gain.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit.common import ASSETS, DEFAULT_WEIGHTS, progress, spread  # noqa: E402
+from benchkit.common import ASSETS, DEFAULT_WEIGHTS, ROOT, child_env, progress, spread  # noqa: E402
 from benchkit.pipeline_run import run_pipeline  # noqa: E402
 
 VIDEOS = ["bottle-detection.mp4", "car-detection.mp4", "one-by-one-person-detection.mp4", "vtest.avi"]
@@ -104,6 +109,16 @@ def tcp_edge(duration: float, tmp: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def batching() -> dict[str, float]:
+    progress("batching: model alone at batch 1, 2, 4 on core 1 ...")
+    child = ROOT / "tools" / "benchkit" / "batching.py"
+    out = subprocess.run([sys.executable, str(child), "1", str(DEFAULT_WEIGHTS)], cwd=ROOT,
+                         env=child_env(), capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise SystemExit(f"bench_scale.py: batching run failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="bench_scale.py", description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=10.0, help="seconds measured per run")
@@ -111,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", default="1,2", help="worker counts of the grid")
     ap.add_argument("--no-grid", action="store_true")
     ap.add_argument("--no-tcp", action="store_true")
+    ap.add_argument("--batching", action="store_true", help="also time the model at batch 1, 2, 4")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     try:
@@ -127,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
             out["grid"] = grid(args.duration, sources, workers, Path(tmp))
         if not args.no_tcp:
             out["tcp"] = tcp_edge(args.duration, Path(tmp))
+        if args.batching:
+            out["batching_ms_per_frame"] = batching()
     if "grid" in out:
         print(f"\nSources x workers ({SOURCE_FPS:g} fps per source, {args.duration:g} s each)")
         print(f"{'sources':>7} {'workers':>7} {'fps':>6} {'served':>6} {'worst src fps':>13} "
@@ -145,6 +163,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['mbit_s_at_30fps']:>7.1f} {r['encode_ms']:>9.2f} {lat['p50']:>7.1f} "
                   f"{lat['p99']:>6.1f} {r['extra_p50_ms']:>+6.1f} {r['extra_p99_ms']:>+6.1f} "
                   f"{r['cpu_pct']:>6.0f}")
+    if "batching_ms_per_frame" in out:
+        per = out["batching_ms_per_frame"]
+        print("\nMicro-batching (model alone, one core): ms per frame "
+              + ", ".join(f"batch {b}: {ms:.2f}" for b, ms in per.items())
+              + f"; batch 4 saves {100 * (1 - per['4'] / per['1']):.1f}% per frame "
+                f"and holds each frame {4 * per['4'] - per['1']:.0f} ms longer")
     if args.json:
         for r in out.get("grid", []):
             r.pop("results", None)

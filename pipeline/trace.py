@@ -41,37 +41,47 @@ def record(name: str | None, seconds: float) -> tuple[dict[str, Any], list[dict[
 
 
 def chrome_trace(info: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Trace-event JSON: one process track per stage, one complete ("X") slice per frame per
-    stage, and queue-depth counters ("C") where each stage took its frame."""
+    """Trace-event JSON: one process track per stage process (per source, per worker), one
+    complete ("X") slice per frame per stage, and queue-depth counters ("C") where each stage
+    took its frame."""
     t0 = min((r["t"].get("capture_start", r["t"]["capture"]) for r in rows), default=0)
+    stage_pids = info.get("stage_pids", {})
 
     def us(ns: int) -> float:
         return round((ns - t0) / 1000, 3)
 
     events: list[dict[str, Any]] = []
-    pids = {}
-    for i, (stage, _, _) in enumerate(SPANS):
-        pid = info.get("stage_pids", {}).get(stage) or i + 1
-        pids[stage] = pid
-        events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
-                       "args": {"name": f"{stage} (pid {pid})"}})
-        events.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": pid,
-                       "args": {"sort_index": i}})
+    pids: dict[str, int] = {}
+
+    def track(kind: str, r: dict[str, Any]) -> int:
+        """The process track of the stage that handled this frame."""
+        name = r.get("worker", kind) if kind == "inference" else kind
+        if f"{kind}.{r.get('source')}" in stage_pids:  # one capture and preprocess per source
+            name = f"{kind}.{r['source']}"
+        if name not in pids:
+            pid = pids[name] = stage_pids.get(name) or 100000 + len(pids)
+            order = [k for k, _, _ in SPANS].index(kind)
+            events.append({"ph": "M", "name": "process_name", "pid": pid, "tid": pid,
+                           "args": {"name": f"{name} (pid {pid})"}})
+            events.append({"ph": "M", "name": "process_sort_index", "pid": pid, "tid": pid,
+                           "args": {"sort_index": 100 * order + len(pids)}})
+        return pids[name]
+
     for r in rows:
         t = r["t"]
         label = r["top"][0]["label"] if r.get("top") else ""
         for stage, start, end in SPANS:
             if start not in t:
                 continue
-            pid = pids[stage]
+            pid = track(stage, r)
             events.append({"ph": "X", "name": f"frame {r['seq']}", "cat": stage, "pid": pid,
                            "tid": pid, "ts": us(t[start]), "dur": us(t[end]) - us(t[start]),
-                           "args": {"seq": r["seq"], "label": label,
+                           "args": {"seq": r["seq"], "source": r.get("source"), "label": label,
                                     "latency_ms": r["latency_ms"]}})
         for stage, key in (("preprocess", "preprocess_start"), ("inference", "inference_start")):
             depth = r.get("queue", {}).get(stage)
             if depth is not None:
-                events.append({"ph": "C", "name": "queue depth", "pid": pids[stage],
+                events.append({"ph": "C", "name": "queue depth", "pid": track(stage, r),
                                "ts": us(t[key]), "args": {"frames waiting": depth}})
     return {"traceEvents": events, "displayTimeUnit": "ms",
             "otherData": {"pipeline": info["name"], "frames": len(rows),

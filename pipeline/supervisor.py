@@ -168,16 +168,11 @@ class Supervisor:
         return None
 
     def _frame_bytes(self) -> list[int]:
-        """Largest frame of each source, where it can be told here (0 elsewhere)."""
+        """Largest frame of each source captured here (0 for another host's: not here to ask)."""
         from workers.sources import frame_bytes_estimate
 
-        sizes = []
-        for src in self.config.source_list:
-            try:
-                sizes.append(frame_bytes_estimate(src))
-            except Exception:  # a source on another host: its file or device is not here
-                sizes.append(0)
-        return sizes
+        return [frame_bytes_estimate(src) if self.host in (None, src.host) else 0
+                for src in self.config.source_list]
 
     def _frame_rings(self) -> dict[str, str]:
         """Each source's rings on this host, by edge name; `frames...` is the ring a result's

@@ -104,9 +104,10 @@ def open_frames_reader(ctx: StageContext) -> tuple[EdgeReader, Curve | None]:
     host = ctx.source.host
     curve = Curve(config.curve.keys, config.inference.host) if config.curve.keys else None
     _, connect = config.frames_endpoints(ctx.instance.source)
-    reader = TcpEdgeReader(ctx.zmq, connect, ring_name + ".rx", edge.policy, edge.slots,
-                           frame_bytes_estimate(ctx.source), required=FRAME_FIELDS, curve=curve,
-                           server_host=host)
+    # A source captured elsewhere cannot be asked here: the ring then fits the first frame.
+    estimate = frame_bytes_estimate(ctx.source) if host == config.inference.host else 0
+    reader = TcpEdgeReader(ctx.zmq, connect, ring_name + ".rx", edge.policy, edge.slots, estimate,
+                           required=FRAME_FIELDS, curve=curve, server_host=host)
     return reader, curve
 
 

@@ -36,7 +36,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # Keys whose values are file paths: relative to the config file when written there,
 # relative to the working directory when given with --set.
 PATH_KEYS = (("source", "path"), ("model", "weights"), ("curve", "keys"))
-WEIGHTS_SPECIAL = ("DEFAULT", "none")
+WEIGHTS_SPECIAL = ("builtin", "DEFAULT", "none")
 
 
 CORES_ENV = "EDGE_PIPELINE_CORES"  # set by the supervisor for the processes it starts
@@ -147,6 +147,7 @@ class InferenceStage(_Strict):
     cores: list[int] | None = None  # None: every allowed core but the first
     restart: Restart = "never"
     threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core (per worker)
+    spinning: bool = False  # onnxruntime's pool threads poll for work between frames
     workers: int = Field(1, ge=1, le=64)  # model processes sharing the sources' frames
     host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where preprocess and inference run
     delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
@@ -174,7 +175,10 @@ class AdaptiveConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: ModelName = "mobilenet_v2"
-    weights: str = "DEFAULT"  # a state-dict path, "DEFAULT" (torchvision's) or "none" (random)
+    # "builtin" (the shipped MobileNetV2), a state-dict or .onnx path, "DEFAULT" (torchvision's
+    # download) or "none" (random weights, for timing)
+    weights: str = "builtin"
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     engine: Literal["auto", "qnnpack", "x86", "fbgemm", "onednn"] = "auto"
     jit: bool = True  # TorchScript
     channels_last: bool = False  # NHWC weights and input
@@ -492,9 +496,15 @@ def _check_files(config: Config, host: str | None = None) -> None:
     weights = config.model.weights
     runs_model = host is None or host == config.inference.host
     if runs_model and weights not in WEIGHTS_SPECIAL and not os.path.isfile(weights):
-        raise ConfigError(
-            f"model.weights: no such file: {weights} (give a state-dict path, \"DEFAULT\" or \"none\")"
-        )
+        raise ConfigError(f"model.weights: no such file: {weights} (give a state-dict or .onnx "
+                          "path, \"builtin\", \"DEFAULT\" or \"none\")")
+    if weights == "builtin" and config.model.name != "mobilenet_v2":
+        raise ConfigError(f"model.weights: the built-in weights are mobilenet_v2's; for "
+                          f"{config.model.name} give a state-dict path, \"DEFAULT\" (torchvision's "
+                          "download) or \"none\" (random, for timing)")
+    if weights.lower().endswith(".onnx") and config.model.runtime == "torch":
+        raise ConfigError(f"model.weights: {weights} is an ONNX file, which the torch runtime "
+                          "cannot run (use model.runtime = \"onnxruntime\" or a state dict)")
     if config.curve.keys:
         _check_keys(config, host)
 

@@ -104,6 +104,11 @@ class RunPaths:
     def config_file(self) -> Path:
         return self.dir / "config.json"
 
+    @property
+    def model_plan_file(self) -> Path:
+        """The runtime and model file every inference worker loads (workers/model_plan.py)."""
+        return self.dir / "model.json"
+
     def create(self, config_json: str, *, host: str | None, stages: list[str],
                rings: dict[str, str], results: bool) -> None:
         """Make the instance's directory and its discovery entry (run.json): which host of the

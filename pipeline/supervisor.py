@@ -88,10 +88,21 @@ class Supervisor:
         if refusal:
             self.say(f"pipeline-up: {refusal}")
             return 2
+        try:
+            plan = self._plan_model()
+        except KeyboardInterrupt:
+            return 130
+        if isinstance(plan, str):
+            self.say(f"pipeline-up: {plan}")
+            if self.metrics:
+                self.metrics.close()
+            return 2
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         self._pin_off_inference()
         self.paths.create(self.config.model_dump_json(), host=self.host, stages=list(self.stages),
                           rings=self._frame_rings(), results=bool(self.workers))
+        if plan is not None:
+            self.paths.model_plan_file.write_text(plan.to_json())
         self.zctx = zmq.Context()
         if self.workers:  # one results endpoint, however many workers publish into it
             self.hub = ResultsHub(self.zctx, self.paths.endpoint(RESULTS_IN),
@@ -166,6 +177,23 @@ class Supervisor:
                 return f"cannot serve metrics on {host}:{port}: {e.strerror}"
             self.say(f"metrics: http://{host}:{self.metrics.port}/metrics")
         return None
+
+    def _plan_model(self) -> Any:
+        """Which runtime and model file the workers load (None on a host without workers), or
+        a one-line refusal. May export the model or measure the runtimes, once per machine."""
+        if not self.workers:
+            return None
+        from workers.classifier import ModelError
+        from workers.model_plan import plan_model
+
+        first = self.stages[self.workers[0]]
+        cores = self.config.cores_for(first)
+        threads = self.config.inference.threads or len(cores)
+        try:
+            return plan_model(self.config.model, self.config.preprocess.crop_size, cores, threads,
+                              self.say)
+        except ModelError as e:
+            return str(e)
 
     def _frame_bytes(self) -> list[int]:
         """Largest frame of each source captured here (0 for another host's: not here to ask)."""
@@ -253,7 +281,8 @@ class Supervisor:
         what = f"{len(self.config.source_list)} sources" if len(self.config.source_list) > 1 \
             else f"{kinds[0] if kinds else 'remote'} source"
         inf = ready[self.workers[0]] if self.workers else None
-        model = (f"{inf.get('model')} on {inf.get('engine')} with {inf.get('threads')} thread(s)"
+        model = (f"{inf.get('model')} on {inf.get('runtime')} ({inf.get('plan')}; engine "
+                 f"{inf.get('engine')}) with {inf.get('threads')} thread(s)"
                  f"{f' x {len(self.workers)} workers' if len(self.workers) > 1 else ''}") \
             if inf else f"no model here (inference on host {self.config.inference.host})"
         self.say(f"ready: {what}, {model}; cores "

@@ -11,18 +11,11 @@ import time
 import warnings
 
 import torch
-import torchvision
 from torchvision.models import get_model, get_model_weights
 
+from .classifier import ModelError
+
 log = logging.getLogger("inference")
-
-
-class ModelError(Exception):
-    """A model that cannot be built as configured; the message is shown to the user as is."""
-
-    @property
-    def user_message(self) -> str:
-        return str(self)
 
 
 def choose_engine(requested: str, model_name: str) -> str:
@@ -122,6 +115,3 @@ def warm_up(model: torch.nn.Module, size: int, iterations: int,
             ms = (time.perf_counter() - t) * 1e3
     return ms
 
-
-def versions() -> dict[str, str]:
-    return {"torch": torch.__version__, "torchvision": torchvision.__version__}

@@ -20,23 +20,19 @@ from pipeline.stats import StageMeter
 from pipeline.tcp_edge import Curve, TcpEdgeReader
 from pipeline.transport import EdgeReader, EdgeWriter
 
+from .normalize import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from .sources import frame_bytes_estimate
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-class Preprocessor:
+class Preprocessor(Normalizer):
     """Resizes and normalises frames into preallocated buffers (one per input frame size)."""
 
     def __init__(self, resize: str = "crop", resize_size: int = 256, crop_size: int = 224,
                  mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
+        super().__init__(mean, std)
         self.resize = resize
         self.resize_size = resize_size
         self.crop_size = crop_size
-        std_arr = np.asarray(std, np.float64)
-        self.scale = (1.0 / (255.0 * std_arr)).astype(np.float32)
-        self.offset = (-np.asarray(mean, np.float64) / std_arr).astype(np.float32)
         self._buffers: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, int]] = {}
 
     @property
@@ -72,23 +68,6 @@ class Preprocessor:
         resized, cropped, interp = entry
         cv2.resize(frame, (resized.shape[1], resized.shape[0]), dst=resized, interpolation=interp)
         return cropped
-
-    def normalize(self, crop_bgr: np.ndarray, out: np.ndarray) -> None:
-        """out[c] = (rgb[c] / 255 - mean[c]) / std[c], channels reordered BGR -> RGB."""
-        for c in range(3):
-            np.multiply(crop_bgr[:, :, 2 - c], self.scale[c], out=out[c])
-            np.add(out[c], self.offset[c], out=out[c])
-
-    def to_rgb_chw(self, crop_bgr: np.ndarray, out: np.ndarray) -> None:
-        """out[c] = rgb[c] as uint8, for a uint8 model input ring."""
-        for c in range(3):
-            np.copyto(out[c], crop_bgr[:, :, 2 - c])
-
-    def normalize_chw(self, rgb_chw: np.ndarray, out: np.ndarray) -> None:
-        """The second half of `normalize`, for input that is already RGB CHW uint8."""
-        for c in range(3):
-            np.multiply(rgb_chw[c], self.scale[c], out=out[c])
-            np.add(out[c], self.offset[c], out=out[c])
 
     def __call__(self, frame: np.ndarray, out: np.ndarray) -> None:
         self.normalize(self.crop(frame), out)

@@ -207,6 +207,11 @@ class Edge(_Strict):
 class Edges(_Strict):
     frames: Edge = Edge()  # capture -> preprocess (raw BGR frames)
     tensors: Edge = Edge()  # preprocess -> inference (model inputs)
+    # "auto": a source without a clock (a file decoded as fast as possible, an image folder) is
+    # read on demand: capture decodes a frame only when a worker has taken one (credits), and both
+    # of its edges run in order. "off": every source is read at its own pace, by the policies.
+    pull: Literal["auto", "off"] = "auto"
+    credits: int = Field(0, ge=0, le=64)  # frames in flight per pulled source; 0: one per worker
 
 
 class CurveConfig(_Strict):
@@ -317,6 +322,10 @@ class Config(_Strict):
                         f"edges.frames: source '{self.source_ids()[i]}' is captured on host "
                         f"'{src.host}' and inference runs on '{self.inference.host}': give "
                         f"edges.frames.bind and edges.frames.connect (tcp://) to cross hosts")
+        if self.edges.credits and self.edges.credits > min(frames.slots, tensors.slots):
+            raise ValueError(f"edges.credits: {self.edges.credits} frames in flight need as many "
+                             f"slots on both edges (slots: frames {frames.slots}, tensors "
+                             f"{tensors.slots})")
         if frames.tcp and len(self.source_list) > 1:
             port = int(frames.bind.rsplit(":", 1)[1])
             if port + len(self.source_list) - 1 > 65535:
@@ -356,6 +365,23 @@ class Config(_Strict):
     def edge_name(self, edge: str, source: int) -> str:
         """Ring and socket name of a source's edge: `frames`, or `frames.ID` with several."""
         return f"{edge}.{self.source_ids()[source]}" if len(self.source_list) > 1 else edge
+
+    def pulled(self, source: int) -> bool:
+        """Whether a source is read on demand: it has no clock of its own, its frames stay on
+        this host, and `edges.pull` is "auto"."""
+        src = self.source_list[source]
+        clockless = (isinstance(src, VideoSource) and not src.realtime) or \
+            (isinstance(src, (ImagesSource, SyntheticSource)) and src.fps == 0)
+        return self.edges.pull == "auto" and clockless and not self.edges.frames.tcp
+
+    def policy(self, edge: str, source: int) -> str:
+        """The back-pressure policy of a source's edge: in order ("block") when it is pulled."""
+        return "block" if self.pulled(source) else getattr(self.edges, edge).policy
+
+    def credits(self) -> int:
+        """Frames in flight per pulled source: enough that no worker waits for a frame."""
+        return self.edges.credits or min(self.inference.workers, self.edges.frames.slots,
+                                         self.edges.tensors.slots)
 
     def frames_endpoints(self, source: int) -> tuple[str, str]:
         """(bind, connect) of a source's tcp frames edge: port + source index."""

@@ -2,7 +2,9 @@
 
 Only a `block` frames edge can make this stage wait; with `latest` it writes every frame and lets
 the reader take the newest, with `drop_new` it decodes into a scratch buffer when the ring is full
-(a camera must still be read, or its driver queue fills with stale frames).
+(a camera must still be read, or its driver queue fills with stale frames). A source without a
+clock is read on demand instead (pipeline/credits.py): a frame is decoded only when a worker
+will want it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.credits import CreditGate
 from pipeline.ring import Ring
 from pipeline.stage import StageContext
 from pipeline.stats import Histogram, Window
@@ -69,7 +72,8 @@ class Stall:
 
 
 def run(ctx: StageContext) -> None:
-    edge = ctx.config.edges.frames
+    edge, index = ctx.config.edges.frames, ctx.instance.source
+    policy = ctx.config.policy("frames", index)
     source = open_source(ctx.source)
     endpoint, ring_name = ctx.edge("frames")
     ring = Ring.open_for_writing(ring_name, edge.slots, source.max_frame_bytes)
@@ -78,10 +82,14 @@ def run(ctx: StageContext) -> None:
         keys = ctx.config.curve.keys
         curve = Curve(keys, ctx.source.host) if keys else None
         bind, _ = ctx.config.frames_endpoints(ctx.instance.source)
-        out: EdgeWriter = TcpEdgeWriter(ctx.zmq, bind, ring, edge.policy, edge.encoding,
+        out: EdgeWriter = TcpEdgeWriter(ctx.zmq, bind, ring, policy, edge.encoding,
                                         edge.quality, curve)
     else:
-        out = EdgeWriter(ctx.zmq, endpoint, ring, edge.policy)
+        out = EdgeWriter(ctx.zmq, endpoint, ring, policy)
+    gate = None
+    if ctx.config.pulled(index):  # no clock: decode a frame only when a worker will want it
+        credits, _ = ctx.edge("credits")
+        gate = CreditGate(ctx.zmq, credits, ring, ctx.edge("tensors")[1], ctx.config.credits())
     scratch = np.empty(source.max_frame_bytes, np.uint8)
     src_id = ctx.source_id
     frames_edge = ctx.config.edge_name("frames", ctx.instance.source)
@@ -104,14 +112,22 @@ def run(ctx: StageContext) -> None:
                 "interval_ms": interval.take(), "interval_run_ms": interval_run.summary(), **sent,
                 "drops": {frames_edge: dict(out.drops), "source": {"corrupt": source.corrupt}},
                 "in_use": {frames_edge: out.in_use}, "threads": 1,
-                "source_state": state["source_state"], "reconnects": state["reconnects"]}
+                "source_state": state["source_state"], "reconnects": state["reconnects"],
+                **({"demand_wait_ms": round(gate.waited_ns / 1e6)} if gate else {})}
 
-    ctx.stats_source = stats
-    if not ctx.ready(source=ctx.source.kind, frame_bytes=source.max_frame_bytes):
+    def close() -> None:
+        if gate is not None:
+            gate.close()
         out.close()
-        source.close()
+        if source is not None:
+            source.close()
         if curve is not None:
             curve.close()
+
+    ctx.stats_source = stats
+    if not ctx.ready(source=ctx.source.kind, frame_bytes=source.max_frame_bytes,
+                     on_demand=gate is not None):
+        close()
         return
     pacer = Pacer(source.fps)
     stall = Stall(ctx.source.stall_ms, ctx.source.stall_every_s)
@@ -119,6 +135,8 @@ def run(ctx: StageContext) -> None:
     ended = False
     try:
         while ctx.alive():
+            if gate is not None and not gate.wait(ctx.alive):
+                break
             seq += 1
             slot = out.acquire(ctx.alive)
             if slot is None and not ctx.alive():
@@ -166,11 +184,7 @@ def run(ctx: StageContext) -> None:
             while ctx.alive():  # stay until the supervisor has drained the pipeline
                 time.sleep(0.05)
     finally:
-        if source is not None:
-            source.close()
-        out.close()
-        if curve is not None:
-            curve.close()
+        close()
 
 
 def reconnect(ctx: StageContext, source: Source, failure: str, state: dict[str, Any],

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from pipeline.credits import CreditSender
 from pipeline.messages import FRAME_FIELDS, SCHEMA, TENSOR_FIELDS, pack
 from pipeline.runtime import RESULTS_IN
 from pipeline.stage import StageContext
@@ -80,10 +81,16 @@ def run(ctx: StageContext) -> None:
     size = ctx.config.preprocess.crop_size
     warm_ms = warm_up(model, size, model_cfg.warmup)
 
-    policy, sole = ctx.config.edges.tensors.policy, cfg.workers == 1
-    edges = [ctx.edge("tensors", i) for i in range(len(ctx.config.source_list))]
-    readers = [EdgeReader(ctx.zmq, endpoint, ring, policy, required=FRAME_FIELDS + TENSOR_FIELDS,
-                          fanout=True, sole=sole) for endpoint, ring in edges]
+    sole, n_sources = cfg.workers == 1, len(ctx.config.source_list)
+    readers = []
+    for i in range(n_sources):
+        endpoint, ring = ctx.edge("tensors", i)
+        readers.append(EdgeReader(ctx.zmq, endpoint, ring, ctx.config.policy("tensors", i),
+                                  required=FRAME_FIELDS + TENSOR_FIELDS, fanout=True, sole=sole))
+    source_of = {r: i for i, r in enumerate(readers)}
+    # Sources read on demand get a credit each time this worker takes one of their frames.
+    credits = CreditSender(ctx.zmq, {i: ctx.edge("credits", i)[0] for i in range(n_sources)
+                                     if ctx.config.pulled(i)})
     work = WorkQueue(readers)
     result_seq = SharedCounter(str(ctx.run.dir / "result_seq"))
     inputs = ModelInputs()
@@ -103,6 +110,7 @@ def run(ctx: StageContext) -> None:
     if not ctx.ready(model=model_name, runtime=model.runtime, engine=model.engine,
                      threads=model.threads, warmup_ms=round(warm_ms, 2), plan=plan.reason):
         work.close()
+        credits.close()
         pub.close()
         result_seq.close()
         return
@@ -120,11 +128,10 @@ def run(ctx: StageContext) -> None:
             if delay_s and meter.frames_in % cfg.delay_every == 0:
                 time.sleep(delay_s)  # inference.delay_ms: a deliberately slow stage
             x = inputs.load(inp.frame(desc))
-            if not inp.intact(desc):
-                inp.release()
-                continue
+            intact = inp.intact(desc)
             inp.release()
-            if x is None:
+            credits.took(source_of[inp], desc["t_read"], desc["t_pre1"], time.monotonic_ns())
+            if not intact or x is None:
                 continue
             idx, p = top_k(model.logits(x), k)
             t1 = time.monotonic_ns()
@@ -148,7 +155,9 @@ def run(ctx: StageContext) -> None:
                 result["item"] = desc["item"]
             pub.send(pack(result))
             meter.done((t1 - t0) / 1e6)
+            credits.done(time.monotonic_ns() - t0)
     finally:
         work.close()
+        credits.close()
         pub.close()
         result_seq.close()

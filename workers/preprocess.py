@@ -79,7 +79,8 @@ def open_frames_reader(ctx: StageContext) -> tuple[EdgeReader, Curve | None]:
     config, edge = ctx.config, ctx.config.edges.frames
     endpoint, ring_name = ctx.edge("frames")
     if not edge.tcp:
-        return EdgeReader(ctx.zmq, endpoint, ring_name, edge.policy, required=FRAME_FIELDS), None
+        policy = config.policy("frames", ctx.instance.source)
+        return EdgeReader(ctx.zmq, endpoint, ring_name, policy, required=FRAME_FIELDS), None
     host = ctx.source.host
     curve = Curve(config.curve.keys, config.inference.host) if config.curve.keys else None
     _, connect = config.frames_endpoints(ctx.instance.source)
@@ -102,7 +103,8 @@ def run(ctx: StageContext) -> None:
     write = prep.normalize if cfg.dtype == "float32" else prep.to_rgb_chw
     endpoint, ring_name = ctx.edge("tensors")
     ring = Ring.open_for_writing(ring_name, edges.tensors.slots, int(np.prod(shape)) * dtype.itemsize)
-    out = EdgeWriter(ctx.zmq, endpoint, ring, edges.tensors.policy, fanout=True)
+    out = EdgeWriter(ctx.zmq, endpoint, ring, ctx.config.policy("tensors", ctx.instance.source),
+                     fanout=True)
     meter = StageMeter()
     delay_s = cfg.delay_ms / 1000
     sizes = set(ctx.config.adaptive.sizes) if ctx.config.adaptive.enabled else {cfg.crop_size}

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+
+import pytest
 
 from pipeline.adaptive import SizeController
 
-from .conftest import BOTTLE, WEIGHTS, need, read_jsonl, run_pipeline
+from .conftest import BOTTLE, need, read_jsonl, run_pipeline
 
 SIZES = [224, 192, 160]
 
@@ -53,25 +56,30 @@ def test_a_condition_must_hold_without_interruption():
     assert changes == [None] * 60 and ctl.size == 192
 
 
-def test_pipeline_lowers_the_input_size_when_the_model_is_too_slow(tmp_path, clean_machine):
-    """A 30 fps file and a model made 12 ms slower per frame (36 ms: 28 fps): the supervisor
-    lowers the input to 192 after the hold time, results say so, and the rate recovers."""
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_pipeline_lowers_the_input_size_when_the_model_is_too_slow(runtime, tmp_path, clean_machine):
+    """The model's own time per frame is measured first, in this pipeline on this machine; the
+    target frame rate is then set a quarter above what it reaches at 224. The supervisor lowers
+    the input to 192 after the hold time, never raises it again (224 would be too slow), results
+    say so, and the bottle is still recognised at the smaller size."""
     need(BOTTLE)
-    need(WEIGHTS)
-    record = tmp_path / "r.jsonl"
-    p = run_pipeline("video.toml", "--set", f"source.path={BOTTLE}", "--set",
-                     f"model.weights={WEIGHTS}", "--set", "source.loop=true",
-                     "--set", "adaptive.enabled=true", "--set", "adaptive.hold_s=1",
-                     "--set", "inference.delay_ms=12", "--duration", "12", "--quiet",
-                     "--record", str(record))
+    common = ["--set", f"source.path={BOTTLE}", "--set", "source.loop=true",
+              "--set", "source.realtime=false", "--set", f"model.runtime={runtime}", "--quiet"]
+    summary = tmp_path / "s.json"
+    p = run_pipeline("video.toml", *common, "--duration", "4", "--summary-json", str(summary))
     assert p.returncode == 0, p.stderr
-    assert "adaptive: input 224 -> 192" in p.stderr
+    service_ms = json.loads(summary.read_text())["service_ms"]["inference"]["p50"]
+    target = 1000 / service_ms / 0.8
+    record = tmp_path / "r.jsonl"
+    p = run_pipeline("video.toml", *common, "--set", "adaptive.enabled=true",
+                     "--set", "adaptive.hold_s=1", "--set", f"adaptive.target_fps={target:.1f}",
+                     "--duration", "10", "--record", str(record))
+    assert p.returncode == 0, p.stderr
+    steps = [line for line in p.stderr.splitlines() if line.startswith("adaptive: input")]
+    assert steps and steps[0].startswith("adaptive: input 224 -> 192"), (service_ms, p.stderr)
     results = [r for r in read_jsonl(record) if r.get("type") == "result"]
-    sizes = Counter(r["input_size"] for r in results)
-    assert sizes[224] > 0 and sizes[192] > sizes[224], sizes
-    # The larger size never comes back: 224 would be too slow again.
-    first_small = next(i for i, r in enumerate(results) if r["input_size"] == 192)
-    assert all(r["input_size"] == 192 for r in results[first_small:])
-    # Still the bottle: accuracy holds at the smaller size.
-    small = [r for r in results if r["input_size"] == 192]
+    sizes = [r["input_size"] for r in results]
+    assert sizes[0] == 224 and all(a >= b for a, b in zip(sizes, sizes[1:])), "never back up"
+    small = [r for r in results if r["input_size"] < 224]
+    assert len(small) > len(results) - len(small), Counter(sizes)
     assert sum(r["top"][0]["index"] == 898 for r in small) > 0.5 * len(small)

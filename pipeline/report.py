@@ -165,6 +165,8 @@ class RunReport:
                 "pid": ready.get("pid"),
                 "cores": ready.get("cores"),
                 "threads": m.get("threads"),
+                **({"runtime": m["runtime"]} if "runtime" in m else {}),
+                **({"on_demand": ready["on_demand"]} if "on_demand" in ready else {}),
                 "fps_in": round(fps_in, 2),
                 "fps_out": round(fps_out, 2),
                 "service_ms": m.get("service_ms") or {},
@@ -240,6 +242,8 @@ class RunReport:
                     for s in self.of_kind("capture") if "tx_bytes" in self.latest.get(s, {})},
             "rejected_messages": dict(self.rejected),
             "restarts": dict(self.restarts),
+            "model": next(({k: r.get(k) for k in ("model", "runtime", "engine", "threads", "plan")}
+                           for s, r in self.ready.items() if self.kinds[s] == "inference"), None),
         }
 
 

@@ -280,6 +280,9 @@ class Supervisor:
         kinds = sorted({ready[s].get("source") for s in ready if ready[s].get("source")})
         what = f"{len(self.config.source_list)} sources" if len(self.config.source_list) > 1 \
             else f"{kinds[0] if kinds else 'remote'} source"
+        pulled = sum(bool(m.get("on_demand")) for m in ready.values())
+        what += " read on demand" if pulled and pulled == len(self.config.source_list) else \
+            f" ({pulled} read on demand)" if pulled else ""
         inf = ready[self.workers[0]] if self.workers else None
         model = (f"{inf.get('model')} on {inf.get('runtime')} ({inf.get('plan')}; engine "
                  f"{inf.get('engine')}) with {inf.get('threads')} thread(s)"

@@ -176,7 +176,8 @@ def test_unreadable_video_fails_at_startup_with_one_clear_line(tmp_path, clean_m
 def test_drop_new_edge_counts_drops_at_the_writer_and_never_tears(tmp_path, clean_machine):
     summary = tmp_path / "s.json"
     p = run_pipeline("video.toml", "--set", f"source.path={need(BOTTLE)}", "--set", "model.weights=none",
-                     "--set", "source.realtime=false", "--set", "edges.frames.policy=drop_new",
+                     "--set", "source.realtime=false", "--set", "edges.pull=off",
+                     "--set", "edges.frames.policy=drop_new",
                      "--set", "edges.frames.slots=2", "--quiet", "--summary-json", str(summary))
     assert p.returncode == 0, p.stderr
     s = json.loads(summary.read_text())

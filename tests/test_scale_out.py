@@ -118,15 +118,17 @@ def test_two_sources_two_workers_share_the_work_and_no_source_starves(tmp_path, 
 
 
 def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_machine):
-    """Two 30 fps sources need about 60 classifications a second: one worker on one core
-    manages about 40, two workers (one per core) nearly all 60. A generous bound: 1.15x."""
+    """Two 30 fps sources need 60 classifications a second. Each frame costs a worker the model's
+    time plus a 33 ms delay (inference.delay_ms), so one worker manages under 30 whatever this
+    machine's model speed, and two workers (one per core) nearly twice that. Bound: 1.3x."""
     need(WEIGHTS)
     fps = {}
     for workers, cores in ((1, [1]), (2, [0, 1])):
         cfg = write_config(tmp_path / f"w{workers}.toml",
                            [{"kind": "synthetic", "id": "a", "fps": 30},
                             {"kind": "synthetic", "id": "b", "fps": 30}],
-                           inference={"cores": cores, "workers": workers, "threads": 1},
+                           inference={"cores": cores, "workers": workers, "threads": 1,
+                                      "delay_ms": 33},
                            model={"weights": str(WEIGHTS)})
         summary = tmp_path / f"s{workers}.json"
         p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--duration", "10",
@@ -137,7 +139,7 @@ def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_ma
         fps[workers] = s["fps"]
         per = [m["fps"] for m in s["sources"].values()]
         assert len(per) == 2 and min(per) > 0.7 * max(per), s["sources"]  # shared evenly
-    assert fps[2] > 1.15 * fps[1], fps
+    assert fps[2] > 1.3 * fps[1], fps
 
 
 def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clean_machine):

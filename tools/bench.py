@@ -1,24 +1,35 @@
 """Benchmark the pipeline against the model's ceiling, the tutorial's single loop and a
-multiprocessing.Queue pipeline, all in one invocation on the same input, weights and cores.
+multiprocessing.Queue pipeline, all in one invocation on the same input, weights and cores, with
+the torch runtime and with onnxruntime.
 
 Why one tool and one run: the machines are shared and noisy, so only figures measured side by
 side mean anything. Every run is its own process tree:
 
   a. model only   - the scripted quantized model in a loop on the inference cores (the ceiling);
   b. tutorial     - the single loop of PyTorch's Raspberry Pi 4 tutorial, torch's default threads;
+                    b': the same loop held to the inference cores and threads;
   c. mp.Queue     - capture, preprocess and inference processes joined by multiprocessing.Queue;
-  d. pipeline     - `pipeline-up` with the given config.
+  d. pipeline     - `pipeline-up` with the given config and model.runtime = "torch";
+  a-ort1, a-ort2  - the same model's ONNX file (--onnx) alone in onnxruntime: 1 thread on the
+                    inference cores, 2 threads on all cores;
+  b-ort1, b-ort2  - the tutorial's loop and preprocessing with that session in place of the torch
+                    model, on all cores, 1 and 2 threads: the fair single-loop baselines;
+  d-ort           - the pipeline with model.runtime = "onnxruntime", 1 worker (the config's
+                    layout) and 2 workers on all cores.
 
 b, c and d read the same video, once as fast as possible and once paced at 30 fps like a live
-camera (a late reader gets stale frames from a 4-buffer driver queue, as with V4L2).
+camera (a late reader gets stale frames from a 4-buffer driver queue, as with V4L2); b-ort as
+fast as possible. Pipeline rows also give the inference stage process's own RSS (the largest
+worker's).
 
 Options add sections: --spikes (stall, CPU hog, slow model frames, each beside the tutorial),
 --tuning (threads, engine, TorchScript, channels-last, uint8 input ring), --adaptive (input size
 224/192/160: fps and accuracy, and the controller reacting), --models (the tutorial's model table).
 
 Usage:
-    .venv/bin/python tools/bench.py [--duration 15] [--json out.json] [--spikes] [--tuning]
-                                    [--adaptive] [--models [--model-names A,B]] [--no-main]
+    .venv/bin/python tools/bench.py [--duration 15] [--json out.json] [--onnx FILE] [--spikes]
+                                    [--tuning] [--adaptive] [--models [--model-names A,B]]
+                                    [--no-main]
 """
 
 from __future__ import annotations
@@ -44,8 +55,10 @@ from tools.benchkit.common import (  # noqa: E402
     progress,
 )
 from tools.benchkit.pipeline_run import run_pipeline  # noqa: E402
+from workers.model_files import builtin_onnx  # noqa: E402
 
 CONFIG = ROOT / "configs" / "video.toml"
+ORT = "onnxruntime"
 
 
 class Bench:
@@ -53,7 +66,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace):
         self.args = args
-        self.video, self.weights = str(args.video), str(args.weights)
+        self.video, self.weights, self.onnx = str(args.video), str(args.weights), str(args.onnx)
         self.config = args.config
         self.all_cores = sorted(os.sched_getaffinity(0))
         from pipeline.config import load_config
@@ -66,7 +79,7 @@ class Bench:
     # -- runs ---------------------------------------------------------------------------------
     def baseline(self, kind: str, cores: list[int] | None = None, **extra: Any) -> dict[str, Any]:
         args = {"cores": cores or self.all_cores, "video": self.video, "weights": self.weights,
-                "model": "mobilenet_v2", "duration": self.args.duration, **extra}
+                "onnx": self.onnx, "model": "mobilenet_v2", "duration": self.args.duration, **extra}
         progress(f"    {kind}: {json.dumps({k: v for k, v in extra.items() if k != 'weights'})}")
         cmd = [sys.executable, str(ROOT / "tools" / "benchkit" / "baselines.py"), kind,
                json.dumps(args)]
@@ -78,9 +91,9 @@ class Bench:
             raise SystemExit(f"bench: the {kind} run failed (exit code {proc.returncode})")
         return json.loads(lines[-1])
 
-    def model_only(self, **extra: Any) -> dict[str, Any]:
+    def model_only(self, cores: list[int] | None = None, **extra: Any) -> dict[str, Any]:
         extra.setdefault("threads", self.inference_threads)
-        return self.baseline("model", self.inference_cores, **extra)
+        return self.baseline("model", cores or self.inference_cores, **extra)
 
     def base_overrides(self, fast: bool) -> list[str]:
         paced = ["source.realtime=false"] if fast else \
@@ -90,9 +103,12 @@ class Bench:
 
     def pipeline(self, fast: bool, extra: list[str] = (), config: Path | None = None,
                  during: Any = None, keep_results: bool = False,
-                 duration: float | None = None) -> dict[str, Any]:
-        progress(f"    pipeline, {'fast' if fast else 'paced'}: {' '.join(extra)}")
-        res = run_pipeline(config or self.config, self.base_overrides(fast) + list(extra),
+                 duration: float | None = None, runtime: str = "torch") -> dict[str, Any]:
+        """A pipeline run; the runtime is set explicitly (the config's "auto" would pick one),
+        and onnxruntime runs the same file as the a-ort and b-ort rows."""
+        model = [f"model.runtime={runtime}"] + ([f"model.weights={self.onnx}"] if runtime == ORT else [])
+        progress(f"    pipeline, {'fast' if fast else 'paced'}: {' '.join(model + list(extra))}")
+        res = run_pipeline(config or self.config, self.base_overrides(fast) + model + list(extra),
                            duration or self.args.duration, during)
         if not keep_results:
             res.pop("results")
@@ -101,57 +117,99 @@ class Bench:
 
 # ---------------------------------------------------------------------------------- sections
 
+def overhead_ms(paced: dict[str, Any], model: dict[str, Any]) -> dict[str, float]:
+    """30 fps end-to-end latency of a pipeline over the model alone's forward pass."""
+    return {q: paced["latency_ms"][q] - model["latency_ms"][q] for q in ("p50", "p99")}
+
+
 def main_table(b: Bench) -> dict[str, Any]:
     out: dict[str, Any] = {}
     progress(f"a. model only on cores {b.inference_cores}, {b.inference_threads} thread(s) ...")
     out["model"] = b.model_only()
+    for threads, cores in ((1, b.inference_cores), (2, b.all_cores)):
+        progress(f"a-ort{threads}. model only in onnxruntime on cores {cores}, {threads} thread(s) ...")
+        out[f"model_ort{threads}"] = b.model_only(cores, runtime=ORT, threads=threads)
+    two_workers = ["inference.workers=2", f"inference.cores={b.all_cores}"]
     for mode, fps in (("fast", 0.0), ("paced", PACED_FPS)):
+        fast = mode == "fast"
         progress(f"b. tutorial loop, {mode} source ...")
         out[f"tutorial_{mode}"] = b.baseline("tutorial", fps=fps)
-        progress(f"c. multiprocessing.Queue pipeline, {mode} source ...")
-        out[f"mpqueue_{mode}"] = b.baseline("mpqueue", fps=fps)
-        progress(f"d. pipeline ({b.config.name}), {mode} source ...")
-        out[f"pipeline_{mode}"] = b.pipeline(fast=(mode == "fast"))
-        if mode == "fast":
+        if fast:
             progress("b'. tutorial loop on the inference cores only, their thread count ...")
             out["tutorial_fast_model_cores"] = b.baseline("tutorial", b.inference_cores,
                                                           threads=b.inference_threads)
-    a, fast, paced = out["model"], out["pipeline_fast"], out["pipeline_paced"]
+            for threads in (1, 2):
+                progress(f"b-ort{threads}. tutorial loop with onnxruntime, {threads} thread(s) ...")
+                out[f"tutorial_ort{threads}_fast"] = b.baseline("tutorial", runtime=ORT,
+                                                                threads=threads)
+        progress(f"c. multiprocessing.Queue pipeline, {mode} source ...")
+        out[f"mpqueue_{mode}"] = b.baseline("mpqueue", fps=fps)
+        progress(f"d. pipeline ({b.config.name}), torch, {mode} source ...")
+        out[f"pipeline_{mode}"] = b.pipeline(fast)
+        for workers, extra in ((1, []), (2, two_workers)):
+            progress(f"d-ort. pipeline, onnxruntime, {workers} worker(s), {mode} source ...")
+            out[f"pipeline_ort{workers}w_{mode}"] = b.pipeline(fast, extra, runtime=ORT)
+    a, fast = out["model"], out["pipeline_fast"]
+    best_d = max(("pipeline_ort1w_fast", "pipeline_ort2w_fast"), key=lambda k: out[k]["fps"])
+    best_b = max(("tutorial_ort1_fast", "tutorial_ort2_fast"), key=lambda k: out[k]["fps"])
     out["ratios"] = {"d/a": fast["fps"] / a["fps"],
                      "d/b": fast["fps"] / out["tutorial_fast"]["fps"],
                      "d/b_model_cores": fast["fps"] / out["tutorial_fast_model_cores"]["fps"],
-                     "d/c": fast["fps"] / out["mpqueue_fast"]["fps"]}
-    out["paced_overhead_ms"] = {"p50": paced["latency_ms"]["p50"] - a["latency_ms"]["p50"],
-                                "p99": paced["latency_ms"]["p99"] - a["latency_ms"]["p99"]}
+                     "d/c": fast["fps"] / out["mpqueue_fast"]["fps"],
+                     "d-ort/a": out[best_d]["fps"] / a["fps"],
+                     "d-ort/b-ort": out[best_d]["fps"] / out[best_b]["fps"]}
+    out["ort_best"] = {"d": best_d, "b": best_b}
+    out["paced_overhead_ms"] = overhead_ms(out["pipeline_paced"], a)
+    out["paced_overhead_ms_ort"] = overhead_ms(out["pipeline_ort1w_paced"], out["model_ort1"])
     return out
 
 
 ROWS = (("model", "a. model only (ceiling)"),
+        ("model_ort1", "a-ort1. ort model, 1 thread"),
+        ("model_ort2", "a-ort2. ort model, 2 threads"),
         ("tutorial_fast", "b. tutorial loop, fast"),
         ("tutorial_fast_model_cores", "b'. tutorial, model cores"),
+        ("tutorial_ort1_fast", "b-ort1. tutorial + ort, 1 thread"),
+        ("tutorial_ort2_fast", "b-ort2. tutorial + ort, 2 threads"),
         ("mpqueue_fast", "c. mp.Queue, fast"),
         ("pipeline_fast", "d. pipeline, fast"),
+        ("pipeline_ort1w_fast", "d-ort. pipeline, 1 worker, fast"),
+        ("pipeline_ort2w_fast", "d-ort. pipeline, 2 workers, fast"),
         ("tutorial_paced", "b. tutorial loop, 30 fps"), ("mpqueue_paced", "c. mp.Queue, 30 fps"),
-        ("pipeline_paced", "d. pipeline, 30 fps"))
+        ("pipeline_paced", "d. pipeline, 30 fps"),
+        ("pipeline_ort1w_paced", "d-ort. pipeline, 1 worker, 30 fps"),
+        ("pipeline_ort2w_paced", "d-ort. pipeline, 2 workers, 30 fps"))
+NAME_W = 34
 
 
 def format_row(name: str, r: dict[str, Any]) -> str:
     lat, age = r["latency_ms"], r["age_ms"]
-    return (f"{name:<28} {r['fps']:6.1f} {lat['p50']:7.1f} {lat['p99']:7.1f} {lat['max']:7.1f} "
-            f"{age['p50']:6.1f} {age['max']:7.1f} {r['cpu_pct']:6.0f} {r['rss_mb']:7.0f}")
+    inf = f"{r['inference_rss_mb']:7.0f}" if "inference_rss_mb" in r else f"{'-':>7}"
+    return (f"{name:<{NAME_W}} {r['fps']:6.1f} {lat['p50']:7.1f} {lat['p99']:7.1f} {lat['max']:7.1f} "
+            f"{age['p50']:6.1f} {age['max']:7.1f} {r['cpu_pct']:6.0f} {r['rss_mb']:7.0f} {inf}")
 
 
 def format_main(res: dict[str, Any]) -> list[str]:
-    lines = [f"{'run':<28} {'fps':>6} {'e2e p50':>7} {'p99':>7} {'max':>7} "
-             f"{'age p50':>6} {'max':>7} {'CPU %':>6} {'RSS MB':>7}"]
+    lines = [f"{'run':<{NAME_W}} {'fps':>6} {'e2e p50':>7} {'p99':>7} {'max':>7} "
+             f"{'age p50':>6} {'max':>7} {'CPU %':>6} {'RSS MB':>7} {'inf MB':>7}"]
     lines += [format_row(name, res[key]) for key, name in ROWS if key in res]
-    r, o = res["ratios"], res["paced_overhead_ms"]
+    r, o, oo = res["ratios"], res["paced_overhead_ms"], res["paced_overhead_ms_ort"]
+    label = dict(ROWS)
+    ort_inf = max(res[k]["inference_rss_mb"] for k in res if k.startswith("pipeline_ort"))
+    torch_inf = max(res[k]["inference_rss_mb"] for k in ("pipeline_fast", "pipeline_paced"))
     lines += ["", f"throughput d/a = {r['d/a']:.3f} (target >= 0.95)   d/b = {r['d/b']:.3f} "
               f"(target >= 1.25)   d/b' = {r['d/b_model_cores']:.3f}   d/c = {r['d/c']:.3f}",
+              f"onnxruntime: d-ort fast / a = {r['d-ort/a']:.2f} (target >= 5)   d-ort fast / "
+              f"b-ort = {r['d-ort/b-ort']:.3f} (target >= 1.25), the best of each: "
+              f"{label[res['ort_best']['d']]!r}, {label[res['ort_best']['b']]!r}",
               "b: all cores, torch's default threads, as the tutorial runs; b': only the "
-              "inference cores and threads, the model's resources in d",
-              f"30 fps latency over the model: p50 {o['p50']:+.1f} ms (target <= +3), "
-              f"p99 {o['p99']:+.1f} ms (target <= +5)",
+              "inference cores and threads, the model's resources in d; b-ort: all cores, "
+              "the session's threads as named; a-ort2: all cores",
+              f"30 fps latency over the model: d over a: p50 {o['p50']:+.1f} ms (target <= +3), "
+              f"p99 {o['p99']:+.1f} ms (target <= +5); d-ort 1 worker over a-ort1: "
+              f"p50 {oo['p50']:+.1f} ms (target <= +2), p99 {oo['p99']:+.1f} ms (target <= +4)",
+              f"inf MB: the inference stage process alone (the largest worker): onnxruntime max "
+              f"{ort_inf:.0f} MB (target <= 150), torch max {torch_inf:.0f} MB",
               "e2e: capture start to result; age: capture start to model start; "
               "model only: one forward pass"]
     return lines
@@ -163,12 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video (default: %(default)s)")
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
                     help="quantized mobilenet_v2 state dict (default: %(default)s)")
+    ap.add_argument("--onnx", type=Path, default=builtin_onnx(),
+                    help="its ONNX export, for the onnxruntime rows (default: the shipped one)")
     ap.add_argument("--images", type=Path, default=IMAGES,
                     help="labelled images for --adaptive accuracy (default: %(default)s)")
     ap.add_argument("--duration", type=float, default=15.0,
                     help="seconds counted per run, after 2 s of warm-up (default: 15)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra config override for every pipeline run")
+                    help="extra config override for every pipeline run (model.runtime, and for "
+                         "onnxruntime model.weights, are set by each run)")
     ap.add_argument("--spikes", action="store_true", help="spike-isolation section")
     ap.add_argument("--tuning", action="store_true", help="tuning section")
     ap.add_argument("--adaptive", action="store_true", help="adaptive-resolution section")
@@ -183,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop runs in progress cleanly
-    for name in ("video", "weights", "config"):
+    for name in ("video", "weights", "onnx", "config"):
         path = getattr(args, name).resolve()
         if not path.is_file():
             print(f"bench: --{name}: no such file: {path}", file=sys.stderr)
@@ -193,9 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: --duration must be positive", file=sys.stderr)
         return 2
     b = Bench(args)
-    res: dict[str, Any] = {"video": b.video, "weights": b.weights, "config": str(b.config),
-                           "duration_s": args.duration, "cores": b.all_cores,
-                           "inference_cores": b.inference_cores}
+    res: dict[str, Any] = {"video": b.video, "weights": b.weights, "onnx": b.onnx,
+                           "config": str(b.config), "duration_s": args.duration,
+                           "cores": b.all_cores, "inference_cores": b.inference_cores}
     report: list[str] = []
     if not args.no_main:
         res["main"] = main_table(b)

@@ -1,12 +1,13 @@
 """How fast does the pipeline recover from a dead or hung stage, and what does it cost?
 
-    .venv/bin/python tools/bench_recovery.py [--trials 3] [--json out.json]
+    .venv/bin/python tools/bench_recovery.py [--trials 3] [--json out.json] [--set KEY=VALUE ...]
 
-Plays bottle-detection.mp4 as a 30 fps camera with every stage on restart = "always", a 3 s
-watchdog and trials spaced so every restart gets the first back-off (0.5 s); then for each stage
-in turn and each fault (SIGKILL; SIGSTOP = a hang) injects the fault and measures, from the
-result stream: recovery time (fault to the first result of a frame captured after the fault)
-and frames lost (sequence numbers skipped between the last result
+Plays bottle-detection.mp4 as a 30 fps camera (configs/video.toml with its built-in model and
+model.runtime unless `--set` says otherwise, e.g. `--set model.runtime=onnxruntime`) with every
+stage on restart = "always", a 3 s watchdog and trials spaced so every restart gets the first
+back-off (0.5 s); then for each stage in turn and each fault (SIGKILL; SIGSTOP = a hang) injects
+the fault and measures, from the result stream: recovery time (fault to the first result of a
+frame captured after the fault) and frames lost (sequence numbers skipped between the last result
 before and the first after).
 """
 
@@ -19,14 +20,13 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-ASSETS = ROOT.parent / "shared" / "assets"
-VIDEO = ASSETS / "video" / "bottle-detection.mp4"
-WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
+VIDEO = ROOT.parent / "shared" / "assets" / "video" / "bottle-detection.mp4"
 WATCHDOG_S = 3.0
 WINDOW_S = 5.0  # trials are spaced wider than this, so each restart gets the first back-off
 
@@ -68,19 +68,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--json")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override passed to the pipeline, after the tool's own (repeatable)")
     args = ap.parse_args()
     from pipeline import attach
     from pipeline.runtime import NotRunning
 
-    sets = [f"source.path={VIDEO}", f"model.weights={WEIGHTS}", "source.loop=true",
+    sets = [f"source.path={VIDEO}", "source.loop=true",
             "capture.restart=always", "preprocess.restart=always", "inference.restart=always",
             f"supervision.watchdog_s={WATCHDOG_S}", "supervision.max_restarts=100",
-            f"supervision.restart_window_s={WINDOW_S}"]
+            f"supervision.restart_window_s={WINDOW_S}", *args.set]
     cmd = [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "video.toml"),
            "--name", "recovery", "--quiet"]
     for s in sets:
         cmd += ["--set", s]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tempfile.TemporaryFile("w+")  # a file, not a pipe: nothing can block
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log, text=True)
     rows = []
     try:
         while True:
@@ -88,6 +91,10 @@ def main() -> int:
                 sub = attach("recovery")
                 break
             except NotRunning:
+                if proc.poll() is not None:  # e.g. a bad --set
+                    log.seek(0)
+                    raise SystemExit(f"bench_recovery: pipeline-up exited with {proc.returncode}:\n"
+                                     f"{log.read()[-3000:]}") from None
                 time.sleep(0.2)
         with sub:
             sub.receive(timeout=60)
@@ -98,8 +105,9 @@ def main() -> int:
                         rows.append(measure(sub, proc.pid, stage, fault))
                         time.sleep(WINDOW_S + 1)
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=30)
     print(f"{'stage':<11} {'fault':<6} {'recovery p50':>13} {'max':>7} {'frames lost p50':>16} {'max':>5}")
     for stage in ("capture", "preprocess", "inference"):
         for fault in ("kill", "stop"):
@@ -108,7 +116,8 @@ def main() -> int:
             lost = [r["frames_lost"] for r in mine]
             print(f"{stage:<11} {fault:<6} {statistics.median(rec):12.2f}s {max(rec):6.2f}s "
                   f"{statistics.median(lost):16.0f} {max(lost):5d}")
-    print(f"(watchdog {WATCHDOG_S:g} s; a 'stop' is a hang: SIGSTOP until the watchdog kills it)")
+    print(f"(watchdog {WATCHDOG_S:g} s; a 'stop' is a hang: SIGSTOP until the watchdog kills it"
+          + "".join(f"; --set {s}" for s in args.set) + ")")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
     return 0

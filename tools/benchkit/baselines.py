@@ -7,6 +7,11 @@
 - mpqueue: what most people write first: capture, preprocess and inference processes joined by
   multiprocessing.Queue(maxsize=4), frames pickled through them, nothing pinned.
 
+model and tutorial run the scripted quantized torch model, or with `"runtime": "onnxruntime"` the
+ONNX file `"onnx"` in an onnxruntime session with `"threads"` threads (the model-alone run then
+never imports torch; the tutorial keeps its torchvision preprocessing and hands the session the
+tensor as numpy).
+
 Run as `python tools/benchkit/baselines.py KIND JSON-ARGS`; prints one JSON line.
 """
 
@@ -16,6 +21,7 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -78,24 +84,43 @@ def load(args: dict[str, Any]) -> Any:
     return model
 
 
-def model_only(args: dict[str, Any]) -> dict[str, Any]:
-    pin(args["cores"])
+def load_net(args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """The run's model as a callable on one 1x3xSxS input (a torch tensor; a float32 numpy array
+    for onnxruntime), and what runs it."""
+    if args.get("runtime") == "onnxruntime":
+        from workers.classifier import OnnxClassifier, warm_up
+
+        clf = OnnxClassifier(args["onnx"], args["threads"])
+        warm_up(clf, args.get("size", 224), 20)
+        return clf.logits, {"runtime": clf.runtime, "threads": clf.threads, "engine": clf.engine}
     import torch
 
     model = load(args)
+    return model, {"runtime": "torch", "threads": torch.get_num_threads(),
+                   "engine": torch.backends.quantized.engine}
+
+
+def model_only(args: dict[str, Any]) -> dict[str, Any]:
+    pin(args["cores"])
+    import numpy as np
+
+    net, info = load_net(args)
     size = args.get("size", 224)
-    x = torch.rand(1, 3, size, size)
+    x, grad = np.random.rand(1, 3, size, size).astype(np.float32), nullcontext()
+    if info["runtime"] == "torch":
+        import torch
+
+        x, grad = torch.from_numpy(x), torch.inference_mode()
     c = Collector(args.get("stale_ms", 0.0))
     deadline = time.monotonic() + args["duration"]
-    with torch.inference_mode():
+    with grad:
         c.t0, cpu0 = time.monotonic(), time.process_time()
         while time.monotonic() < deadline:
             t = time.monotonic_ns()
-            model(x)
+            net(x)
             c.frame(t, t, time.monotonic_ns())
         c.t1, cpu = time.monotonic(), time.process_time() - cpu0
-    return c.summary(cpu, rss_mb([os.getpid()]), threads=torch.get_num_threads(),
-                     engine=torch.backends.quantized.engine)
+    return c.summary(cpu, rss_mb([os.getpid()]), **info)
 
 
 def tutorial(args: dict[str, Any]) -> dict[str, Any]:
@@ -105,7 +130,8 @@ def tutorial(args: dict[str, Any]) -> dict[str, Any]:
     from torchvision import transforms
 
     torch.backends.quantized.engine = "qnnpack"  # as the tutorial sets it
-    net = load({**args, "engine": "qnnpack"})  # threads: torch's default unless a run says
+    net, info = load_net({**args, "engine": "qnnpack"})  # threads: torch's default unless a run says
+    numpy_input = info["runtime"] == "onnxruntime"
     preprocess = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     cap = LiveVideo(args["video"], args.get("fps", 0.0), stall_ms=args.get("stall_ms", 0.0),
                     stall_every_s=args.get("stall_every_s", 0.0))
@@ -128,6 +154,8 @@ def tutorial(args: dict[str, Any]) -> dict[str, Any]:
             image = cv2.resize(image, (size, size))
             input_tensor = preprocess(image)
             input_batch = input_tensor.unsqueeze(0)
+            if numpy_input:
+                input_batch = input_batch.numpy()  # a view: the session takes numpy
             t_start = time.monotonic_ns()
             output = net(input_batch)  # noqa: F841 - the tutorial then prints the top classes
             n += 1
@@ -138,8 +166,7 @@ def tutorial(args: dict[str, Any]) -> dict[str, Any]:
     c.t1 = time.monotonic()
     cpu = time.process_time() - cpu0
     cap.release()
-    return c.summary(cpu, rss_mb([os.getpid()]), threads=torch.get_num_threads(),
-                     engine=torch.backends.quantized.engine, camera_lost=cap.lost)
+    return c.summary(cpu, rss_mb([os.getpid()]), **info, camera_lost=cap.lost)
 
 
 # ------------------------------------------------------------- the multiprocessing.Queue pipeline

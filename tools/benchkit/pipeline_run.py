@@ -1,5 +1,6 @@
 """One run of our pipeline (`pipeline-up` in a subprocess), measured like the baselines: results
-recorded by the supervisor, the first seconds skipped, CPU and memory of the whole process tree."""
+recorded by the supervisor, the first seconds skipped, CPU and memory of the whole process tree,
+and the memory of the inference stage process alone (the largest, with several workers)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,21 @@ def tree(pid: int) -> list[int]:
         return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return [pid]
+
+
+def stage_rss_mb(pids: list[int], stage: str = "inference") -> float:
+    """Resident memory of one stage's process alone, in MB: the largest of its workers
+    ("inference.1", ...), found by the `--stage` of their command lines."""
+    import psutil
+
+    found = [0.0]
+    for pid in pids:
+        try:
+            if f"--stage {stage}" in " ".join(psutil.Process(pid).cmdline()):
+                found.append(rss_mb([pid]))
+        except psutil.Error:
+            pass
+    return max(found)
 
 
 def run_pipeline(config: Path, overrides: list[str], duration: float,
@@ -56,7 +72,7 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
             t0_ns, t0, cpu0 = time.monotonic_ns(), time.monotonic(), cpu_seconds(pids)
             time.sleep(duration)
             t1_ns, t1, cpu = time.monotonic_ns(), time.monotonic(), cpu_seconds(pids) - cpu0
-            rss = rss_mb(pids)
+            rss, inference_rss = rss_mb(pids), stage_rss_mb(pids)
             if end_disturbance:
                 end_disturbance()
             proc.send_signal(signal.SIGINT)
@@ -85,7 +101,8 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
     return {"fps": round(len(window) / wall, 2), "frames": len(window),
             "latency_ms": spread(latency), "age_ms": spread(age), "model_ms": spread(service),
             "capture_interval_ms": summary.get("capture_interval_ms", {}),
-            "cpu_pct": round(100 * cpu / wall, 1), "rss_mb": rss, "drops": summary["drops"],
+            "cpu_pct": round(100 * cpu / wall, 1), "rss_mb": rss, "inference_rss_mb": inference_rss,
+            "drops": summary["drops"],
             "restarts": summary.get("restarts", {}), "tcp": summary.get("tcp", {}), "results": window}
 
 

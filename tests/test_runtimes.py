@@ -209,3 +209,18 @@ def test_images_through_the_pipeline_in_both_runtimes(tmp_path, clean_machine):
         assert accuracy >= {"torch": 0.85, "onnxruntime": 0.86}[runtime], (runtime, accuracy)
     agree = sum(top1["torch"][k] == top1["onnxruntime"][k] for k in labels) / len(labels)
     assert agree >= 0.95, agree
+
+
+def test_top_k_orders_ties_by_class_index():
+    """Quantized logits tie often; the lower index comes first, as torch's argmax picks it."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        logits = np.round(rng.standard_normal(1000) * 2).astype(np.float32)  # many ties
+        idx, probs = top_k(logits, 5)
+        assert idx[0] == int(torch.argmax(torch.from_numpy(logits)))
+        assert all(logits[a] > logits[b] or (logits[a] == logits[b] and a < b)
+                   for a, b in zip(idx, idx[1:]))
+        ref = torch.softmax(torch.from_numpy(logits), 0)[idx].numpy()
+        assert np.allclose(probs, ref, atol=1e-6) and probs == sorted(probs, reverse=True)

@@ -13,7 +13,8 @@ side mean anything. Every run is its own process tree:
   a-ort1, a-ort2  - the same model's ONNX file (--onnx) alone in onnxruntime: 1 thread on the
                     inference cores, 2 threads on all cores;
   b-ort1, b-ort2  - the tutorial's loop and preprocessing with that session in place of the torch
-                    model, on all cores, 1 and 2 threads: the fair single-loop baselines;
+                    model, on all cores, 1 and 2 threads (the session's and torch's, as b' has
+                    for its loop): the fair single-loop baselines;
   d-ort           - the pipeline with model.runtime = "onnxruntime", 1 worker (the config's
                     layout) and 2 workers on all cores.
 
@@ -204,7 +205,7 @@ def format_main(res: dict[str, Any]) -> list[str]:
               f"{label[res['ort_best']['d']]!r}, {label[res['ort_best']['b']]!r}",
               "b: all cores, torch's default threads, as the tutorial runs; b': only the "
               "inference cores and threads, the model's resources in d; b-ort: all cores, "
-              "the session's threads as named; a-ort2: all cores",
+              "the threads named for the session and torch's preprocessing; a-ort2: all cores",
               f"30 fps latency over the model: d over a: p50 {o['p50']:+.1f} ms (target <= +3), "
               f"p99 {o['p99']:+.1f} ms (target <= +5); d-ort 1 worker over a-ort1: "
               f"p50 {oo['p50']:+.1f} ms (target <= +2), p99 {oo['p99']:+.1f} ms (target <= +4)",

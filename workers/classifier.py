@@ -35,13 +35,11 @@ class Classifier(Protocol):
 
 
 def top_k(logits: np.ndarray, k: int) -> tuple[list[int], list[float]]:
-    """Indices and softmax probabilities of the k best classes, best first."""
-    z = logits - logits.max()
-    e = np.exp(z)
-    probs = e / e.sum()
-    idx = np.argpartition(probs, -k)[-k:]
-    idx = idx[np.argsort(probs[idx])[::-1]]
-    return idx.tolist(), probs[idx].tolist()
+    """Indices and softmax probabilities of the k best classes, best first. Quantized models tie
+    often: among equal scores the lower class index comes first (as torch.topk orders them)."""
+    e = np.exp(logits - logits.max())
+    idx = np.argsort(-logits, kind="stable")[:k]
+    return idx.tolist(), (e[idx] / e.sum()).tolist()
 
 
 class OnnxClassifier:

@@ -9,8 +9,8 @@
 
 model and tutorial run the scripted quantized torch model, or with `"runtime": "onnxruntime"` the
 ONNX file `"onnx"` in an onnxruntime session with `"threads"` threads (the model-alone run then
-never imports torch; the tutorial keeps its torchvision preprocessing and hands the session the
-tensor as numpy).
+never imports torch; the tutorial keeps its torchvision preprocessing, on as many torch threads,
+and hands the session the tensor as numpy).
 
 Run as `python tools/benchkit/baselines.py KIND JSON-ARGS`; prints one JSON line.
 """
@@ -130,7 +130,9 @@ def tutorial(args: dict[str, Any]) -> dict[str, Any]:
     from torchvision import transforms
 
     torch.backends.quantized.engine = "qnnpack"  # as the tutorial sets it
-    net, info = load_net({**args, "engine": "qnnpack"})  # threads: torch's default unless a run says
+    if args.get("threads"):  # the loop's threads, preprocessing included; else torch's default
+        torch.set_num_threads(args["threads"])
+    net, info = load_net({**args, "engine": "qnnpack"})
     numpy_input = info["runtime"] == "onnxruntime"
     preprocess = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     cap = LiveVideo(args["video"], args.get("fps", 0.0), stall_ms=args.get("stall_ms", 0.0),

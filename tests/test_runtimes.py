@@ -224,3 +224,18 @@ def test_top_k_orders_ties_by_class_index():
                    for a, b in zip(idx, idx[1:]))
         ref = torch.softmax(torch.from_numpy(logits), 0)[idx].numpy()
         assert np.allclose(probs, ref, atol=1e-6) and probs == sorted(probs, reverse=True)
+
+
+def test_auto_runs_a_model_that_does_not_export_in_torch_and_remembers(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = Model(name="shufflenet_v2_x0_5", weights="none")
+    plan = plan_model(model, 224, [0], 1, print)
+    assert plan.runtime == "torch"
+    assert plan.reason == "auto: model.name: shufflenet_v2_x0_5 does not export to ONNX"
+    said: list[str] = []
+    t = time.monotonic()
+    assert plan_model(model, 224, [0], 1, said.append) == plan
+    assert not said and time.monotonic() - t < 1, "the failed export is not tried again"
+    with pytest.raises(ModelError, match='does not export to ONNX.*model.runtime = "torch"'):
+        plan_model(Model(name="shufflenet_v2_x0_5", weights="none", runtime="onnxruntime"),
+                   224, [0], 1, print)

@@ -130,7 +130,7 @@ def plan_model(model_cfg: Any, input_size: int, cores: list[int], threads: int,
     try:
         onnx = onnx_for(name, weights, say)
     except ModelError as e:  # a model that does not export runs in torch, and says why
-        return ModelPlan("torch", weights, weights, f"auto: {e}")
+        return ModelPlan("torch", weights, weights, f"auto: {str(e).split(' (')[0]}")
     ms = measured(model_cfg, weights, str(onnx), input_size, cores, threads, say)
     best = min(ms, key=ms.get)
     plan = ModelPlan(best, str(onnx) if best == "onnxruntime" else weights, weights, "", ms)
@@ -156,6 +156,9 @@ def onnx_for(model_name: str, weights: str, say: Callable[[str], None]) -> Path:
     target = exported_file(model_name, weights)
     if target.is_file():
         return target
+    failed = target.with_name(f"{target.stem}.torch-{version('torch')}.failed")
+    if failed.is_file():  # this model did not export with this torch: do not try at every start
+        raise ModelError(failed.read_text().strip())
     if not installed("torch"):
         raise ModelError(f"model.weights: {weights} must be exported to ONNX once, which needs "
                          "torch (pip install 'edge-pipeline[torch]' here, or run pipeline-export "
@@ -170,7 +173,10 @@ def onnx_for(model_name: str, weights: str, say: Callable[[str], None]) -> Path:
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
         last = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise ModelError(last.removeprefix("pipeline-export: "))
+        message = last.removeprefix("pipeline-export: ")
+        if "does not export to ONNX" in message:
+            failed.write_text(message + "\n")
+        raise ModelError(message)
     say(f"exported in {time.monotonic() - t0:.1f} s")
     return target
 

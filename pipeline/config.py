@@ -211,7 +211,7 @@ class Edges(_Strict):
     # read on demand: capture decodes a frame only when a worker has taken one (credits), and both
     # of its edges run in order. "off": every source is read at its own pace, by the policies.
     pull: Literal["auto", "off"] = "auto"
-    credits: int = Field(0, ge=0, le=64)  # frames in flight per pulled source; 0: workers + 1
+    credits: int = Field(0, ge=0, le=64)  # frames in flight per pulled source; 0: one per worker
 
 
 class CurveConfig(_Strict):
@@ -379,9 +379,8 @@ class Config(_Strict):
         return "block" if self.pulled(source) else getattr(self.edges, edge).policy
 
     def credits(self) -> int:
-        """Frames in flight per pulled source: one per worker, plus one ready in case decoding
-        hiccups (a keyframe, a busy core), so that no worker waits for a frame."""
-        return self.edges.credits or min(self.inference.workers + 1, self.edges.frames.slots,
+        """Frames in flight per pulled source: one per worker, each decoded just in time."""
+        return self.edges.credits or min(self.inference.workers, self.edges.frames.slots,
                                          self.edges.tensors.slots)
 
     def frames_endpoints(self, source: int) -> tuple[str, str]:

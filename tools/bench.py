@@ -213,6 +213,10 @@ def format_main(res: dict[str, Any]) -> list[str]:
               f"{ort_inf:.0f} MB (target <= 150), torch max {torch_inf:.0f} MB",
               "e2e: capture start to result; age: capture start to model start; "
               "model only: one forward pass"]
+    shared = [label[k].split(".")[0] for k in ("model", "model_ort1") if res[k]["cpu_pct"] < 90]
+    if shared:  # one thread on its own core should use all of it
+        lines.append(f"warning: {' and '.join(shared)} got under 90% of the inference core: "
+                     "something else ran on it, so the figures against the model are unreliable")
     return lines
 
 

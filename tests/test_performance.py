@@ -87,8 +87,8 @@ def test_bench_tool_measures_all_four_runs(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(out.read_text())["main"]
     for key in ("model", "tutorial_fast", "mpqueue_fast", "pipeline_fast", "tutorial_paced",
-                "mpqueue_paced", "pipeline_paced", "model_ort1", "model_ort2", "tutorial_ort1",
-                "tutorial_ort2", "pipeline_ort1w_fast", "pipeline_ort2w_fast",
+                "mpqueue_paced", "pipeline_paced", "model_ort1", "model_ort2",
+                "tutorial_ort1_fast", "tutorial_ort2_fast", "pipeline_ort1w_fast", "pipeline_ort2w_fast",
                 "pipeline_ort1w_paced", "pipeline_ort2w_paced"):
         r = res[key]
         assert r["fps"] > 3 and r["frames"] > 5, (key, r)

@@ -113,12 +113,15 @@ def model_only(args: dict[str, Any]) -> dict[str, Any]:
         x, grad = torch.from_numpy(x), torch.inference_mode()
     c = Collector(args.get("stale_ms", 0.0))
     deadline = time.monotonic() + args["duration"]
+    period = 1.0 / args["fps"] if args.get("fps") else 0.0  # paced: idle between frames, as at 30 fps
     with grad:
         c.t0, cpu0 = time.monotonic(), time.process_time()
         while time.monotonic() < deadline:
             t = time.monotonic_ns()
             net(x)
             c.frame(t, t, time.monotonic_ns())
+            if period:
+                time.sleep(max(0.0, period - (time.monotonic_ns() - t) / 1e9))
         c.t1, cpu = time.monotonic(), time.process_time() - cpu0
     return c.summary(cpu, rss_mb([os.getpid()]), **info)
 

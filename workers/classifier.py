@@ -74,6 +74,9 @@ class OnnxClassifier:
         self.output_name = self.session.get_outputs()[0].name
         self.fixed_size = inp.shape[-1] if isinstance(inp.shape[-1], int) else None
         self.labels = metadata_labels(self.meta)
+        classes = self.session.get_outputs()[0].shape[-1]
+        if isinstance(classes, int) and classes != len(self.labels):  # not ImageNet's 1000
+            self.labels = [f"class {i}" for i in range(classes)]
         self._feed: dict[str, np.ndarray] = {}
 
     def logits(self, x: np.ndarray) -> np.ndarray:

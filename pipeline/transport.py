@@ -29,6 +29,7 @@ from .ring import Ring
 
 _ITEMSIZE = {"uint8": 1, "float32": 4}  # the payload types rings carry
 MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more is disconnected
+READERS_TIMEOUT_S = 300.0  # as long as the supervisor waits for a stage to be ready
 
 
 class EdgeWriter:
@@ -48,11 +49,31 @@ class EdgeWriter:
             raise
 
     def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
-        sock = zctx.socket(zmq.PUB if fanout else zmq.PUSH)
+        # XPUB: a PUB that sees its subscribers, so the writer can wait for its readers
+        sock = zctx.socket(zmq.XPUB if fanout else zmq.PUSH)
+        if fanout:
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every reader's subscription, not just the first
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, max(16, 4 * self.ring.slots))
         sock.setsockopt(zmq.SNDTIMEO, 100)
         return sock
+
+    def wait_for_readers(self, readers: int, alive: Callable[[], bool],
+                         timeout_s: float = READERS_TIMEOUT_S) -> bool:
+        """Before the first frame: wait until `readers` readers are connected (subscribed, on a
+        fanout edge), so no descriptor is sent into the void while a reader (re)connects; an
+        in-order edge would lose that frame's slot for good. False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline and alive():
+            if self.sock.socket_type == zmq.PUSH:
+                if self.sock.poll(100, zmq.POLLOUT):  # writable once a reader is connected
+                    return True
+            elif self.sock.poll(100, zmq.POLLIN):
+                seen += self.sock.recv()[:1] == b"\x01"  # a subscription
+                if seen >= readers:
+                    return True
+        return False
 
     def acquire(self, alive: Callable[[], bool]) -> int | None:
         """Slot for the next frame, or None if the stage is stopping or, on a drop_new edge, every

@@ -125,6 +125,8 @@ def run(ctx: StageContext) -> None:
             curve.close()
 
     ctx.stats_source = stats
+    if not edge.tcp and not out.wait_for_readers(1, lambda: not ctx.stopping):
+        log.warning("preprocess has not connected to the frames edge yet")
     if not ctx.ready(source=ctx.source.kind, frame_bytes=source.max_frame_bytes,
                      on_demand=gate is not None):
         close()

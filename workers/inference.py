@@ -74,19 +74,19 @@ def run(ctx: StageContext) -> None:
     pub.setsockopt(zmq.LINGER, 1000)
     pub.setsockopt(zmq.SNDHWM, 1000)  # the hub is local and fast; its subscribers have their HWM
     pub.connect(ctx.run.endpoint(RESULTS_IN))
-    threads = cfg.threads or len(ctx.cores)
-    plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
-    model = load_classifier(plan, ctx, threads)
-    labels = model.labels
-    size = ctx.config.preprocess.crop_size
-    warm_ms = warm_up(model, size, model_cfg.warmup)
-
+    # Subscribed before the model loads, so preprocess (waiting for every worker) is ready soon.
     sole, n_sources = cfg.workers == 1, len(ctx.config.source_list)
     readers = []
     for i in range(n_sources):
         endpoint, ring = ctx.edge("tensors", i)
         readers.append(EdgeReader(ctx.zmq, endpoint, ring, ctx.config.policy("tensors", i),
                                   required=FRAME_FIELDS + TENSOR_FIELDS, fanout=True, sole=sole))
+    threads = cfg.threads or len(ctx.cores)
+    plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
+    model = load_classifier(plan, ctx, threads)
+    labels = model.labels
+    size = ctx.config.preprocess.crop_size
+    warm_ms = warm_up(model, size, model_cfg.warmup)
     source_of = {r: i for i, r in enumerate(readers)}
     # Sources read on demand get a credit each time this worker takes one of their frames.
     credits = CreditSender(ctx.zmq, {i: ctx.edge("credits", i)[0] for i in range(n_sources)

@@ -7,6 +7,7 @@ fused into one multiply-add per channel written straight into the shared-memory 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -22,6 +23,8 @@ from pipeline.transport import EdgeReader, EdgeWriter
 
 from .normalize import IMAGENET_MEAN, IMAGENET_STD, Normalizer
 from .sources import frame_bytes_estimate
+
+log = logging.getLogger("preprocess")
 
 
 class Preprocessor(Normalizer):
@@ -120,6 +123,8 @@ def run(ctx: StageContext) -> None:
                 "in_use": {frames: inp.in_use, tensors: out.in_use}}
 
     ctx.stats_source = stats
+    if not out.wait_for_readers(ctx.config.inference.workers, lambda: not ctx.stopping):
+        log.warning("not every inference worker has subscribed to the tensors edge yet")
     if not ctx.ready():
         inp.close()
         out.close()

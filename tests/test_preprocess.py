@@ -92,3 +92,16 @@ def test_uint8_ring_then_normalise_equals_float_path():
         via_ring = np.empty((3, 224, 224), np.float32)
         prep.normalize_chw(ring, via_ring)
         assert np.array_equal(direct, via_ring)
+
+
+@pytest.mark.parametrize("shape", [(360, 640), (720, 1280), (480, 640), (432, 768), (500, 375),
+                                   (224, 224), (300, 200), (257, 1000), (1080, 1920)])
+def test_resizing_only_the_needed_window_gives_the_same_pixels(shape):
+    """The crop equals the crop of the whole frame resized, bit for bit, whatever the size."""
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (*shape, 3), dtype=np.uint8), (5, 5), 0)
+    prep = Preprocessor()
+    rh, rw, top, left = prep.geometry(*shape)
+    interp = cv2.INTER_AREA if rh < shape[0] else cv2.INTER_LINEAR
+    whole = cv2.resize(img, (rw, rh), interpolation=interp)[top:top + 224, left:left + 224]
+    assert np.array_equal(prep.crop(img), whole)

@@ -37,7 +37,6 @@ PROBE_TIMEOUT_S = 600.0  # the largest models, loaded and timed twice, on a slow
 class ModelPlan:
     runtime: str  # torch | onnxruntime
     file: str  # the state dict (torch) or the .onnx file (onnxruntime)
-    weights: str  # what model.weights resolved to (a path, DEFAULT or none)
     reason: str  # why this runtime, for the ready line
     measured_ms: dict[str, float] = field(default_factory=dict)  # auto: p50 ms per runtime
 
@@ -118,22 +117,22 @@ def plan_model(model_cfg: Any, input_size: int, cores: list[int], threads: int,
     if runtime != "auto" and not have[runtime]:
         raise ModelError(_missing(runtime))
     if runtime == "torch":
-        return ModelPlan("torch", weights, weights, "configured")
+        return ModelPlan("torch", weights, "configured")
     if is_onnx or runtime == "onnxruntime" or not have["torch"]:
         if not have["onnxruntime"]:
             raise ModelError(_missing("onnxruntime" if is_onnx or not have["torch"] else "torch"))
         why = "configured" if runtime == "onnxruntime" else \
             "auto: an ONNX file" if is_onnx else "auto: torch is not installed"
-        return ModelPlan("onnxruntime", str(onnx_for(name, weights, say)), weights, why)
+        return ModelPlan("onnxruntime", str(onnx_for(name, weights, say)), why)
     if not have["onnxruntime"]:
-        return ModelPlan("torch", weights, weights, "auto: onnxruntime is not installed")
+        return ModelPlan("torch", weights, "auto: onnxruntime is not installed")
     try:
         onnx = onnx_for(name, weights, say)
     except ModelError as e:  # a model that does not export runs in torch, and says why
-        return ModelPlan("torch", weights, weights, f"auto: {str(e).split(' (')[0]}")
+        return ModelPlan("torch", weights, f"auto: {str(e).split(' (')[0]}")
     ms = measured(model_cfg, weights, str(onnx), input_size, cores, threads, say)
     best = min(ms, key=ms.get)
-    plan = ModelPlan(best, str(onnx) if best == "onnxruntime" else weights, weights, "", ms)
+    plan = ModelPlan(best, str(onnx) if best == "onnxruntime" else weights, "", ms)
     other = "torch" if best == "onnxruntime" else "onnxruntime"
     plan.reason = f"auto: {ms[best]:.1f} ms vs {other} {ms[other]:.1f} ms a frame, measured here"
     return plan

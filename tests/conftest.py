@@ -31,7 +31,7 @@ def shm_segments() -> set[str]:
 
 def stage_pids() -> set[int]:
     """Stage processes of any pipeline on this machine."""
-    out = subprocess.run(["pgrep", "-f", "pipeline.stage --stage"], capture_output=True, text=True)
+    out = subprocess.run(["pgrep", "-f", "workers.stage --stage"], capture_output=True, text=True)
     return {int(p) for p in out.stdout.split()}
 
 
@@ -53,7 +53,7 @@ def _parent_of(stage_pid: int) -> int:
 
 
 def pipeline_cmd(config: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / config), *args]
+    return [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / config), *args]
 
 
 def run_pipeline(config: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.adaptive import SizeController
+from pipeline.supervisor.adaptive import SizeController
 
 from .conftest import BOTTLE, need, read_jsonl, run_pipeline
 

@@ -15,11 +15,11 @@ import cv2
 import pytest
 
 from pipeline import attach
-from pipeline.runtime import NotRunning, find_pipeline, running_pipelines, runtime_root
+from pipeline.transport.rundir import NotRunning, find_pipeline, running_pipelines, runtime_root
 
 from .conftest import BOTTLE, ROOT, WEIGHTS, need, pipeline_cmd, run_pipeline, shm_segments
 
-ATTACH = [sys.executable, "-m", "pipeline.attach_cli"]
+ATTACH = [sys.executable, "-m", "pipeline.cli.attach"]
 
 
 def start_pipeline(name: str, *sets: str) -> subprocess.Popen:

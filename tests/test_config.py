@@ -130,7 +130,7 @@ def test_every_shipped_config_is_valid_or_fails_only_on_hardware():
 
 def test_cli_config_error_exits_2_with_one_line_and_starts_nothing(tmp_path):
     before = shm_segments()
-    cmd = [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "demo.toml"),
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "demo.toml"),
            "--set", "edges.frames.policy=sometimes"]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
@@ -220,7 +220,7 @@ def test_host_must_be_one_the_config_names(tmp_path):
         load_config(write(tmp_path, "[source]\nhost = \"box\"\n[inference]\nhost = \"box\"\n"),
                     ["model.weights=none"], host="pi")
     assert str(e.value) == "--host pi: no stage runs on it (hosts in this config: box)"
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "two-hosts.toml"),
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "two-hosts.toml"),
                         "--host", "nowhere"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--host nowhere: no stage runs on it" in p.stderr
 

@@ -17,11 +17,11 @@ import time
 
 import pytest
 
-from pipeline.runtime import NotRunning, find_pipeline
+from pipeline.transport.rundir import NotRunning, find_pipeline
 
 from .conftest import BOTTLE, ROOT, WEIGHTS, need, pipeline_cmd, read_jsonl
 
-ATTACH = [sys.executable, "-m", "pipeline.attach_cli"]
+ATTACH = [sys.executable, "-m", "pipeline.cli.attach"]
 
 
 def _fast_run(tmp_path, tag: str, *sets: str, during=None) -> dict:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from workers.models import ModelError, categories, choose_engine, load_classifier, warm_up
-from workers.preprocess import Preprocessor
+from workers.inference.torch_models import ModelError, categories, choose_engine, load_classifier, warm_up
+from workers.preprocess.transform import Preprocessor
 
 from .conftest import IMAGES, WEIGHTS, need
 

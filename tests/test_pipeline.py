@@ -48,7 +48,7 @@ def wait_running(proc: subprocess.Popen, timeout: float = 120) -> list[str]:
 
 
 def stage_pid(supervisor: int, stage: str) -> int:
-    out = subprocess.run(["pgrep", "-P", str(supervisor), "-f", f"pipeline.stage --stage {stage} "],
+    out = subprocess.run(["pgrep", "-P", str(supervisor), "-f", f"workers.stage --stage {stage} "],
                          capture_output=True, text=True).stdout.split()
     assert len(out) == 1, out
     return int(out[0])

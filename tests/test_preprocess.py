@@ -9,7 +9,7 @@ import torch
 from torchvision import transforms
 from torchvision.transforms import functional as F
 
-from workers.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
+from workers.preprocess.transform import IMAGENET_MEAN, IMAGENET_STD, Preprocessor
 
 from .conftest import IMAGES, need
 

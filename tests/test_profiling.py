@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ROOT, pipeline_cmd
 
-TOP = [sys.executable, "-m", "pipeline.top"]
+TOP = [sys.executable, "-m", "pipeline.cli.top"]
 
 
 def start(name: str, *args: str) -> subprocess.Popen:
@@ -110,7 +110,7 @@ def test_prometheus_endpoint_parses_and_holds_the_series():
 def test_trace_is_valid_trace_event_json_and_the_plot_an_image(tmp_path):
     proc = start("traced")
     try:
-        p = subprocess.run([sys.executable, "-m", "pipeline.trace", "--name", "traced",
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli.trace", "--name", "traced",
                             "--seconds", "3", "--out", str(tmp_path / "t.json"),
                             "--plot", str(tmp_path / "t.png")], cwd=ROOT, capture_output=True,
                            text=True, timeout=60)

@@ -9,7 +9,7 @@ import sys
 import time
 
 from pipeline.config import load_config
-from pipeline.shm import free_bytes, preflight
+from pipeline.supervisor.shm import free_bytes, preflight
 
 from .conftest import ROOT, pipeline_cmd, run_pipeline, shm_segments
 from .test_pipeline import start, wait_running
@@ -47,13 +47,13 @@ def test_orphans_of_a_killed_supervisor_are_cleaned_and_live_pipelines_untouched
         victim.wait()
         deadline = time.monotonic() + 10  # its stages die with it (parent-death signal)
         while time.monotonic() < deadline and subprocess.run(
-                ["pgrep", "-f", f"pipeline.stage .*--parent {victim.pid}"]).returncode == 0:
+                ["pgrep", "-f", f"workers.stage .*--parent {victim.pid}"]).returncode == 0:
             time.sleep(0.2)
         orphans = {s for s in shm_segments() if f"-{victim.pid}-" in s}
         kept = {s for s in shm_segments() if f"-{live.pid}-" in s}
         assert len(orphans) == 2 and len(kept) == 2
-        assert subprocess.run(["pgrep", "-f", f"pipeline.stage .*--parent {victim.pid}"]).returncode == 1
-        p = subprocess.run([sys.executable, "-m", "pipeline.clean"], cwd=ROOT, capture_output=True,
+        assert subprocess.run(["pgrep", "-f", f"workers.stage .*--parent {victim.pid}"]).returncode == 1
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli.clean"], cwd=ROOT, capture_output=True,
                            text=True, timeout=30)
         assert p.returncode == 0
         assert all(f"/dev/shm/{os.path.basename(o)}" in p.stdout for o in orphans)
@@ -145,7 +145,7 @@ def test_hostile_messages_to_every_socket_are_dropped_counted_and_logged_once(tm
     import json
 
     from pipeline import attach
-    from pipeline.runtime import find_pipeline
+    from pipeline.transport.rundir import find_pipeline
 
     summary = tmp_path / "s.json"
     proc = start("demo.toml", "--name", "hostile", "--set", "model.weights=none", "--quiet",

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import zmq
 
-from pipeline.ring import Ring, shm_path
-from pipeline.transport import EdgeReader, EdgeWriter
+from pipeline.transport.edge import EdgeReader, EdgeWriter
+from pipeline.transport.ring import Ring, shm_path
 
 FRAME = (120, 160, 3)
 
@@ -161,13 +161,13 @@ def test_reader_drops_malformed_descriptors_and_keeps_good_ones(tmp_path, ring_n
     endpoint = f"ipc://{tmp_path}/e.sock"
     push = ctx.socket(zmq.PUSH)
     push.bind(endpoint)
-    reader = EdgeReader(ctx, endpoint, ring_name, "block", required=("src",))
-    good = {"slot": 1, "seq": 5, "shape": [10, 10], "dtype": "uint8", "src": "x"}
+    reader = EdgeReader(ctx, endpoint, ring_name, "block", required=("source",))
+    good = {"slot": 1, "seq": 5, "shape": [10, 10], "dtype": "uint8", "source": "x"}
     bad = [b"\x00garbage", msgpack.packb([1, 2]), msgpack.packb({"slot": 1}),
            msgpack.packb({**good, "slot": 3}), msgpack.packb({**good, "slot": -1}),
            msgpack.packb({**good, "shape": [100, 100]}), msgpack.packb({**good, "dtype": "int64"}),
            msgpack.packb({**good, "seq": "5"}), msgpack.packb({**good, "shape": "10x10"}),
-           msgpack.packb({k: v for k, v in good.items() if k != "src"}),
+           msgpack.packb({k: v for k, v in good.items() if k != "source"}),
            msgpack.packb({"eos": "yes"})]
     time.sleep(0.2)
     for b in bad:

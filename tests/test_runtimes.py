@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from workers.classifier import ModelError, OnnxClassifier, TorchClassifier, top_k
-from workers.model_files import builtin_onnx, builtin_weights
-from workers.model_plan import plan_model
-from workers.onnx_export import file_sha256
-from workers.preprocess import Preprocessor
+from workers.inference.classifier import ModelError, OnnxClassifier, TorchClassifier, top_k
+from workers.inference.model_files import builtin_onnx, builtin_weights
+from workers.inference.model_plan import plan_model
+from workers.inference.onnx_export import file_sha256
+from workers.preprocess.transform import Preprocessor
 
 from .conftest import ASSETS, IMAGES, ROOT, need, read_jsonl, run_pipeline
 
@@ -37,7 +37,7 @@ def model_input(bgr: np.ndarray) -> np.ndarray:
 
 
 def export(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.export_cli", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "pipeline.cli.export", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -20,8 +21,8 @@ import zmq.auth
 
 from pipeline import attach
 from pipeline.config import image_files
-from pipeline.ring import Ring
-from pipeline.tcp_edge import TcpEdgeReader, TcpEdgeWriter
+from pipeline.transport.ring import Ring
+from pipeline.transport.tcp_edge import TcpEdgeReader, TcpEdgeWriter
 
 from .conftest import ASSETS, BOTTLE, IMAGES, ROOT, WEIGHTS, need, read_jsonl
 
@@ -52,7 +53,7 @@ def write_config(path: Path, sources: list[dict], **sections: dict) -> Path:
 
 
 def up(config: Path, *args: str, group: bool = False) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", str(config), *args], cwd=ROOT,
+    return subprocess.Popen([sys.executable, "-m", "pipeline.cli.up", str(config), *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=group)
 
@@ -90,7 +91,7 @@ def test_two_sources_two_workers_share_the_work_and_no_source_starves(tmp_path, 
         inference={"cores": [0, 1], "workers": 2, "threads": 1},
         model={"weights": str(WEIGHTS)})
     record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--duration", "10", "--quiet",
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--duration", "10", "--quiet",
                         "--record", str(record), "--summary-json", str(summary)],
                        cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
@@ -131,7 +132,7 @@ def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_ma
                                       "delay_ms": 33},
                            model={"weights": str(WEIGHTS)})
         summary = tmp_path / f"s{workers}.json"
-        p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--duration", "10",
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--duration", "10",
                             "--quiet", "--summary-json", str(summary)], cwd=ROOT,
                            capture_output=True, text=True, timeout=240)
         assert p.returncode == 0, p.stderr
@@ -155,7 +156,7 @@ def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clea
         model={"weights": str(WEIGHTS)},
         edges__frames={"policy": "block"}, edges__tensors={"policy": "block"})
     record = tmp_path / "r.jsonl"
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--quiet", "--record",
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--quiet", "--record",
                         str(record)], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
     assert "stopped by end of stream" in p.stdout
@@ -187,7 +188,7 @@ def test_killed_worker_restarts_while_the_other_keeps_classifying(tmp_path, clea
                     break
         assert shapes == {"bottle": (360, 640, 3), "synth": (480, 640, 3)}
         victim = int(subprocess.run(["pgrep", "-P", str(proc.pid), "-f",
-                                     "pipeline.stage --stage inference.1 "],
+                                     "workers.stage --stage inference.1 "],
                                     capture_output=True, text=True).stdout.split()[0])
         os.kill(victim, signal.SIGKILL)
         killed_at = time.time()
@@ -223,14 +224,14 @@ def test_tcp_edge_carries_frames_into_the_receivers_own_ring(encoding):
     send_ring = Ring.create(f"{tag}-frames", 4, 120 * 160 * 3)
     writer = TcpEdgeWriter(zctx, f"tcp://127.0.0.1:{port}", send_ring, "block", encoding, 90)
     reader = TcpEdgeReader(zctx, f"tcp://127.0.0.1:{port}", f"{tag}-frames.rx", "block", 4,
-                           120 * 160 * 3, required=("src",))
+                           120 * 160 * 3, required=("source", "t.capture"))
     try:
         for i in range(1, 4):
             slot = writer.acquire(lambda: True)
             writer.begin(slot, 100 + i)
             np.copyto(writer.view(slot, (120, 160, 3)), _frame(i))
-            writer.publish(slot, 100 + i, {"src": "t", "shape": [120, 160, 3], "dtype": "uint8",
-                                           "t_read": 5, "t_cap": 6}, lambda: True)
+            writer.publish(slot, 100 + i, {"source": "t", "shape": [120, 160, 3], "dtype": "uint8",
+                                           "t": {"capture_start": 5, "capture": 6}}, lambda: True)
         got = []
         deadline = time.monotonic() + 10
         while len(got) < 3 and time.monotonic() < deadline:
@@ -241,7 +242,7 @@ def test_tcp_edge_carries_frames_into_the_receivers_own_ring(encoding):
                 reader.release()
         assert [d["seq"] for d, _ in got] == [1, 2, 3]  # the receiving ring's own numbering
         for i, (desc, img) in enumerate(got, 1):
-            assert desc["src"] == "t" and abs(desc["t_cap"] - 6) < 5_000_000  # same clock here
+            assert desc["source"] == "t" and abs(desc["t"]["capture"] - 6) < 5_000_000  # same clock
             diff = np.abs(img.astype(int) - _frame(i)).mean()
             assert diff == 0 if encoding == "raw" else diff < 3, diff
         assert writer.frames_sent == 3 and writer.bytes_sent > 0
@@ -263,11 +264,11 @@ def test_tcp_edge_reader_drops_what_is_not_a_frame():
     sender.bind(f"tcp://127.0.0.1:{port}")
     name = f"edge-pipeline-tcptest-{os.getpid()}-frames.rx"
     reader = TcpEdgeReader(zctx, f"tcp://127.0.0.1:{port}", name, "latest", 4, 1000,
-                           required=("src",))
+                           required=("source",))
     try:
         bad = [[b"\x81\xa1x\x01", b"not a frame"], [b"\xff\xfe"],
-               [b"\x85\xa3src\x01\xa5shape\x93\x02\x02\x03\xa5dtype\xa5uint8\xa6t_read\x01"
-                b"\xa5t_cap\x01", b"short"]]
+               [msgpack.packb({"source": 1, "shape": [2, 2, 3], "dtype": "uint8",
+                               "t": {"capture_start": 1, "capture": 1}}), b"short"]]
         for parts in bad:
             sender.send_multipart(parts)
         wait_for(lambda: reader.take(50) is None and reader.drops["malformed"] == len(bad), 10,
@@ -364,7 +365,7 @@ def test_curve_admits_only_clients_whose_key_is_in_the_folder(tmp_path, clean_ma
                 finish(p)
     # a missing key is a config error on the host that needs it, before anything starts
     (keys / "box.key_secret").unlink()
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--host", "box"],
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--host", "box"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "curve.keys: no box.key_secret" in p.stderr
 
@@ -376,7 +377,7 @@ def test_a_port_in_use_is_one_clear_line_and_leaves_nothing(tmp_path, clean_mach
     try:
         time.sleep(3)
         assert first.poll() is None
-        p = subprocess.run([sys.executable, "-m", "pipeline.cli", str(cfg), "--name", "second",
+        p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--name", "second",
                             "--host", "cam"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert p.returncode == 1
         assert p.stderr.strip().splitlines()[-1].startswith(
@@ -408,7 +409,7 @@ def test_scaling_bench_measures_the_grid_and_the_tcp_edge(tmp_path):
 
 
 def test_trace_gives_each_source_and_worker_its_own_track():
-    from pipeline.trace import chrome_trace
+    from pipeline.observe.trace import chrome_trace
 
     pids = {"capture.a": 11, "capture.b": 12, "preprocess.a": 21, "preprocess.b": 22,
             "inference.1": 31, "inference.2": 32}

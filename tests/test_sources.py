@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from pipeline.config import load_config
-from workers.sources import Camera, Images, SourceError, Synthetic, Video, open_source
+from workers.capture.sources import Camera, Images, SourceError, Synthetic, Video, open_source
 
 from .conftest import BOTTLE, IMAGES, need
 

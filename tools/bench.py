@@ -56,7 +56,7 @@ from tools.benchkit.common import (  # noqa: E402
     progress,
 )
 from tools.benchkit.pipeline_run import run_pipeline  # noqa: E402
-from workers.model_files import builtin_onnx  # noqa: E402
+from workers.inference.model_files import builtin_onnx  # noqa: E402
 
 CONFIG = ROOT / "configs" / "video.toml"
 ORT = "onnxruntime"

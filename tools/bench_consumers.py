@@ -34,7 +34,7 @@ def percentile(values: list[float], q: float) -> float:
 def measure_delivery(name: str, stop: threading.Event, out: list[float]) -> None:
     sys.path.insert(0, str(ROOT))
     from pipeline import attach
-    from pipeline.runtime import NotRunning
+    from pipeline.transport.rundir import NotRunning
 
     while not stop.is_set():
         try:
@@ -62,7 +62,7 @@ def run(consumers: int, duration: float) -> dict:
         if consumers > 1:
             table = ", ".join('{kind="jsonl", out="/dev/null"}' for _ in range(consumers - 1))
             sets.append(f"consumers=[{table}]")
-        cmd = [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "video.toml"),
+        cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"),
                "--name", name, "--quiet", "--duration", str(duration), "--summary-json", str(summary)]
         for s in sets:
             cmd += ["--set", s]

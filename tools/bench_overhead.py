@@ -38,7 +38,7 @@ def scrape_every_second(url_holder: list[str], stop: threading.Event) -> None:
 def run(on: bool, duration: float, tmp: Path, i: int) -> float:
     name = f"overhead{i}"
     summary = tmp / f"{name}.json"
-    cmd = [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "video.toml"), "--name", name,
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"), "--name", name,
            "--duration", str(duration), "--summary-json", str(summary),
            "--set", f"source.path={VIDEO}", "--set", f"model.weights={WEIGHTS}",
            "--set", "source.loop=true", "--set", "source.realtime=false"]
@@ -54,7 +54,7 @@ def run(on: bool, duration: float, tmp: Path, i: int) -> float:
                 url.append(line.split()[1])
             if line.startswith("running:"):
                 break
-        trace = subprocess.Popen([sys.executable, "-m", "pipeline.trace", "--name", name,
+        trace = subprocess.Popen([sys.executable, "-m", "pipeline.cli.trace", "--name", name,
                                   "--seconds", str(duration + 5), "--out", str(tmp / "t.json")],
                                  cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     proc.communicate()

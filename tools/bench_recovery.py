@@ -32,7 +32,7 @@ WINDOW_S = 5.0  # trials are spaced wider than this, so each restart gets the fi
 
 
 def stage_pid(supervisor: int, stage: str) -> int:
-    out = subprocess.run(["pgrep", "-P", str(supervisor), "-f", f"pipeline.stage --stage {stage} "],
+    out = subprocess.run(["pgrep", "-P", str(supervisor), "-f", f"workers.stage --stage {stage} "],
                          capture_output=True, text=True).stdout.split()
     return int(out[0])
 
@@ -72,13 +72,13 @@ def main() -> int:
                     help="config override passed to the pipeline, after the tool's own (repeatable)")
     args = ap.parse_args()
     from pipeline import attach
-    from pipeline.runtime import NotRunning
+    from pipeline.transport.rundir import NotRunning
 
     sets = [f"source.path={VIDEO}", "source.loop=true",
             "capture.restart=always", "preprocess.restart=always", "inference.restart=always",
             f"supervision.watchdog_s={WATCHDOG_S}", "supervision.max_restarts=100",
             f"supervision.restart_window_s={WINDOW_S}", *args.set]
-    cmd = [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "video.toml"),
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"),
            "--name", "recovery", "--quiet"]
     for s in sets:
         cmd += ["--set", s]

@@ -67,11 +67,11 @@ def sample(supervisor: psutil.Process, status: dict[str, Any] | None, t: float) 
 
 def run(minutes: float, every: float, warmup: float, name: str = "soak") -> list[dict[str, Any]]:
     from pipeline import attach
-    from pipeline.runtime import NotRunning
+    from pipeline.transport.rundir import NotRunning
 
     sets = [f"source.path={VIDEO}", f"model.weights={WEIGHTS}", "source.loop=true",
             "capture.restart=always", "preprocess.restart=always", "inference.restart=always"]
-    cmd = [sys.executable, "-m", "pipeline.cli", str(ROOT / "configs" / "video.toml"), "--name", name,
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"), "--name", name,
            "--quiet"]
     for s in sets:
         cmd += ["--set", s]
@@ -99,7 +99,7 @@ def run(minutes: float, every: float, warmup: float, name: str = "soak") -> list
                         if consumer is None:
                             args = [a.format(tmp=tmp) for a in next(kinds)]
                             consumer = subprocess.Popen(
-                                [sys.executable, "-m", "pipeline.attach_cli", "--name", name, *args],
+                                [sys.executable, "-m", "pipeline.cli.attach", "--name", name, *args],
                                 cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                             next_consumer = now + 4
                         else:

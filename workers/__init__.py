@@ -1,1 +1,2 @@
-"""Stage workers: one module per stage kind (capture, preprocess, inference), each with `run(ctx)`."""
+"""The stage processes: the harness every stage runs in (stage), and one package per stage kind:
+capture (and its sources), preprocess (and its transform), inference (and its model runtimes)."""

@@ -74,7 +74,7 @@ def pin(cores: list[int]) -> None:
 def load(args: dict[str, Any]) -> Any:
     import torch
 
-    from workers.models import load_classifier, warm_up
+    from workers.inference.torch_models import load_classifier, warm_up
 
     if args.get("threads"):
         torch.set_num_threads(args["threads"])
@@ -88,7 +88,7 @@ def load_net(args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The run's model as a callable on one 1x3xSxS input (a torch tensor; a float32 numpy array
     for onnxruntime), and what runs it."""
     if args.get("runtime") == "onnxruntime":
-        from workers.classifier import OnnxClassifier, warm_up
+        from workers.inference.classifier import OnnxClassifier, warm_up
 
         clf = OnnxClassifier(args["onnx"], args["threads"])
         warm_up(clf, args.get("size", 224), 20)

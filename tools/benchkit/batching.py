@@ -17,7 +17,7 @@ os.sched_setaffinity(0, {int(sys.argv[1])})  # before torch starts its threads
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from workers.models import load_classifier  # noqa: E402
+from workers.inference.torch_models import load_classifier  # noqa: E402
 
 
 def main() -> None:

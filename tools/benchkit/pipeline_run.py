@@ -51,7 +51,7 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
     callable that ends it."""
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         record, summary_path = Path(tmp) / "results.jsonl", Path(tmp) / "summary.json"
-        cmd = [sys.executable, "-m", "pipeline.cli", str(config), "--quiet",
+        cmd = [sys.executable, "-m", "pipeline.cli.up", str(config), "--quiet",
                "--record", str(record), "--summary-json", str(summary_path)]
         for item in overrides:
             cmd += ["--set", item]
@@ -108,7 +108,7 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
 
 def run_to_end(config: Path, overrides: list[str], record: str) -> None:
     """A pipeline on a finite source, to its end (the accuracy runs)."""
-    cmd = [sys.executable, "-m", "pipeline.cli", str(config), "--quiet", "--record", record]
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(config), "--quiet", "--record", record]
     for item in overrides:
         cmd += ["--set", item]
     proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,

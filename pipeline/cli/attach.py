@@ -1,0 +1,120 @@
+"""`pipeline-attach`: list running pipelines, or attach a result consumer to one."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from pipeline.transport.rundir import NotRunning, find_pipeline, running_pipelines
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="pipeline-attach",
+        description="Attach a result consumer to a running pipeline (found by name).")
+    ap.add_argument("--name", help="pipeline name (default: the only one running)")
+    ap.add_argument("--list", action="store_true", help="list running pipelines and exit")
+    ap.add_argument("--consumer", default="print",
+                    help="print (default), jsonl, video, preview, or MODULE:NAME / FILE.py:NAME")
+    ap.add_argument("--format", choices=["text", "jsonl"],
+                    help="shorthand: text = --consumer print, jsonl = --consumer jsonl")
+    ap.add_argument("--out", help="output file (jsonl: default stdout; video: required .mp4)")
+    ap.add_argument("--count", type=int, help="stop after this many results")
+    ap.add_argument("--duration", type=float, help="stop after this many seconds")
+    ap.add_argument("--port", type=int, default=8080, help="preview: HTTP port (default 8080)")
+    ap.add_argument("--host", default="127.0.0.1", help="preview: address (default 127.0.0.1)")
+    ap.add_argument("--fps", type=float, help="video: frame rate of the file (default: the source's)")
+    ap.add_argument("--frames", action="store_true", help="give custom consumers the frames too")
+    ap.add_argument("--max-age", type=float, metavar="SECONDS",
+                    help="skip results older than this when read (default: 2 for print, video and "
+                         "preview, off for jsonl and custom consumers)")
+    return ap
+
+
+def list_pipelines() -> int:
+    running = running_pipelines()
+    if not running:
+        print("no pipeline is running")
+        return 0
+    print(f"{'NAME':<14} {'PID':>7} {'UP':>8}  {'SOURCE':<10} RESULTS ENDPOINT")
+    for info in running:
+        up = time.time() - info["started_at"]
+        sources = info["config"].get("sources") or [info["config"]["source"]]
+        kind = sources[0]["kind"] if len(sources) == 1 else f"{len(sources)} sources"
+        results = info["endpoints"].get("results") or f"(none: host {info.get('host')} runs capture only)"
+        print(f"{info['name']:<14} {info['pid']:>7} {up:7.0f}s  {kind:<10} {results}")
+        print(f"{'':<14} {'':>7} {'':>8}  stages: {', '.join(info['stages'])}; "
+              f"status: {info['endpoints']['status']}")
+    return 0
+
+
+def keep_off_inference_cores(info: dict) -> None:
+    """A consumer runs on the cores the model does not use, where there are any."""
+    from pipeline.config import Config
+
+    inference = set(Config.model_validate(info["config"]).cores_of("inference"))
+    others = os.sched_getaffinity(0) - inference
+    if others:
+        os.sched_setaffinity(0, others)
+
+
+def _source_fps(info: dict) -> float | None:
+    src = info["config"]["source"]
+    return src.get("fps") or None
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        return list_pipelines()
+    for flag in ("count", "duration", "fps", "max_age"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            print(f"pipeline-attach: --{flag.replace('_', '-')} must be positive, got {value}",
+                  file=sys.stderr)
+            return 2
+    consumer_spec = {"text": "print", "jsonl": "jsonl"}.get(args.format or "", args.consumer)
+    try:
+        info = find_pipeline(args.name)
+    except NotRunning as e:
+        print(f"pipeline-attach: {e}", file=sys.stderr)
+        return 1
+    keep_off_inference_cores(info)  # before numpy, OpenCV and ZeroMQ start their threads
+    from pipeline.client.consumers import ConsumerError, load, run
+    from pipeline.client.subscription import Subscription
+
+    try:
+        consumer = load(consumer_spec, out=args.out, port=args.port, host=args.host,
+                        fps=args.fps or _source_fps(info), name=info["name"])
+    except (ConsumerError, ValueError, OSError) as e:
+        print(f"pipeline-attach: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # finish like Ctrl-C: the video file gets closed
+    sub = Subscription(info["name"], frames=args.frames or getattr(consumer, "frames", False),
+                       status=getattr(consumer, "status", False),
+                       max_age=args.max_age or getattr(consumer, "max_age", None))
+    try:
+        run(consumer, sub, count=args.count, duration=args.duration)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # e.g. piped into head
+        sys.stderr.close()
+        return 0
+    finally:
+        sub.close()
+    gone = f"; stream ended: {sub.ended}" if sub.ended else ""
+    print(f"attach: {sub.received} results, {sub.missed} missed (sequence gaps)"
+          + (f", {sub.frames_missed} without frame" if sub.frames else "") + gone,
+          file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""`pipeline-trace`: record per-frame, per-stage timestamps of a running pipeline for N seconds,
+as Chrome trace-event JSON (Perfetto, chrome://tracing) and as a PNG plot.
+
+Every result already carries its frame's timestamps at each stage and the queue depth each stage
+saw, so tracing is just one more subscriber: the pipeline does no extra work for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.cli.attach import keep_off_inference_cores
+from pipeline.observe.trace import chrome_trace, plot
+from pipeline.transport.rundir import NotRunning, find_pipeline
+
+
+def record(name: str | None, seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Results received for `seconds` (raw maps) and the pipeline's discovery entry."""
+    from pipeline.client.subscription import Subscription
+
+    rows = []
+    with Subscription(name, status=True, hwm=100000) as sub:
+        end = time.monotonic() + seconds
+        while (left := end - time.monotonic()) > 0:
+            r = sub.receive(timeout=left)
+            if r is None and sub.ended:
+                break
+            if r is not None:
+                rows.append(r.raw)
+        pids = {s: m.get("pid") for s, m in (sub.last_status or {}).get("stages", {}).items()}
+        info = dict(sub.info, stage_pids=pids, missed=sub.missed)
+    return info, rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="pipeline-trace", description=__doc__.splitlines()[0])
+    ap.add_argument("--name", help="pipeline name (default: the only one running)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="how long to record (10)")
+    ap.add_argument("--out", default="trace.json", help="trace-event JSON file (trace.json)")
+    ap.add_argument("--plot", metavar="PNG", help="also write a PNG plot here")
+    args = ap.parse_args(argv)
+    if args.seconds <= 0:
+        print(f"pipeline-trace: --seconds must be positive, got {args.seconds}", file=sys.stderr)
+        return 2
+    try:
+        info = find_pipeline(args.name)
+    except NotRunning as e:
+        print(f"pipeline-trace: {e}", file=sys.stderr)
+        return 1
+    keep_off_inference_cores(info)
+    print(f"pipeline-trace: recording {args.seconds:g} s ...", file=sys.stderr, flush=True)
+    info, rows = record(args.name, args.seconds)
+    Path(args.out).write_text(json.dumps(chrome_trace(info, rows)))
+    print(f"pipeline-trace: {len(rows)} frames -> {args.out}"
+          + (f" ({info['missed']} results missed)" if info["missed"] else ""), file=sys.stderr)
+    if args.plot:
+        plot(rows, args.plot, f"pipeline {info['name']}")
+        print(f"pipeline-trace: plot -> {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

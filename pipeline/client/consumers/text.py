@@ -1,0 +1,43 @@
+"""Text consumers: `print` (one human line per result) and `jsonl` (one JSON object per line)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import IO
+
+from pipeline.client.subscription import Result
+
+
+class PrintConsumer:
+    """`seq 1234  water bottle 0.93  (41 ms)`; a gap in the stream gets a line of its own."""
+
+    max_age = 2.0  # a live view: after falling behind, skip to fresh results
+    OPTIONS = ("stream",)
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream or sys.stdout
+
+    def on_result(self, r: Result) -> None:
+        if r.missed_before:
+            print(f"... missed {r.missed_before} results (this consumer fell behind)",
+                  file=self.stream)
+        print(f"seq {r.seq}  {r.label} {r.prob:.2f}  ({r.latency_ms:.0f} ms)", file=self.stream,
+              flush=True)
+
+
+class JsonlConsumer:
+    """Every result as published (see docs/protocol.md), one JSON object per line."""
+
+    OPTIONS = ("out",)
+
+    def __init__(self, out: str | None = None):
+        self.file = open(out, "w") if out and out != "-" else sys.stdout
+
+    def on_result(self, r: Result) -> None:
+        self.file.write(json.dumps(r.raw) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not sys.stdout:
+            self.file.close()

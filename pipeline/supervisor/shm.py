@@ -1,0 +1,89 @@
+"""Shared-memory hygiene: a preflight that refuses to start when /dev/shm cannot hold the rings,
+and removal of segments orphaned by a supervisor that was killed (SIGKILL leaves no chance to
+clean up), never touching the segments of pipelines that are still running.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Config
+from pipeline.transport.ring import SHM_DIR, Ring
+
+SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-"
+                     r"(?P<edge>(frames|tensors)[A-Za-z0-9_.-]*?)(\.new-\d+)?$")
+
+
+@dataclass(frozen=True)
+class RingNeed:
+    edge: str
+    slots: int
+    slot_bytes: int
+
+    @property
+    def total(self) -> int:
+        return Ring.nbytes(self.slots, self.slot_bytes)
+
+
+def ring_needs(config: Config, frame_bytes: list[int], host: str | None = None) -> list[RingNeed]:
+    """The rings this host makes: a frames ring per source captured here (and one more where a
+    tcp edge delivers it), a tensors ring per source preprocessed here."""
+    pre, edges = config.preprocess, config.edges
+    needs = []
+    here = {i.name: i for i in config.instances(host)}
+    for inst in here.values():
+        if inst.kind == "capture" or (inst.kind == "preprocess" and edges.frames.tcp):
+            needs.append(RingNeed(config.edge_name("frames", inst.source), edges.frames.slots,
+                                  frame_bytes[inst.source]))
+        if inst.kind == "preprocess":
+            needs.append(RingNeed(config.edge_name("tensors", inst.source), edges.tensors.slots,
+                                  3 * pre.crop_size ** 2 * 4))
+    return needs
+
+
+def free_bytes(path: str = SHM_DIR) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def preflight(config: Config, frame_bytes: list[int], free: int | None = None,
+              host: str | None = None) -> str | None:
+    """None if the rings fit in /dev/shm, else the one-line reason to refuse to start."""
+    needs = ring_needs(config, frame_bytes, host)
+    need = sum(n.total for n in needs)
+    free = free_bytes() if free is None else free
+    if need <= free:
+        return None
+    mib = 2 ** 20
+    parts = ", ".join(f"{n.edge} ring {n.slots} x {n.slot_bytes / mib:.1f} MiB" for n in needs)
+    return (f"not enough shared memory: the rings need {need / mib:.1f} MiB ({parts}) but {SHM_DIR} "
+            f"has {free / mib:.1f} MiB free; lower edges.frames.slots / edges.tensors.slots or the "
+            f"source size (source.width/height), or enlarge {SHM_DIR}")
+
+
+def _supervisor_alive(pid: int) -> bool:
+    try:
+        return b"pipeline" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
+def orphaned_segments() -> list[str]:
+    """Segments whose supervisor is gone."""
+    names = []
+    for name in sorted(os.listdir(SHM_DIR)):
+        m = SEGMENT.match(name)
+        if m and not _supervisor_alive(int(m["pid"])):
+            names.append(name)
+    return names
+
+
+def remove_orphans() -> list[str]:
+    removed = []
+    for name in orphaned_segments():
+        if Ring.unlink(name):
+            removed.append(name)
+    return removed

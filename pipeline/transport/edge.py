@@ -1,0 +1,337 @@
+"""Edges between stages: a shared-memory ring for the pixels, a ZeroMQ PUSH/PULL pair for the
+descriptors, and the edge's back-pressure policy.
+
+- `latest`: the writer never waits; the reader drains everything queued and takes only the newest
+  frame (the others are counted as `latest` drops). A writer that laps a slow reader is caught by
+  the slot's sequence lock and counted as `torn`.
+- `drop_new`: while every slot holds a frame the reader has not finished, new frames are dropped
+  at the writer (counted as `drop_new`).
+- `block`: the writer waits for a free slot; nothing is dropped.
+The reader processes `drop_new` and `block` edges in order and releases each slot when done.
+
+A `fanout` edge publishes its descriptors to every reader (PUB/SUB) and the readers share the
+ring through its claim words (`claim`): the tensors edges, which several inference workers read.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+import zmq
+
+from pipeline.transport.messages import has_fields, pack, unpack
+from pipeline.transport.ring import Ring
+
+_ITEMSIZE = {"uint8": 1, "float32": 4}  # the payload types rings carry
+MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more is disconnected
+READERS_TIMEOUT_S = 300.0  # as long as the supervisor waits for a stage to be ready
+
+
+class EdgeWriter:
+    """Producer end of an edge: owns the ring and applies the policy."""
+
+    def __init__(self, zctx: zmq.Context, endpoint: str, ring: Ring, policy: str,
+                 fanout: bool = False):
+        self.ring = ring
+        self.policy = policy
+        self.drops = {"drop_new": 0, "latest": 0}
+        self._count = ring.written  # frames published (a restarted writer continues the count)
+        self.sock = self._socket(zctx, fanout)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.sock.close(0)  # an open socket would keep the context from terminating
+            raise
+
+    def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
+        # XPUB: a PUB that sees its subscribers, so the writer can wait for its readers
+        sock = zctx.socket(zmq.XPUB if fanout else zmq.PUSH)
+        if fanout:
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every reader's subscription, not just the first
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, max(16, 4 * self.ring.slots))
+        sock.setsockopt(zmq.SNDTIMEO, 100)
+        return sock
+
+    def wait_for_readers(self, readers: int, alive: Callable[[], bool],
+                         timeout_s: float = READERS_TIMEOUT_S) -> bool:
+        """Before the first frame: wait until `readers` readers are connected (subscribed, on a
+        fanout edge), so no descriptor is sent into the void while a reader (re)connects; an
+        in-order edge would lose that frame's slot for good. False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        seen = 0
+        while time.monotonic() < deadline and alive():
+            if self.sock.socket_type == zmq.PUSH:
+                if self.sock.poll(100, zmq.POLLOUT):  # writable once a reader is connected
+                    return True
+            elif self.sock.poll(100, zmq.POLLIN):
+                seen += self.sock.recv()[:1] == b"\x01"  # a subscription
+                if seen >= readers:
+                    return True
+        return False
+
+    def acquire(self, alive: Callable[[], bool]) -> int | None:
+        """Slot for the next frame, or None if the stage is stopping or, on a drop_new edge, every
+        slot is taken: the caller then discards the frame and calls `dropped_new`."""
+        if self.policy != "latest":
+            while self._count - self.ring.released >= self.ring.slots:
+                if self.policy == "drop_new":
+                    return None
+                if not alive():
+                    return None
+                time.sleep(0.0005)
+        return self._count % self.ring.slots
+
+    def dropped_new(self) -> None:
+        self.drops["drop_new"] += 1
+
+    def view(self, slot: int, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
+        return self.ring.view(slot, shape, dtype)
+
+    @property
+    def in_use(self) -> int:
+        """Slots holding frames the reader has neither finished nor dropped."""
+        try:
+            return min(self.ring.slots, self._count - self.ring.released)
+        except TypeError:  # ring closed
+            return 0
+
+    def begin(self, slot: int, seq: int) -> None:
+        self.ring.begin_write(slot, seq)
+
+    def publish(self, slot: int, seq: int, desc: dict[str, Any], alive: Callable[[], bool]) -> None:
+        """Mark the slot complete and announce it downstream."""
+        self.ring.end_write(slot, seq)
+        self._count += 1
+        desc["slot"] = slot
+        desc["seq"] = seq
+        self._send(pack(desc), alive)
+
+    def send_eos(self, alive: Callable[[], bool]) -> None:
+        self._send(pack({"eos": True}), alive, lossless=True)
+
+    def _send(self, msg: bytes, alive: Callable[[], bool], lossless: bool = False) -> None:
+        if self.policy == "latest" and not lossless:
+            try:
+                self.sock.send(msg, zmq.NOBLOCK)
+            except zmq.Again:  # reader stalled: its queue is full of older frames anyway
+                self.drops["latest"] += 1
+            return
+        while True:  # lossless: a lost descriptor would leak a slot
+            try:
+                self.sock.send(msg)
+                return
+            except zmq.Again:
+                if not alive():
+                    return
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ring.close()
+
+
+class EdgeReader:
+    """Consumer end of an edge: takes frames by policy and checks they were not overwritten."""
+
+    def __init__(self, zctx: zmq.Context, endpoint: str, ring_name: str, policy: str,
+                 required: tuple[str, ...] = (), fanout: bool = False, sole: bool = True):
+        self.policy = policy
+        self.required = ("slot", "seq", "shape", "dtype", *required)
+        self.ring_name = ring_name
+        self.ring: Ring | None = None  # attached on the first frame: the writer creates it
+        self.drops = {"latest": 0, "torn": 0, "malformed": 0}
+        self.depth = 0  # frames that were waiting behind the one taken last
+        self.ended = False  # end of stream seen (fanout readers)
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._holding = False
+        self.drops["restart"] = self._take_over() if sole else 0
+        self.sock = self._socket(zctx, fanout)
+        self.sock.connect(endpoint)
+
+    def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
+        sock = zctx.socket(zmq.SUB if fanout else zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_DESCRIPTOR)
+        if fanout:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+            sock.setsockopt(zmq.RECONNECT_IVL, 10)
+        return sock
+
+    def _take_over(self) -> int:
+        """A reader restarted after a crash: the frames its predecessor held are released (and
+        counted as dropped) so a block/drop_new writer is not left waiting for them. (Only for
+        the sole reader of a ring: shared readers recover a dead holder's frame in `claim`.)"""
+        try:
+            self.ring = Ring.attach(self.ring_name)
+        except FileNotFoundError:  # first start: the writer creates the ring later
+            return 0
+        with self.ring.locked():
+            self.ring.holder = 0
+        return self.ring.release_all()
+
+    def claim(self) -> dict[str, Any] | None:
+        """Shared ring: take the frame this reader should work on next, unless another reader
+        took it first. `latest` takes the newest frame no reader has taken; in-order edges take
+        the oldest, one frame at a time per ring (so slots are released in order). None if
+        there is nothing to take; sets `ended` once the writer's end of stream arrives."""
+        self._drain()
+        pending = self._pending
+        if pending and pending[-1].get("eos"):
+            pending.pop()
+            self.ended = True
+        if not pending or self.ring is None:
+            return None
+        ring, mine = self.ring, os.getpid()
+        with ring.locked():
+            claimed = ring.claimed
+            while pending and pending[0]["seq"] <= claimed:  # taken by other readers
+                pending.popleft()
+            if not pending:
+                return None
+            if self.policy == "latest":
+                desc = pending.pop()
+                skipped = len(pending)
+                self.drops["latest"] += skipped
+                ring.release(skipped)
+                pending.clear()
+                self.depth = skipped
+            else:
+                holder = ring.holder
+                if holder and holder != mine:
+                    if _alive(holder):
+                        return None  # another reader works on this ring: keep the order
+                    self.drops["restart"] += 1  # its frame died with it
+                    ring.release(1)
+                desc = pending.popleft()
+                ring.holder = mine
+                self._holding = True
+                self.depth = len(pending)
+            ring.claimed = desc["seq"]
+        return desc
+
+    @property
+    def waiting(self) -> bool:
+        """Descriptors received and not yet claimed (they may be claimable after a release)."""
+        return bool(self._pending)
+
+    def take(self, timeout_ms: int) -> dict[str, Any] | None:
+        """Next descriptor by policy (`{"eos": True}` at end of stream), or None on timeout."""
+        self._drain()
+        if not self._pending:
+            if not self.sock.poll(timeout_ms):
+                return None
+            self._drain()
+            if not self._pending:
+                return None
+        pending = self._pending
+        if self.policy != "latest":
+            self.depth = len(pending) - 1
+            return pending.popleft()
+        eos = pending[-1] if pending[-1].get("eos") else None
+        frames = len(pending) - (eos is not None)
+        if frames == 0:
+            pending.clear()
+            return eos
+        newest = pending[frames - 1]
+        self.drops["latest"] += frames - 1
+        self._skip(frames - 1)
+        self.depth = frames - 1
+        pending.clear()
+        if eos is not None:
+            pending.append(eos)
+        return newest
+
+    def _skip(self, n: int) -> None:
+        """Frames passed over by `latest` are done with: their slots may be reused."""
+        self._release(n)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                raw = self.sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                desc = unpack(raw)
+            except Exception:
+                desc = None
+            if desc is not None and (desc.get("eos") is True or self._valid(desc)):
+                self._pending.append(desc)
+            else:
+                self.drops["malformed"] += 1
+
+    def _valid(self, desc: dict[str, Any]) -> bool:
+        """A descriptor this reader can act on without failing: all fields present, the slot in
+        range, the shape within the slot (anything else is counted as malformed)."""
+        if not has_fields(desc, self.required):
+            return False
+        if self.ring is None:
+            try:
+                self.ring = Ring.attach(self.ring_name)
+            except (OSError, ValueError):
+                return False
+        slot, seq, shape = desc["slot"], desc["seq"], desc["shape"]
+        if not (type(slot) is int and 0 <= slot < self.ring.slots and type(seq) is int and seq > 0
+                and isinstance(shape, list) and all(type(d) is int and d > 0 for d in shape)
+                and desc["dtype"] in _ITEMSIZE):
+            return False
+        return 0 < math.prod(shape) * _ITEMSIZE[desc["dtype"]] <= self.ring.slot_bytes
+
+    def frame(self, desc: dict[str, Any]) -> np.ndarray:
+        """The descriptor's payload, in place in shared memory (check `intact` after reading)."""
+        if self.ring is None:
+            self.ring = Ring.attach(self.ring_name)
+        return self.ring.view(desc["slot"], tuple(desc["shape"]), desc["dtype"])
+
+    def intact(self, desc: dict[str, Any]) -> bool:
+        """True if the slot still held this frame for the whole read; else counts a torn drop."""
+        assert self.ring is not None
+        if self.ring.intact(desc["slot"], desc["seq"]):
+            return True
+        self.drops["torn"] += 1
+        return False
+
+    def release(self) -> None:
+        """Done with the frame taken last: its slot may be reused."""
+        self._release(1)
+        if self._holding:
+            self._holding = False
+            with self.ring.locked():
+                if self.ring.holder == os.getpid():
+                    self.ring.holder = 0
+
+    def _release(self, n: int) -> None:
+        if self.ring is None:
+            try:
+                self.ring = Ring.attach(self.ring_name)
+            except FileNotFoundError:
+                return
+        self.ring.release(n)
+
+    @property
+    def in_use(self) -> int:
+        """Frames written to this edge's ring and not yet finished or dropped here."""
+        try:
+            return min(self.ring.slots, self.ring.written - self.ring.released)
+        except (AttributeError, TypeError):  # not attached yet, or closed
+            return 0
+
+    def close(self) -> None:
+        self.sock.close(0)
+        if self.ring is not None:
+            self.ring.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,1 @@
+"""Capture: reads a source (sources) at its pace (pacing) into the frames ring (stage)."""

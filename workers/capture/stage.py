@@ -1,0 +1,187 @@
+"""Capture stage: reads the source into the frames ring and never waits for the model.
+
+Only a `block` frames edge can make this stage wait; with `latest` it writes every frame and lets
+the reader take the newest, with `drop_new` it decodes into a scratch buffer when the ring is full
+(a camera must still be read, or its driver queue fills with stale frames). A source without a
+clock is read on demand instead (pipeline/transport/credits.py): a frame is decoded only when a
+worker will want it. A live source that fails is reopened with back-off while the rest of the
+pipeline stays up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import cv2
+import numpy as np
+
+from pipeline.observe.stats import Histogram, Window
+from pipeline.transport.credits import CreditGate
+from pipeline.transport.edge import EdgeWriter
+from pipeline.transport.messages import EOS, FrameDescriptor
+from pipeline.transport.ring import Ring
+from pipeline.transport.tcp_edge import Curve, TcpEdgeWriter
+from workers.stage import StageContext
+
+from .pacing import Pacer, Stall
+from .sources import Source, SourceError, open_source
+
+RECONNECT_FIRST_S = 0.5  # back-off doubles up to RECONNECT_MAX_S between attempts
+RECONNECT_MAX_S = 8.0
+
+log = logging.getLogger("capture")
+
+
+class Capture:
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        config, index = ctx.config, ctx.instance.source
+        self.source = open_source(ctx.source)
+        ctx.owned.callback(lambda: self.source is not None and self.source.close())
+        endpoint, ring_name = ctx.edge("frames")
+        self.ring = Ring.open_for_writing(ring_name, config.edges.frames.slots,
+                                          self.source.max_frame_bytes)
+        self.out = ctx.own(self._writer(endpoint))
+        self.gate = None
+        if config.pulled(index):  # no clock: decode a frame only when a worker will want it
+            self.gate = ctx.own(CreditGate(ctx.zmq, ctx.edge("credits")[0], self.ring,
+                                           ctx.edge("tensors")[1], config.credits()))
+        self.scratch = np.empty(self.source.max_frame_bytes, np.uint8)
+        self.edge_name = config.edge_name("frames", index)
+        self.interval = Window()
+        self.interval_run = Histogram()  # the whole run, for the summary's capture jitter
+        self.captured = self.published = 0
+        self.last_capture = 0
+        self.shape: tuple[int, int, int] | None = None
+        self.slot: int | None = None
+        self.source_state, self.reconnects = "ok", 0
+        self.ended = False
+        self.pacer = Pacer(self.source.fps)
+        self.stall = Stall(ctx.source.stall_ms, ctx.source.stall_every_s)
+        self.seq = self.ring.last_seq  # after a restart, sequence numbers carry on
+        if not config.edges.frames.tcp and not self.out.wait_for_readers(1, lambda: not ctx.stopping):
+            log.warning("preprocess has not connected to the frames edge yet")
+        self.ready_info = {"source": ctx.source.kind, "frame_bytes": self.source.max_frame_bytes,
+                           "on_demand": self.gate is not None}
+
+    def _writer(self, endpoint: str) -> EdgeWriter:
+        """The frames edge: shared memory, or inline over tcp when preprocess is elsewhere."""
+        ctx, edge = self.ctx, self.ctx.config.edges.frames
+        policy = ctx.config.policy("frames", ctx.instance.source)
+        if not edge.tcp:
+            return EdgeWriter(ctx.zmq, endpoint, self.ring, policy)
+        keys = ctx.config.curve.keys
+        curve = ctx.own(Curve(keys, ctx.source.host)) if keys else None
+        bind, _ = ctx.config.frames_endpoints(ctx.instance.source)
+        return TcpEdgeWriter(ctx.zmq, bind, self.ring, policy, edge.encoding, edge.quality, curve)
+
+    def step(self) -> None:
+        """Read one frame into the next slot (or the scratch buffer) and announce it."""
+        ctx, out = self.ctx, self.out
+        if self.ended:  # stay until the supervisor has drained the pipeline
+            time.sleep(0.05)
+            return
+        if self.gate is not None and not self.gate.wait(ctx.alive):
+            return
+        self.seq += 1
+        self.slot = out.acquire(ctx.alive)
+        if self.slot is None and not ctx.alive():
+            return
+        if self.slot is not None:
+            out.begin(self.slot, self.seq)
+        if self.stall.due():
+            self.pacer.restart()
+        t_start = time.monotonic_ns()
+        try:
+            meta = self.source.read(self._buffer_for)
+        except (SourceError, cv2.error) as e:
+            meta, failure = None, str(e)
+        else:
+            failure = "no frame (end of stream or read error)"
+        t_done = time.monotonic_ns()
+        if meta is None:
+            self._lost_source(failure)
+            return
+        self._count(t_done)
+        if self.slot is None:
+            out.dropped_new()
+        else:
+            self.published += 1
+            desc: FrameDescriptor = meta  # type: ignore[assignment]  # completed here
+            desc.update(source=ctx.source_id, shape=self.shape, dtype="uint8",
+                        captured_at=time.time(), t={"capture_start": t_start, "capture": t_done})
+            out.publish(self.slot, self.seq, desc, ctx.alive)
+        self.pacer.wait()
+
+    def _buffer_for(self, shape: tuple[int, int, int]) -> np.ndarray:
+        """Where the source decodes the frame: the slot, or scratch when there is none."""
+        self.shape = shape
+        if self.slot is None:
+            return self.scratch[: shape[0] * shape[1] * shape[2]].reshape(shape)
+        return self.out.view(self.slot, shape)
+
+    def _count(self, t_done: int) -> None:
+        self.captured += 1
+        if self.last_capture:
+            gap_ms = (t_done - self.last_capture) / 1e6
+            self.interval.add(gap_ms)
+            self.interval_run.add(gap_ms)
+        self.last_capture = t_done
+
+    def _lost_source(self, failure: str) -> None:
+        """A live source is reopened; a finite one has ended: end of stream downstream."""
+        if self.source.live:
+            self.source = self._reconnect(failure)
+            if self.source is not None:
+                self.pacer = Pacer(self.source.fps)
+            return
+        self.ended = True
+        log.info("source ended after %d frames", self.published)
+        self.out.send_eos(self.ctx.alive)
+        self.ctx.send(EOS)
+
+    def _reconnect(self, failure: str) -> Source | None:
+        """Reopen a live source (camera, looping file) with exponential back-off while the rest
+        of the pipeline stays up; None if the stage is told to stop meanwhile."""
+        ctx = self.ctx
+        self.source.close()
+        self.source_state = "reconnecting"
+        log.warning("source failed: %s; reconnecting", failure)
+        started = time.monotonic()
+        delay = RECONNECT_FIRST_S
+        while True:
+            until = time.monotonic() + delay
+            while time.monotonic() < until:
+                if not ctx.alive():
+                    return None
+                time.sleep(0.05)
+            try:
+                fresh = open_source(ctx.source)
+            except (SourceError, cv2.error) as e:
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                log.debug("reopen failed: %s", e)
+                continue
+            if fresh.max_frame_bytes > self.ring.slot_bytes:
+                fresh.close()
+                raise SourceError(f"source came back with larger frames ({fresh.max_frame_bytes} "
+                                  f"bytes) than the ring holds ({self.ring.slot_bytes}); restart "
+                                  "the pipeline")
+            self.source_state = "ok"
+            self.reconnects += 1
+            log.warning("source back after %.1f s", time.monotonic() - started)
+            return fresh
+
+    def stats(self) -> dict[str, Any]:
+        out, gate = self.out, self.gate
+        sent = {"tx_bytes": out.bytes_sent, "tx_frames": out.frames_sent,
+                "encode_ms": round(out.encode_ms, 1)} if isinstance(out, TcpEdgeWriter) else {}
+        corrupt = self.source.corrupt if self.source is not None else 0
+        return {"frames_in": self.captured, "frames_out": self.published,
+                "source": self.ctx.source_id, "interval_ms": self.interval.take(),
+                "interval_run_ms": self.interval_run.summary(), **sent,
+                "drops": {self.edge_name: dict(out.drops), "source": {"corrupt": corrupt}},
+                "in_use": {self.edge_name: out.in_use}, "threads": 1,
+                "source_state": self.source_state, "reconnects": self.reconnects,
+                **({"demand_wait_ms": round(gate.waited_ns / 1e6)} if gate else {})}

@@ -1,0 +1,224 @@
+"""Which runtime runs the model, and from which file: decided once by the supervisor before any
+stage starts, so every worker (and every restart) loads the same thing.
+
+- `model.runtime = "torch"`: the state dict in torch (TorchScript, quantized engine).
+- `"onnxruntime"`: an ONNX file: `model.weights` itself when it is one, the shipped export for the
+  built-in weights, else an export of the state dict made once (in its own process, with torch)
+  and cached by the weights' hash.
+- `"auto"`: the runtime measured fastest on this machine for this model, input size and thread
+  count. The measurement runs once, in its own process pinned like the worker (so no worker keeps
+  torch loaded for nothing), and is remembered in the user's cache directory under a key made of
+  the machine, model, weights and library versions.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from workers.inference.classifier import ModelError
+from workers.inference.model_files import BUILTIN_MODEL, builtin_onnx, builtin_weights
+from workers.inference.onnx_export import FORMAT, file_sha256
+
+RUNTIMES = ("torch", "onnxruntime")
+PROBE_TIMEOUT_S = 600.0  # the largest models, loaded and timed twice, on a slow board
+
+
+@dataclass
+class ModelPlan:
+    runtime: str  # torch | onnxruntime
+    file: str  # the state dict (torch) or the .onnx file (onnxruntime)
+    reason: str  # why this runtime, for the ready line
+    measured_ms: dict[str, float] = field(default_factory=dict)  # auto: p50 ms per runtime
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "ModelPlan":
+        return cls(**json.loads(text))
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "edge-pipeline"
+
+
+def installed(runtime: str) -> bool:
+    """Whether a runtime can be imported here (found without importing it)."""
+    mods = ("torch", "torchvision") if runtime == "torch" else ("onnxruntime",)
+    return all(importlib.util.find_spec(m) is not None for m in mods)
+
+
+def version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "-"
+
+
+def resolve_weights(model_name: str, weights: str) -> str:
+    """model.weights with "builtin" replaced by the shipped state dict."""
+    if weights != "builtin":
+        return weights
+    if model_name != BUILTIN_MODEL:
+        raise ModelError(f"model.weights: the built-in weights are {BUILTIN_MODEL}'s; for "
+                         f"{model_name} give a state-dict path, \"DEFAULT\" (torchvision's "
+                         "download) or \"none\" (random, for timing)")
+    return str(builtin_weights())
+
+
+def weights_id(weights: str) -> str:
+    """What identifies the weights in cache keys: the file's hash, or the special name (with the
+    torchvision version for DEFAULT, whose download changes with it)."""
+    if weights == "DEFAULT":
+        return f"DEFAULT-torchvision-{version('torchvision')}"
+    if weights == "none":
+        return "none"
+    return file_sha256(weights)
+
+
+def machine_id() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("model name", "Model", "CPU part"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()} {cpu} ({os.cpu_count()} cores)"
+
+
+def exported_file(model_name: str, weights: str) -> Path:
+    """Where the export of these weights is cached."""
+    return cache_dir() / "onnx" / f"{model_name}-{weights_id(weights)[:16]}-f{FORMAT}.onnx"
+
+
+def plan_model(model_cfg: Any, input_size: int, cores: list[int], threads: int,
+               say: Callable[[str], None]) -> ModelPlan:
+    """Decide runtime and file for `model_cfg` (a ModelConfig); raises ModelError in one line."""
+    name, runtime = model_cfg.name, model_cfg.runtime
+    weights = resolve_weights(name, model_cfg.weights)
+    is_onnx = weights.lower().endswith(".onnx")
+    if is_onnx and runtime == "torch":
+        raise ModelError(f"model.weights: {weights} is an ONNX file, which the torch runtime "
+                         "cannot run; use model.runtime = \"onnxruntime\" or a state dict")
+    have = {r: installed(r) for r in RUNTIMES}
+    if runtime != "auto" and not have[runtime]:
+        raise ModelError(_missing(runtime))
+    if runtime == "torch":
+        return ModelPlan("torch", weights, "configured")
+    if is_onnx or runtime == "onnxruntime" or not have["torch"]:
+        if not have["onnxruntime"]:
+            raise ModelError(_missing("onnxruntime" if is_onnx or not have["torch"] else "torch"))
+        why = "configured" if runtime == "onnxruntime" else \
+            "auto: an ONNX file" if is_onnx else "auto: torch is not installed"
+        return ModelPlan("onnxruntime", str(onnx_for(name, weights, say)), why)
+    if not have["onnxruntime"]:
+        return ModelPlan("torch", weights, "auto: onnxruntime is not installed")
+    try:
+        onnx = onnx_for(name, weights, say)
+    except ModelError as e:  # a model that does not export runs in torch, and says why
+        return ModelPlan("torch", weights, f"auto: {str(e).split(' (')[0]}")
+    ms = measured(model_cfg, weights, str(onnx), input_size, cores, threads, say)
+    best = min(ms, key=ms.get)
+    plan = ModelPlan(best, str(onnx) if best == "onnxruntime" else weights, "", ms)
+    other = "torch" if best == "onnxruntime" else "onnxruntime"
+    plan.reason = f"auto: {ms[best]:.1f} ms vs {other} {ms[other]:.1f} ms a frame, measured here"
+    return plan
+
+
+def _missing(runtime: str) -> str:
+    if runtime == "torch":
+        return ("model.runtime: torch is not installed (pip install 'edge-pipeline[torch]'), or "
+                "use model.runtime = \"onnxruntime\"")
+    return ("model.runtime: onnxruntime is not installed (pip install onnxruntime), or use "
+            "model.runtime = \"torch\"")
+
+
+def onnx_for(model_name: str, weights: str, say: Callable[[str], None]) -> Path:
+    """The ONNX file for these weights: given, shipped, cached, or exported now."""
+    if weights.lower().endswith(".onnx"):
+        return Path(weights)
+    if weights == str(builtin_weights()) and builtin_onnx().is_file():
+        return builtin_onnx()
+    target = exported_file(model_name, weights)
+    if target.is_file():
+        return target
+    failed = target.with_name(f"{target.stem}.torch-{version('torch')}.failed")
+    if failed.is_file():  # this model did not export with this torch: do not try at every start
+        raise ModelError(failed.read_text().strip())
+    if not installed("torch"):
+        raise ModelError(f"model.weights: {weights} must be exported to ONNX once, which needs "
+                         "torch (pip install 'edge-pipeline[torch]' here, or run pipeline-export "
+                         "on a machine with torch and give the .onnx file)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    say(f"exporting {model_name} to ONNX for onnxruntime (once; cached as {target}) ...")
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "pipeline.cli.export", "--model", model_name,
+           "--weights", weights, "--out", str(target), "--quiet"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S,
+                          env=_child_env())
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        last = lines[-1] if lines else f"exit code {proc.returncode}"
+        message = last.removeprefix("pipeline-export: ")
+        if "does not export to ONNX" in message:
+            failed.write_text(message + "\n")
+        raise ModelError(message)
+    say(f"exported in {time.monotonic() - t0:.1f} s")
+    return target
+
+
+def _child_env() -> dict[str, str]:
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def measured(model_cfg: Any, weights: str, onnx: str, size: int, cores: list[int], threads: int,
+             say: Callable[[str], None]) -> dict[str, float]:
+    """ms per frame (p50) of each runtime: from the cache, else measured now in a probe process."""
+    key = "|".join([machine_id(), f"cores={len(cores)}", f"threads={threads}", model_cfg.name,
+                    weights_id(weights), f"size={size}", f"engine={model_cfg.engine}",
+                    f"jit={model_cfg.jit}", f"channels_last={model_cfg.channels_last}",
+                    f"torch={version('torch')}", f"torchvision={version('torchvision')}",
+                    f"onnxruntime={version('onnxruntime')}", f"format={FORMAT}"])
+    path = cache_dir() / "runtimes.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return known[key]["ms"]
+    say(f"measuring torch and onnxruntime for {model_cfg.name} at {size}x{size}, {threads} "
+        f"thread(s), to pick the faster (once; remembered in {path}) ...")
+    args = {"model": model_cfg.name, "weights": weights, "onnx": onnx, "size": size,
+            "cores": cores, "threads": threads, "engine": model_cfg.engine, "jit": model_cfg.jit,
+            "channels_last": model_cfg.channels_last}
+    proc = subprocess.run([sys.executable, "-m", "workers.inference.runtime_probe", json.dumps(args)],
+                          capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=_child_env())
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise ModelError(f"model.runtime: measuring the runtimes failed: {err}; set "
+                         "model.runtime to \"torch\" or \"onnxruntime\"")
+    ms = json.loads(lines[-1])
+    say("measured: " + ", ".join(f"{r} {v:.1f} ms" for r, v in ms.items()))
+    known[key] = {"ms": ms, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".runtimes.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known, indent=1))
+    os.replace(tmp, path)
+    return ms

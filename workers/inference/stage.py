@@ -1,0 +1,115 @@
+"""Inference stage (one or several workers): takes the newest model input of the next source
+(pipeline/transport/workqueue.py), copies it out of the tensors ring, classifies it, and publishes
+the result into the supervisor's results hub.
+
+The input is copied (15 us) into a private array before the model runs, so the slot is free again
+at once and the sequence-lock check covers the whole read. The model runs in the runtime the
+supervisor planned (workers/inference/model_plan.py); softmax and top-k are numpy for both.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import zmq
+
+from pipeline.observe.stats import StageMeter
+from pipeline.transport.credits import CreditSender
+from pipeline.transport.edge import EdgeReader
+from pipeline.transport.messages import EOS, SCHEMA, TENSOR_FIELDS, TensorDescriptor, pack
+from pipeline.transport.rundir import RESULTS_IN
+from pipeline.transport.workqueue import SharedCounter, WorkQueue
+from workers.stage import StageContext
+
+from .classifier import ModelInputs, load_classifier, top_k, warm_up
+from .model_plan import ModelPlan
+
+
+class Inference:
+    def __init__(self, ctx: StageContext):
+        self.ctx = ctx
+        cfg, model_cfg, config = ctx.config.inference, ctx.config.model, ctx.config
+        self.pub = ctx.own(ctx.zmq.socket(zmq.PUB))  # into the results hub subscribers read
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub.setsockopt(zmq.SNDHWM, 1000)  # the hub is local and fast; it holds their HWM
+        self.pub.connect(ctx.run.endpoint(RESULTS_IN))
+        # Subscribed before the model loads, so preprocess (waiting for every worker) is ready soon.
+        n_sources = len(config.source_list)
+        self.readers = [ctx.own(EdgeReader(ctx.zmq, *ctx.edge("tensors", i),
+                                           config.policy("tensors", i), required=TENSOR_FIELDS,
+                                           fanout=True, sole=cfg.workers == 1))
+                        for i in range(n_sources)]
+        plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
+        self.model = load_classifier(plan, config, cfg.threads or len(ctx.cores))
+        warm_ms = warm_up(self.model, config.preprocess.crop_size, model_cfg.warmup)
+        self.source_of = {r: i for i, r in enumerate(self.readers)}
+        # Sources read on demand get a credit each time this worker takes one of their frames.
+        self.credits = ctx.own(CreditSender(ctx.zmq, {i: ctx.edge("credits", i)[0]
+                                                      for i in range(n_sources) if config.pulled(i)}))
+        self.work = WorkQueue(self.readers)
+        self.result_seq = ctx.own(SharedCounter(str(ctx.run.dir / "result_seq")))
+        self.inputs = ModelInputs()
+        self.k = min(model_cfg.top_k, len(self.model.labels))
+        self.meter = StageMeter()
+        self.delay_s = cfg.delay_ms / 1000
+        self.edge_names = [config.edge_name("tensors", i) for i in range(n_sources)]
+        self.ended = False
+        m = self.model
+        self.ready_info = {"model": model_cfg.name, "runtime": m.runtime, "engine": m.engine,
+                           "threads": m.threads, "warmup_ms": round(warm_ms, 2), "plan": plan.reason}
+
+    def step(self) -> None:
+        """Classify the next frame and publish its result."""
+        ctx, cfg = self.ctx, self.ctx.config.inference
+        desc: TensorDescriptor | None = self.work.take(timeout_ms=100)
+        if desc is None:
+            if self.work.ended and not self.ended:  # every source has ended: tell the supervisor
+                self.ended = True
+                ctx.send(EOS)
+            return
+        inp = self.work.current
+        t0 = time.monotonic_ns()
+        self.meter.took(inp.depth)
+        if self.delay_s and self.meter.frames_in % cfg.delay_every == 0:
+            time.sleep(self.delay_s)  # inference.delay_ms: a deliberately slow stage
+        x = self.inputs.load(inp.frame(desc))
+        intact = inp.intact(desc)
+        inp.release()
+        t = desc["t"]
+        self.credits.took(self.source_of[inp], t["capture_start"], t["preprocess_end"],
+                          time.monotonic_ns())
+        if not intact or x is None:
+            return
+        idx, p = top_k(self.model.logits(x), self.k)
+        t1 = time.monotonic_ns()
+        self.pub.send(pack(self._result(desc, inp.depth, x.shape[-1], idx, p, t0, t1)))
+        self.meter.done((t1 - t0) / 1e6)
+        self.credits.done(time.monotonic_ns() - t0)
+
+    def _result(self, desc: TensorDescriptor, depth: int, size: int, idx: list[int],
+                p: list[float], t0: int, t1: int) -> dict[str, Any]:
+        """The public result (docs/protocol.md): the descriptor's fields under the same names,
+        completed with the inference times and the prediction."""
+        labels = self.model.labels
+        desc["t"].update(inference_start=t0, inference_end=t1)
+        desc["queue"]["inference"] = depth
+        result = {
+            "schema": SCHEMA, "type": "result", "pipeline": self.ctx.config.name,
+            "result_seq": self.result_seq.next(), "worker": self.ctx.stage,
+            "source": desc["source"], "seq": desc["seq"], "frame": desc.get("frame"),
+            "frame_slot": desc["frame_slot"], "frame_shape": desc["frame_shape"],
+            "captured_at": desc["captured_at"], "t": desc["t"], "queue": desc["queue"],
+            "latency_ms": round((t1 - desc["t"]["capture"]) / 1e6, 3),
+            "model": self.ctx.config.model.name, "runtime": self.model.runtime, "input_size": size,
+            "top": [{"index": i, "label": labels[i], "prob": round(q, 5)} for i, q in zip(idx, p)],
+        }
+        if "item" in desc:
+            result["item"] = desc["item"]
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.meter.snapshot(), "threads": self.model.threads,
+                "runtime": self.model.runtime,
+                "drops": {n: dict(r.drops) for n, r in zip(self.edge_names, self.readers)},
+                "in_use": {n: r.in_use for n, r in zip(self.edge_names, self.readers)}}

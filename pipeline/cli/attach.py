@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import time
 
+from pipeline.config import Config, keep_off_inference_cores
 from pipeline.transport.rundir import NotRunning, find_pipeline, running_pipelines
 
 
@@ -51,14 +51,6 @@ def list_pipelines() -> int:
     return 0
 
 
-def keep_off_inference_cores(info: dict) -> None:
-    """A consumer runs on the cores the model does not use, where there are any."""
-    from pipeline.config import Config
-
-    inference = set(Config.model_validate(info["config"]).cores_of("inference"))
-    others = os.sched_getaffinity(0) - inference
-    if others:
-        os.sched_setaffinity(0, others)
 
 
 def _source_fps(info: dict) -> float | None:
@@ -86,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     except NotRunning as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
         return 1
-    keep_off_inference_cores(info)  # before numpy, OpenCV and ZeroMQ start their threads
+    # before numpy, OpenCV and ZeroMQ start their threads
+    keep_off_inference_cores(Config.model_validate(info["config"]))
     from pipeline.client.consumers import ConsumerError, load, run
     from pipeline.client.subscription import Subscription
 

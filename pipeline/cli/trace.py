@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.cli.attach import keep_off_inference_cores
+from pipeline.config import Config, keep_off_inference_cores
 from pipeline.observe.trace import chrome_trace, plot
 from pipeline.transport.rundir import NotRunning, find_pipeline
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     except NotRunning as e:
         print(f"pipeline-trace: {e}", file=sys.stderr)
         return 1
-    keep_off_inference_cores(info)
+    keep_off_inference_cores(Config.model_validate(info["config"]))
     print(f"pipeline-trace: recording {args.seconds:g} s ...", file=sys.stderr, flush=True)
     info, rows = record(args.name, args.seconds)
     Path(args.out).write_text(json.dumps(chrome_trace(info, rows)))

@@ -11,7 +11,6 @@ lock; a frame already overwritten is left out and counted in `frames_missed`.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -21,7 +20,7 @@ import zmq
 
 from pipeline.transport.messages import EOS, SCHEMA, unpack
 from pipeline.transport.ring import Ring
-from pipeline.transport.rundir import NotRunning, find_pipeline
+from pipeline.transport.rundir import NotRunning, find_pipeline, supervisor_alive
 
 POLL_S = 0.5  # how often an idle subscriber checks that the pipeline still exists
 
@@ -123,7 +122,7 @@ class Subscription:
                     if self._stale(msg):
                         continue
                     return self._result(msg)
-            elif not events and not _alive(self.info["pid"]):
+            elif not events and not supervisor_alive(self.info["pid"]):
                 self.ended = "pipeline gone"
         return None
 
@@ -198,10 +197,6 @@ class Subscription:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-
-def _alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
 
 
 def attach(name: str | None = None, *, frames: bool = False, status: bool = False,

@@ -53,6 +53,14 @@ def allowed_cores() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
+def keep_off_inference_cores(config: "Config") -> None:
+    """Move this process (supervisor, consumer, tracer) off the model's cores, where its work
+    would show up as latency spikes; it stays where it is if inference has every core."""
+    others = set(os.sched_getaffinity(0)) - set(config.cores_of("inference"))
+    if others:
+        os.sched_setaffinity(0, others)
+
+
 class ConfigError(UserError):
     """A config problem, phrased as one line for the user."""
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from pipeline.config import Config
 from pipeline.transport.ring import SHM_DIR, Ring
+from pipeline.transport.rundir import supervisor_alive
 
 SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-"
                      r"(?P<edge>(frames|tensors)[A-Za-z0-9_.-]*?)(\.new-\d+)?$")
@@ -64,19 +64,12 @@ def preflight(config: Config, frame_bytes: list[int], free: int | None = None,
             f"source size (source.width/height), or enlarge {SHM_DIR}")
 
 
-def _supervisor_alive(pid: int) -> bool:
-    try:
-        return b"pipeline" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
 def orphaned_segments() -> list[str]:
     """Segments whose supervisor is gone."""
     names = []
     for name in sorted(os.listdir(SHM_DIR)):
         m = SEGMENT.match(name)
-        if m and not _supervisor_alive(int(m["pid"])):
+        if m and not supervisor_alive(int(m["pid"])):
             names.append(name)
     return names
 

@@ -19,7 +19,7 @@ from typing import IO, Any
 
 import zmq
 
-from pipeline.config import CORES_ENV, Config, allowed_cores
+from pipeline.config import CORES_ENV, Config, allowed_cores, keep_off_inference_cores
 from pipeline.observe.report import RunReport, format_status, format_summary
 from pipeline.supervisor.adaptive import SizeController
 from pipeline.supervisor.restarts import RestartBudget
@@ -72,13 +72,6 @@ class Supervisor:
         self.stop_reason: str | None = None
         self.failure: str | None = None
 
-    def _pin_off_inference(self) -> None:
-        """Keep the supervisor's per-result and once-a-second work off the model's cores, where
-        it would show up as latency spikes; it stays everywhere if inference has every core."""
-        others = set(self.all_cores) - set(self.config.cores_of("inference"))
-        if others and self.workers:
-            os.sched_setaffinity(0, others)
-
     def say(self, text: str) -> None:
         print(text, file=self.log, flush=True)
 
@@ -98,7 +91,8 @@ class Supervisor:
                 self.metrics.close()
             return 2
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        self._pin_off_inference()
+        if self.workers:
+            keep_off_inference_cores(self.config)
         self.paths.create(self.config.model_dump_json(), host=self.host, stages=list(self.stages),
                           rings=self._frame_rings(), results=bool(self.workers))
         if plan is not None:

@@ -26,6 +26,7 @@ import zmq
 
 from pipeline.transport.messages import has_fields, pack, unpack
 from pipeline.transport.ring import Ring
+from pipeline.transport.rundir import pid_alive
 
 _ITEMSIZE = {"uint8": 1, "float32": 4}  # the payload types rings carry
 MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more is disconnected
@@ -203,7 +204,7 @@ class EdgeReader:
             else:
                 holder = ring.holder
                 if holder and holder != mine:
-                    if _alive(holder):
+                    if pid_alive(holder):
                         return None  # another reader works on this ring: keep the order
                     self.drops["restart"] += 1  # its frame died with it
                     ring.release(1)
@@ -326,12 +327,3 @@ class EdgeReader:
         if self.ring is not None:
             self.ring.close()
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

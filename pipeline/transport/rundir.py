@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = ("capture", "preprocess", "inference")  # stage kinds; a topology runs instances of them
 RESULTS_IN = "results-in"  # inference workers publish here; the supervisor's hub republishes
 
 
@@ -23,7 +22,19 @@ class NotRunning(LookupError):
     """No running pipeline matches; the message lists what does run."""
 
 
-def _supervisor_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (of any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def supervisor_alive(pid: int) -> bool:
+    """Whether `pid` is still a pipeline supervisor (not gone, nor reused by another program)."""
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
@@ -41,7 +52,7 @@ def running_pipelines() -> list[dict[str, Any]]:
             info = json.loads(entry.read_text())
         except (OSError, ValueError):
             continue
-        if _supervisor_alive(int(info.get("pid", -1))):
+        if supervisor_alive(int(info.get("pid", -1))):
             info["dir"] = str(entry.parent)
             found.append(info)
         else:

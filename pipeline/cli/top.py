@@ -24,6 +24,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.observe.stats import written_slots
 from pipeline.transport.rundir import NotRunning, find_pipeline
 
 
@@ -33,6 +34,26 @@ def _ms(d: dict[str, Any], key: str) -> str:
 
 def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
     """The table for one status message; fits 80 columns."""
+    lat, age, tot = st["latency_ms"], st["frame_age_ms"], st["totals"]
+    head = Text(f"{st['pipeline']}  up {st['elapsed_s']:.0f} s", style="bold")
+    if silent_for > 3:
+        head.append(f"   no status for {silent_for:.0f} s", style="bold red")
+    lines = [
+        head,
+        _stage_table(st),
+        Text(f"end-to-end ms p50 {_ms(lat, 'p50')} p90 {_ms(lat, 'p90')} p99 {_ms(lat, 'p99')} "
+             f"max {_ms(lat, 'max')}  frame age p50 {_ms(age, 'p50')} ms"),
+        Text(f"capture jitter {st['capture_jitter_ms'] if st['capture_jitter_ms'] is not None else '-'}"
+             f" ms   frames {tot['captured']} captured, {tot['classified']} classified, "
+             f"{sum(sum(r.values()) for r in tot['drops'].values())} dropped"),
+        *_detail_lines(st),
+        Text("q quits", style="dim"),
+    ]
+    return Group(*lines)
+
+
+def _stage_table(st: dict[str, Any]) -> Table:
+    """A row per stage process."""
     table = Table(box=None, padding=(0, 1), header_style="bold", expand=False)
     for col, justify in (("stage", "left"), ("state", "left"), ("fps", "right"),
                          ("svc p50/p99", "right"), ("queue", "right"), ("slots", "right"),
@@ -49,26 +70,18 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
             service = f"every {_ms(m['interval_ms'], 'p50')}"
         q = m["queue"]
         queue = f"{q.get('max', 0):.0f} ({m['queue_hwm']})" if kind != "capture" else "-"
-        writes = {"capture": "frames", "preprocess": "tensors"}.get(kind)
-        slots = str(next((n for e, n in m["in_use"].items() if writes and e.startswith(writes)), "-"))
+        slots = str(next(iter(written_slots(stage, m).values()), "-"))
         drops = str(sum(n for edge in m["drops"].values() for n in edge.values()))
         cpu = f"{m['cpu_percent']:.0f}" if m["cpu_percent"] is not None else "-"
         rss = f"{m['rss_mb']:.0f}" if m["rss_mb"] is not None else "-"
         table.add_row(stage, Text(state, style=style), f"{m['fps_out']:.1f}", service, queue, slots,
                       drops, cpu, rss, style=style if state == "stalled" else None)
-    lat, age, tot = st["latency_ms"], st["frame_age_ms"], st["totals"]
-    head = Text(f"{st['pipeline']}  up {st['elapsed_s']:.0f} s", style="bold")
-    if silent_for > 3:
-        head.append(f"   no status for {silent_for:.0f} s", style="bold red")
-    lines = [
-        head,
-        table,
-        Text(f"end-to-end ms p50 {_ms(lat, 'p50')} p90 {_ms(lat, 'p90')} p99 {_ms(lat, 'p99')} "
-             f"max {_ms(lat, 'max')}  frame age p50 {_ms(age, 'p50')} ms"),
-        Text(f"capture jitter {st['capture_jitter_ms'] if st['capture_jitter_ms'] is not None else '-'}"
-             f" ms   frames {tot['captured']} captured, {tot['classified']} classified, "
-             f"{sum(sum(r.values()) for r in tot['drops'].values())} dropped"),
-    ]
+    return table
+
+
+def _detail_lines(st: dict[str, Any]) -> list[Text]:
+    """Drops by reason, restarts, pinning, per-source figures and the current label."""
+    tot, lines = st["totals"], []
     detail = "; ".join(f"{edge} " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items()) if n)
                        for edge, reasons in sorted(tot["drops"].items()) if any(reasons.values()))
     if detail:
@@ -90,8 +103,7 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
             for src, m in st["sources"].items())))
     if st.get("top"):
         lines.append(Text(f"now: {st['top']['label']} {st['top']['prob']:.2f}", style="green"))
-    lines.append(Text("q quits", style="dim"))
-    return Group(*lines)
+    return lines
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from pipeline.observe.stats import written_slots
 from pipeline.transport.messages import SPANS
 
 # 1 ms .. 2.5 s: a 30 fps pipeline lives around 20-100 ms; the tail shows stalls.
@@ -28,82 +29,95 @@ class _StatusCollector(Collector):
         st = self.status
         if st is None:
             return
-        frames = CounterMetricFamily("pipeline_frames", "Frames taken in / passed on by a stage",
-                                     labels=["stage", "direction"])
-        drops = CounterMetricFamily("pipeline_drops", "Frames dropped, by edge and reason",
-                                    labels=["edge", "reason"])
-        fps = GaugeMetricFamily("pipeline_stage_fps", "Frames per second over the last second",
-                                labels=["stage", "direction"])
-        queue = GaugeMetricFamily("pipeline_queue_depth_frames",
-                                  "Frames waiting for the stage when it took one (max, last second)",
-                                  labels=["stage"])
-        hwm = GaugeMetricFamily("pipeline_queue_depth_high_water_frames",
-                                "Highest input queue depth since start", labels=["stage"])
-        slots = GaugeMetricFamily("pipeline_ring_slots_in_use",
-                                  "Ring slots holding frames not yet finished or dropped", labels=["edge"])
-        heartbeat = GaugeMetricFamily("pipeline_stage_heartbeat_age_seconds",
-                                      "Time since the stage last reported", labels=["stage"])
-        restarts = CounterMetricFamily("pipeline_stage_restarts", "Stage restarts", labels=["stage"])
-        cpu = GaugeMetricFamily("pipeline_stage_cpu_usage_ratio",
-                                "CPU time per second of the stage's process (1 = one core)",
+        yield from _flow(st)
+        yield from _health(st)
+        yield from _sources(st)
+
+
+def _flow(st: dict[str, Any]) -> Iterator[Any]:
+    """Frames through each stage, queues, ring slots and drops."""
+    frames = CounterMetricFamily("pipeline_frames", "Frames taken in / passed on by a stage",
+                                 labels=["stage", "direction"])
+    fps = GaugeMetricFamily("pipeline_stage_fps", "Frames per second over the last second",
+                            labels=["stage", "direction"])
+    queue = GaugeMetricFamily("pipeline_queue_depth_frames",
+                              "Frames waiting for the stage when it took one (max, last second)",
+                              labels=["stage"])
+    hwm = GaugeMetricFamily("pipeline_queue_depth_high_water_frames",
+                            "Highest input queue depth since start", labels=["stage"])
+    slots = GaugeMetricFamily("pipeline_ring_slots_in_use",
+                              "Ring slots holding frames not yet finished or dropped", labels=["edge"])
+    drops = CounterMetricFamily("pipeline_drops", "Frames dropped, by edge and reason",
+                                labels=["edge", "reason"])
+    for stage, m in st["stages"].items():
+        for direction in ("in", "out"):
+            frames.add_metric([stage, direction], m[f"frames_{direction}"])
+            fps.add_metric([stage, direction], m[f"fps_{direction}"])
+        if stage.split(".")[0] != "capture":
+            queue.add_metric([stage], m["queue"].get("max", 0))
+            hwm.add_metric([stage], m["queue_hwm"])
+        for edge, n in written_slots(stage, m).items():  # the writer's count
+            slots.add_metric([edge], n)
+    for edge, reasons in st["totals"]["drops"].items():
+        for reason, n in reasons.items():
+            drops.add_metric([edge, reason], n)
+    yield from (frames, drops, fps, queue, hwm, slots)
+
+
+def _health(st: dict[str, Any]) -> Iterator[Any]:
+    """Each stage process: heartbeat, restarts, CPU, memory, threads and cores."""
+    heartbeat = GaugeMetricFamily("pipeline_stage_heartbeat_age_seconds",
+                                  "Time since the stage last reported", labels=["stage"])
+    restarts = CounterMetricFamily("pipeline_stage_restarts", "Stage restarts", labels=["stage"])
+    cpu = GaugeMetricFamily("pipeline_stage_cpu_usage_ratio",
+                            "CPU time per second of the stage's process (1 = one core)",
+                            labels=["stage"])
+    rss = GaugeMetricFamily("pipeline_stage_resident_memory_bytes", "Resident memory",
+                            labels=["stage"])
+    threads = GaugeMetricFamily("pipeline_stage_threads", "Compute threads (torch, OpenCV)",
                                 labels=["stage"])
-        rss = GaugeMetricFamily("pipeline_stage_resident_memory_bytes", "Resident memory",
+    cores = GaugeMetricFamily("pipeline_stage_pinned_cores", "Cores the stage is pinned to",
+                              labels=["stage", "cores"])
+    stalled = GaugeMetricFamily("pipeline_stage_stalled", "1 while the stage has not reported for 3 s",
                                 labels=["stage"])
-        threads = GaugeMetricFamily("pipeline_stage_threads", "Compute threads (torch, OpenCV)",
-                                    labels=["stage"])
-        cores = GaugeMetricFamily("pipeline_stage_pinned_cores", "Cores the stage is pinned to",
-                                  labels=["stage", "cores"])
-        stalled = GaugeMetricFamily("pipeline_stage_stalled", "1 while the stage has not reported for 3 s",
-                                    labels=["stage"])
-        for stage, m in st["stages"].items():
-            kind = stage.split(".")[0]
-            frames.add_metric([stage, "in"], m["frames_in"])
-            frames.add_metric([stage, "out"], m["frames_out"])
-            fps.add_metric([stage, "in"], m["fps_in"])
-            fps.add_metric([stage, "out"], m["fps_out"])
-            if kind != "capture":
-                queue.add_metric([stage], m["queue"].get("max", 0))
-                hwm.add_metric([stage], m["queue_hwm"])
-            if m["heartbeat_age_s"] is not None:
-                heartbeat.add_metric([stage], m["heartbeat_age_s"])
-            restarts.add_metric([stage], m["restarts"])
-            stalled.add_metric([stage], 1 if m["state"] == "stalled" else 0)
-            if m["cpu_percent"] is not None:
-                cpu.add_metric([stage], m["cpu_percent"] / 100)
-                rss.add_metric([stage], m["rss_mb"] * 2**20)
-            if m["threads"] is not None:
-                threads.add_metric([stage], m["threads"])
-            if m["cores"] is not None:
-                cores.add_metric([stage, ",".join(map(str, m["cores"]))], len(m["cores"]))
-            writes = {"capture": "frames", "preprocess": "tensors"}.get(kind)
-            for edge, n in m["in_use"].items():  # the writer's count: frames not yet finished
-                if writes and edge.startswith(writes):
-                    slots.add_metric([edge], n)
-        for edge, reasons in st["totals"]["drops"].items():
-            for reason, n in reasons.items():
-                drops.add_metric([edge, reason], n)
-        jitter = GaugeMetricFamily("pipeline_capture_jitter_seconds",
-                                   "Capture inter-frame interval p99 minus p50, last second")
-        if st["capture_jitter_ms"] is not None:
-            jitter.add_metric([], st["capture_jitter_ms"] / 1000)
-        reconnects = CounterMetricFamily("pipeline_source_reconnects", "Times the source was reopened",
-                                         labels=["source"])
-        for stage, m in st["stages"].items():
-            if stage.split(".")[0] == "capture":
-                reconnects.add_metric([m.get("source", "")], m["reconnects"])
-        source_fps = GaugeMetricFamily("pipeline_source_fps", "Results per second of a source, last second",
+    for stage, m in st["stages"].items():
+        if m["heartbeat_age_s"] is not None:
+            heartbeat.add_metric([stage], m["heartbeat_age_s"])
+        restarts.add_metric([stage], m["restarts"])
+        stalled.add_metric([stage], 1 if m["state"] == "stalled" else 0)
+        if m["cpu_percent"] is not None:
+            cpu.add_metric([stage], m["cpu_percent"] / 100)
+            rss.add_metric([stage], m["rss_mb"] * 2**20)
+        if m["threads"] is not None:
+            threads.add_metric([stage], m["threads"])
+        if m["cores"] is not None:
+            cores.add_metric([stage, ",".join(map(str, m["cores"]))], len(m["cores"]))
+    yield from (heartbeat, restarts, cpu, rss, threads, cores, stalled)
+
+
+def _sources(st: dict[str, Any]) -> Iterator[Any]:
+    """Per source and whole pipeline: capture jitter, reconnects, results, fps and latency."""
+    jitter = GaugeMetricFamily("pipeline_capture_jitter_seconds",
+                               "Capture inter-frame interval p99 minus p50, last second")
+    if st["capture_jitter_ms"] is not None:
+        jitter.add_metric([], st["capture_jitter_ms"] / 1000)
+    reconnects = CounterMetricFamily("pipeline_source_reconnects", "Times the source was reopened",
+                                     labels=["source"])
+    for stage, m in st["stages"].items():
+        if stage.split(".")[0] == "capture":
+            reconnects.add_metric([m.get("source", "")], m["reconnects"])
+    source_fps = GaugeMetricFamily("pipeline_source_fps", "Results per second of a source, last second",
+                                   labels=["source"])
+    source_latency = GaugeMetricFamily("pipeline_source_latency_p99_seconds",
+                                       "End-to-end latency p99 of a source, last second",
                                        labels=["source"])
-        source_latency = GaugeMetricFamily("pipeline_source_latency_p99_seconds",
-                                           "End-to-end latency p99 of a source, last second",
-                                           labels=["source"])
-        for src, m in st.get("sources", {}).items():
-            source_fps.add_metric([src], m["fps"])
-            if m["latency_ms"]:
-                source_latency.add_metric([src], m["latency_ms"]["p99"] / 1000)
-        results = CounterMetricFamily("pipeline_results", "Results published")
-        results.add_metric([], st["totals"]["results"])
-        yield from (frames, drops, fps, queue, hwm, slots, heartbeat, restarts, cpu, rss, threads,
-                    cores, stalled, jitter, reconnects, results, source_fps, source_latency)
+    for src, m in st.get("sources", {}).items():
+        source_fps.add_metric([src], m["fps"])
+        if m["latency_ms"]:
+            source_latency.add_metric([src], m["latency_ms"]["p99"] / 1000)
+    results = CounterMetricFamily("pipeline_results", "Results published")
+    results.add_metric([], st["totals"]["results"])
+    yield from (jitter, reconnects, results, source_fps, source_latency)
 
 
 class MetricsExporter:

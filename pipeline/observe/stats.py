@@ -104,3 +104,13 @@ class StageMeter:
         return {"frames_in": self.frames_in, "frames_out": self.frames_out,
                 "service_ms": self.service.take(), "service_run_ms": self.service_run.summary(),
                 "queue": self.queue.take(), "queue_hwm": self.queue_hwm}
+
+
+WRITES = {"capture": "frames", "preprocess": "tensors"}  # the edge each stage kind writes
+
+
+def written_slots(stage: str, status: dict[str, Any]) -> dict[str, int]:
+    """A stage's slots in use on the edges it writes (`frames...` for capture, `tensors...` for
+    preprocess), from its status: frames written and not yet finished by the reader."""
+    writes = WRITES.get(stage.split(".")[0])
+    return {e: n for e, n in status["in_use"].items() if writes and e.startswith(writes)}

@@ -9,15 +9,14 @@ descriptors, and the edge's back-pressure policy.
 - `block`: the writer waits for a free slot; nothing is dropped.
 The reader processes `drop_new` and `block` edges in order and releases each slot when done.
 
-A `fanout` edge publishes its descriptors to every reader (PUB/SUB) and the readers share the
-ring through its claim words (`claim`): the tensors edges, which several inference workers read.
+A `fanout` edge publishes its descriptors to every reader (PUB/SUB): the tensors edges, which
+several inference workers read and share through the ring's claim words (workqueue.SharedReader).
 """
 
 from __future__ import annotations
 
 import collections
 import math
-import os
 import time
 from typing import Any, Callable
 
@@ -26,7 +25,6 @@ import zmq
 
 from pipeline.transport.messages import has_fields, pack, unpack
 from pipeline.transport.ring import Ring
-from pipeline.transport.rundir import pid_alive
 
 _ITEMSIZE = {"uint8": 1, "float32": 4}  # the payload types rings carry
 MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more is disconnected
@@ -147,9 +145,7 @@ class EdgeReader:
         self.ring: Ring | None = None  # attached on the first frame: the writer creates it
         self.drops = {"latest": 0, "torn": 0, "malformed": 0}
         self.depth = 0  # frames that were waiting behind the one taken last
-        self.ended = False  # end of stream seen (fanout readers)
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
-        self._holding = False
         self.drops["restart"] = self._take_over() if sole else 0
         self.sock = self._socket(zctx, fanout)
         self.sock.connect(endpoint)
@@ -174,51 +170,6 @@ class EdgeReader:
         with self.ring.locked():
             self.ring.holder = 0
         return self.ring.release_all()
-
-    def claim(self) -> dict[str, Any] | None:
-        """Shared ring: take the frame this reader should work on next, unless another reader
-        took it first. `latest` takes the newest frame no reader has taken; in-order edges take
-        the oldest, one frame at a time per ring (so slots are released in order). None if
-        there is nothing to take; sets `ended` once the writer's end of stream arrives."""
-        self._drain()
-        pending = self._pending
-        if pending and pending[-1].get("eos"):
-            pending.pop()
-            self.ended = True
-        if not pending or self.ring is None:
-            return None
-        ring, mine = self.ring, os.getpid()
-        with ring.locked():
-            claimed = ring.claimed
-            while pending and pending[0]["seq"] <= claimed:  # taken by other readers
-                pending.popleft()
-            if not pending:
-                return None
-            if self.policy == "latest":
-                desc = pending.pop()
-                skipped = len(pending)
-                self.drops["latest"] += skipped
-                ring.release(skipped)
-                pending.clear()
-                self.depth = skipped
-            else:
-                holder = ring.holder
-                if holder and holder != mine:
-                    if pid_alive(holder):
-                        return None  # another reader works on this ring: keep the order
-                    self.drops["restart"] += 1  # its frame died with it
-                    ring.release(1)
-                desc = pending.popleft()
-                ring.holder = mine
-                self._holding = True
-                self.depth = len(pending)
-            ring.claimed = desc["seq"]
-        return desc
-
-    @property
-    def waiting(self) -> bool:
-        """Descriptors received and not yet claimed (they may be claimable after a release)."""
-        return bool(self._pending)
 
     def take(self, timeout_ms: int) -> dict[str, Any] | None:
         """Next descriptor by policy (`{"eos": True}` at end of stream), or None on timeout."""
@@ -300,11 +251,6 @@ class EdgeReader:
     def release(self) -> None:
         """Done with the frame taken last: its slot may be reused."""
         self._release(1)
-        if self._holding:
-            self._holding = False
-            with self.ring.locked():
-                if self.ring.holder == os.getpid():
-                    self.ring.holder = 0
 
     def _release(self, n: int) -> None:
         if self.ring is None:

@@ -2,7 +2,7 @@
 
 Every worker subscribes to every source's tensors edge and keeps a round-robin cursor over the
 sources. To work, it claims the newest frame of the next source that has one no worker has taken
-(`EdgeReader.claim`: a few microseconds under the ring's lock), so no source starves, none is
+(`SharedReader.claim`: a few microseconds under the ring's lock), so no source starves, none is
 served a stale frame, and a worker that dies takes nothing with it but the frame it held.
 """
 
@@ -17,12 +17,79 @@ import numpy as np
 import zmq
 
 from pipeline.transport.edge import EdgeReader
+from pipeline.transport.rundir import pid_alive
+
+
+class SharedReader(EdgeReader):
+    """A reader of a fanout edge that shares the ring with the other workers: each frame goes to
+    one of them, claimed under the ring's lock."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, fanout=True, **kwargs)
+        self.ended = False  # the writer's end of stream arrived
+        self._holding = False  # this reader is the ring's holder (in-order edges)
+
+    def claim(self) -> dict[str, Any] | None:
+        """Shared ring: take the frame this reader should work on next, unless another reader
+        took it first. `latest` takes the newest frame no reader has taken; in-order edges take
+        the oldest, one frame at a time per ring (so slots are released in order). None if
+        there is nothing to take; sets `ended` once the writer's end of stream arrives."""
+        self._drain()
+        pending = self._pending
+        if pending and pending[-1].get("eos"):
+            pending.pop()
+            self.ended = True
+        if not pending or self.ring is None:
+            return None
+        ring, mine = self.ring, os.getpid()
+        with ring.locked():
+            claimed = ring.claimed
+            while pending and pending[0]["seq"] <= claimed:  # taken by other readers
+                pending.popleft()
+            if not pending:
+                return None
+            if self.policy == "latest":
+                desc = pending.pop()
+                skipped = len(pending)
+                self.drops["latest"] += skipped
+                ring.release(skipped)
+                pending.clear()
+                self.depth = skipped
+            else:
+                holder = ring.holder
+                if holder and holder != mine:
+                    if pid_alive(holder):
+                        return None  # another reader works on this ring: keep the order
+                    self.drops["restart"] += 1  # its frame died with it
+                    ring.release(1)
+                desc = pending.popleft()
+                ring.holder = mine
+                self._holding = True
+                self.depth = len(pending)
+            ring.claimed = desc["seq"]
+        return desc
+
+    @property
+    def waiting(self) -> bool:
+        """Descriptors received and not yet claimed (they may be claimable after a release)."""
+        return bool(self._pending)
+
+
+    def release(self) -> None:
+        """Done with the frame claimed last: its slot may be reused, and (in order) the next
+        frame of this ring may be claimed by any reader."""
+        super().release()
+        if self._holding:
+            self._holding = False
+            with self.ring.locked():
+                if self.ring.holder == os.getpid():
+                    self.ring.holder = 0
 
 
 class WorkQueue:
-    def __init__(self, readers: list[EdgeReader]):
+    def __init__(self, readers: list[SharedReader]):
         self.readers = readers
-        self.current: EdgeReader | None = None  # the reader of the frame taken last
+        self.current: SharedReader | None = None  # the reader of the frame taken last
         self._next = 0
         self._poller = zmq.Poller()
         for r in readers:

@@ -23,7 +23,7 @@ from pipeline.transport.edge import EdgeWriter
 from pipeline.transport.messages import EOS, FrameDescriptor
 from pipeline.transport.ring import Ring
 from pipeline.transport.tcp_edge import Curve, TcpEdgeWriter
-from workers.stage import StageContext
+from workers.context import StageContext
 
 from .pacing import Pacer, Stall
 from .sources import Source, SourceError, open_source

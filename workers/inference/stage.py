@@ -16,11 +16,10 @@ import zmq
 
 from pipeline.observe.stats import StageMeter
 from pipeline.transport.credits import CreditSender
-from pipeline.transport.edge import EdgeReader
 from pipeline.transport.messages import EOS, SCHEMA, TENSOR_FIELDS, TensorDescriptor, pack
 from pipeline.transport.rundir import RESULTS_IN
-from pipeline.transport.workqueue import SharedCounter, WorkQueue
-from workers.stage import StageContext
+from pipeline.transport.workqueue import SharedCounter, SharedReader, WorkQueue
+from workers.context import StageContext
 
 from .classifier import ModelInputs, load_classifier, top_k, warm_up
 from .model_plan import ModelPlan
@@ -36,9 +35,9 @@ class Inference:
         self.pub.connect(ctx.run.endpoint(RESULTS_IN))
         # Subscribed before the model loads, so preprocess (waiting for every worker) is ready soon.
         n_sources = len(config.source_list)
-        self.readers = [ctx.own(EdgeReader(ctx.zmq, *ctx.edge("tensors", i),
-                                           config.policy("tensors", i), required=TENSOR_FIELDS,
-                                           fanout=True, sole=cfg.workers == 1))
+        self.readers = [ctx.own(SharedReader(ctx.zmq, *ctx.edge("tensors", i),
+                                             config.policy("tensors", i), required=TENSOR_FIELDS,
+                                             sole=cfg.workers == 1))
                         for i in range(n_sources)]
         plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
         self.model = load_classifier(plan, config, cfg.threads or len(ctx.cores))

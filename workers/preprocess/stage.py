@@ -21,7 +21,7 @@ from pipeline.transport.messages import FRAME_FIELDS, TensorDescriptor
 from pipeline.transport.ring import Ring
 from pipeline.transport.tcp_edge import Curve, TcpEdgeReader
 from workers.capture.sources import frame_bytes_estimate
-from workers.stage import StageContext
+from workers.context import StageContext
 
 from .transform import Preprocessor
 

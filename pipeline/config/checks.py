@@ -1,0 +1,83 @@
+"""What a valid config must also find on this host: source files and devices, model weights,
+CURVE keys."""
+
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any
+
+from .errors import ConfigError
+from .schema import WEIGHTS_SPECIAL, CameraSource, Config, ImagesSource, VideoSource
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def _check_files(config: Config, host: str | None = None) -> None:
+    for i, src in enumerate(config.source_list):
+        if host is None or src.host == host:  # a source elsewhere is checked on its own host
+            _check_source(src, "source" if not config.sources else f"sources[{i}]")
+    weights = config.model.weights
+    runs_model = host is None or host == config.inference.host
+    if runs_model and weights not in WEIGHTS_SPECIAL and not os.path.isfile(weights):
+        raise ConfigError(f"model.weights: no such file: {weights} (give a state-dict or .onnx "
+                          "path, \"builtin\", \"DEFAULT\" or \"none\")")
+    if weights == "builtin" and config.model.name != "mobilenet_v2":
+        raise ConfigError(f"model.weights: the built-in weights are mobilenet_v2's; for "
+                          f"{config.model.name} give a state-dict path, \"DEFAULT\" (torchvision's "
+                          "download) or \"none\" (random, for timing)")
+    if weights.lower().endswith(".onnx") and config.model.runtime == "torch":
+        raise ConfigError(f"model.weights: {weights} is an ONNX file, which the torch runtime "
+                          "cannot run (use model.runtime = \"onnxruntime\" or a state dict)")
+    if config.curve.keys:
+        _check_keys(config, host)
+
+
+def _check_keys(config: Config, host: str | None) -> None:
+    keys = config.curve.keys
+    if not config.edges.frames.tcp:
+        raise ConfigError("curve.keys: CURVE secures tcp edges, and edges.frames is not one "
+                          "(give edges.frames.bind and connect)")
+    if not os.path.isdir(keys):
+        raise ConfigError(f"curve.keys: no such folder: {keys}")
+    needed = [(h, ".key_secret") for h in config.hosts() if host is None or h == host]
+    needed += [(h, ".key") for h in config.hosts()]
+    for h, suffix in needed:
+        if not os.path.isfile(os.path.join(keys, h + suffix)):
+            raise ConfigError(f"curve.keys: no {h}{suffix} in {keys} (make a key pair with "
+                              f"`python tools/make_keys.py {keys} {h}`; copy only the .key "
+                              f"files to other hosts)")
+
+
+def _check_source(src: Any, key: str) -> None:
+    if isinstance(src, VideoSource) and not os.path.isfile(src.path):
+        raise ConfigError(f"{key}.path: no such video file: {src.path}")
+    if isinstance(src, ImagesSource) and not image_files(src.path):
+        raise ConfigError(
+            f"{key}.path: no image files ({', '.join(IMAGE_SUFFIXES)}) at {src.path} "
+            "(give a folder or a glob pattern)"
+        )
+    if isinstance(src, CameraSource) and isinstance(src.device, str) and src.backend == "v4l2":
+        if not os.path.exists(src.device):
+            raise ConfigError(f"{key}.device: no such camera device: {src.device} ({_video_devices()})")
+    if isinstance(src, CameraSource) and isinstance(src.device, int):
+        if src.device < 0:
+            raise ConfigError(f"{key}.device: camera index must be >= 0, got {src.device}")
+        if src.backend == "v4l2" and not os.path.exists(f"/dev/video{src.device}"):
+            raise ConfigError(
+                f"{key}.device: no camera /dev/video{src.device} ({_video_devices()})"
+            )
+
+
+def _video_devices() -> str:
+    found = sorted(glob.glob("/dev/video*"))
+    return "video devices here: " + (", ".join(found) if found else "none")
+
+
+def image_files(pattern: str) -> list[str]:
+    """The image files a folder or glob names, sorted; used by config checks and the source."""
+    if os.path.isdir(pattern):
+        names = [os.path.join(pattern, n) for n in os.listdir(pattern)]
+    else:
+        names = glob.glob(pattern)
+    return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(n))

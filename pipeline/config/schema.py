@@ -1,0 +1,299 @@
+"""The shape of a topology config: the pydantic models a TOML file is validated into, with the
+checks that span several sections (cores, sizes, sources, edges) as validators of `Config`."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .topology import Topology, _core_list, allowed_cores
+
+MODEL_NAMES = (
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+    "resnet18",
+    "resnet50",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "googlenet",
+    "inception_v3",
+)
+ModelName = Literal[MODEL_NAMES]  # type: ignore[valid-type]
+Policy = Literal["latest", "drop_new", "block"]
+# The values of model.weights that are not a file path.
+WEIGHTS_SPECIAL = ("builtin", "DEFAULT", "none")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+HOST_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+LOCAL = "local"  # the host of every stage a config does not place elsewhere
+
+
+class _SourceBase(_Strict):
+    id: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$")
+    host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where this source's capture stage runs
+    # A source that stops delivering for stall_ms every stall_every_s: to study camera hiccups.
+    stall_ms: float = Field(0.0, ge=0, le=60000)
+    stall_every_s: float = Field(0.0, ge=0, le=3600)
+
+
+class SyntheticSource(_SourceBase):
+    """Built-in moving test pattern: runs anywhere, needs no file or device."""
+
+    kind: Literal["synthetic"]
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: float = Field(30.0, ge=0, le=1000)  # 0: as fast as possible
+    frames: int = Field(0, ge=0)  # 0: endless
+
+
+class VideoSource(_SourceBase):
+    kind: Literal["video"]
+    path: str
+    loop: bool = False
+    realtime: bool = True  # pace at `fps` (or the file's own rate); false: as fast as possible
+    fps: float = Field(0.0, ge=0, le=1000)  # 0: the file's own frame rate
+
+
+class ImagesSource(_SourceBase):
+    kind: Literal["images"]
+    path: str  # a folder or a glob pattern
+    loop: bool = False
+    fps: float = Field(0.0, ge=0, le=1000)  # 0: as fast as possible
+
+
+class CameraSource(_SourceBase):
+    kind: Literal["camera"]
+    device: int | str = 0  # index N for /dev/videoN, or a device path
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: float = Field(30.0, gt=0, le=1000)
+    fourcc: str = Field("", pattern=r"^([A-Za-z0-9 ]{4})?$")  # e.g. "MJPG"; empty: driver default
+    backend: Literal["v4l2", "any"] = "v4l2"  # "any": let OpenCV choose (RTSP/HTTP URLs, files)
+
+
+Source = Annotated[
+    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="kind")
+]
+
+
+Restart = Literal["never", "on-failure", "always"]
+
+
+class Supervision(_Strict):
+    """Restart budget and watchdog, shared by all stages."""
+
+    max_restarts: int = Field(5, ge=0, le=1000)  # per stage within restart_window_s
+    restart_window_s: float = Field(60.0, gt=0, le=86400)
+    backoff_s: float = Field(0.5, ge=0, le=60)  # first delay; doubles per recent restart
+    backoff_max_s: float = Field(10.0, ge=0, le=600)
+    watchdog_s: float = Field(5.0, ge=0, le=3600)  # no heartbeat this long: hung (0: off)
+
+
+class CaptureStage(_Strict):
+    cores: list[int] | None = None  # None: first allowed core
+    restart: Restart = "never"
+
+
+class PreprocessStage(_Strict):
+    cores: list[int] | None = None  # None: first allowed core
+    restart: Restart = "never"
+    threads: int = Field(1, ge=1, le=64)  # OpenCV threads
+    resize: Literal["crop", "squash"] = "crop"
+    resize_size: int = Field(256, ge=16, le=4096)  # shorter side before the center crop
+    crop_size: int = Field(224, ge=16, le=4096)  # model input is crop_size x crop_size
+    # What the model input ring holds: normalised float32 (the model takes it as is), or the
+    # uint8 RGB crop (a quarter of the memory; the inference stage normalises it).
+    dtype: Literal["float32", "uint8"] = "float32"
+    delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
+    delay_every: int = Field(1, ge=1, le=1_000_000)  # the delay hits every Nth frame only
+
+
+class InferenceStage(_Strict):
+    cores: list[int] | None = None  # None: every allowed core but the first
+    restart: Restart = "never"
+    threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core (per worker)
+    spinning: bool = False  # onnxruntime's pool threads poll for work between frames
+    workers: int = Field(1, ge=1, le=64)  # model processes sharing the sources' frames
+    host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where preprocess and inference run
+    delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
+    delay_every: int = Field(1, ge=1, le=1_000_000)  # the delay hits every Nth frame only
+
+
+class AdaptiveConfig(_Strict):
+    """Opt-in adaptive input resolution (see pipeline/supervisor/adaptive.py)."""
+
+    enabled: bool = False
+    sizes: list[int] = [224, 192, 160]  # largest first; the largest is preprocess.crop_size
+    target_fps: float = Field(30.0, gt=0, le=1000)
+    low: float = Field(0.95, gt=0, le=1)  # step down below low x target
+    high: float = Field(1.15, ge=1, le=10)  # step up when the next size keeps high x target
+    hold_s: float = Field(2.0, ge=0, le=600)  # how long a condition must hold
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "AdaptiveConfig":
+        if not self.sizes or any(not 16 <= s <= 4096 for s in self.sizes) \
+                or sorted(set(self.sizes), reverse=True) != self.sizes:
+            raise ValueError(f"adaptive.sizes: {self.sizes} must be distinct sizes from 16 to "
+                             f"4096, largest first (e.g. [224, 192, 160])")
+        return self
+
+
+class ModelConfig(_Strict):
+    name: ModelName = "mobilenet_v2"
+    # "builtin" (the shipped MobileNetV2), a state-dict or .onnx path, "DEFAULT" (torchvision's
+    # download) or "none" (random weights, for timing)
+    weights: str = "builtin"
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    engine: Literal["auto", "qnnpack", "x86", "fbgemm", "onednn"] = "auto"
+    jit: bool = True  # TorchScript
+    channels_last: bool = False  # NHWC weights and input
+    top_k: int = Field(5, ge=1, le=1000)
+    warmup: int = Field(10, ge=0, le=10000)
+
+
+TCP_ENDPOINT = r"^(tcp://[^\s/]+:[0-9]{1,5})?$"  # empty: not a tcp edge
+
+
+class Edge(_Strict):
+    policy: Policy = "latest"
+    slots: int = Field(4, ge=2, le=256)
+    # Across hosts (frames edge only): the writer binds `bind`, the reader connects to `connect`
+    # ("{host}" stands for the capture host's name); source i of several uses port + i.
+    bind: str = Field("", pattern=TCP_ENDPOINT)
+    connect: str = Field("", pattern=TCP_ENDPOINT)
+    encoding: Literal["raw", "jpeg"] = "raw"  # how a frame travels over tcp
+    quality: int = Field(90, ge=1, le=100)  # JPEG quality
+
+    @property
+    def tcp(self) -> bool:
+        return bool(self.bind)
+
+
+class Edges(_Strict):
+    frames: Edge = Edge()  # capture -> preprocess (raw BGR frames)
+    tensors: Edge = Edge()  # preprocess -> inference (model inputs)
+    # "auto": a source without a clock (a file decoded as fast as possible, an image folder) is
+    # read on demand: capture decodes a frame only when a worker has taken one (credits), and both
+    # of its edges run in order. "off": every source is read at its own pace, by the policies.
+    pull: Literal["auto", "off"] = "auto"
+    credits: int = Field(0, ge=0, le=64)  # frames in flight per pulled source; 0: one per worker
+
+
+class CurveConfig(_Strict):
+    """ZeroMQ CURVE on tcp edges: `keys` is a folder holding HOST.key_secret for the hosts that run
+    here and HOST.key (public) for every host; a peer whose public key is not there is refused."""
+
+    keys: str = ""  # empty: tcp edges are plain
+
+
+
+class ConsumerConfig(_Strict):
+    """A consumer started and supervised with the pipeline (same options as pipeline-attach)."""
+
+    kind: str  # print, jsonl, video, preview, or MODULE:NAME / FILE.py:NAME
+    out: str | None = None
+    port: int = Field(8080, ge=0, le=65535)
+    host: str = "127.0.0.1"
+    fps: float | None = Field(None, gt=0, le=1000)
+    frames: bool = False
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, kind: str) -> str:
+        if kind not in ("print", "jsonl", "video", "preview") and not re.fullmatch(r"[\w./-]+:\w+", kind):
+            raise ValueError(f"consumers.kind: {kind!r} is not print, jsonl, video, preview or MODULE:NAME")
+        return kind
+
+    @model_validator(mode="after")
+    def _video_needs_out(self) -> "ConsumerConfig":
+        if self.kind == "video" and not self.out:
+            raise ValueError("consumers: a video consumer needs out = \"FILE.mp4\"")
+        return self
+
+
+class Config(_Strict, Topology):
+    name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    source: Source = SyntheticSource(kind="synthetic")
+    sources: list[Source] = []  # several sources instead of `source`
+    capture: CaptureStage = CaptureStage()
+    preprocess: PreprocessStage = PreprocessStage()
+    inference: InferenceStage = InferenceStage()
+    model: ModelConfig = ModelConfig()
+    edges: Edges = Edges()
+    supervision: Supervision = Supervision()
+    adaptive: AdaptiveConfig = AdaptiveConfig()
+    curve: CurveConfig = CurveConfig()
+    consumers: list[ConsumerConfig] = []
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> "Config":
+        allowed = allowed_cores()
+        for stage in ("capture", "preprocess", "inference"):
+            cores = getattr(self, stage).cores
+            if cores is None:
+                continue
+            if not cores:
+                raise ValueError(f"{stage}.cores: empty list (give at least one of {_core_list(allowed)})")
+            bad = [c for c in cores if c not in allowed]
+            if bad:
+                raise ValueError(
+                    f"{stage}.cores: core {bad[0]} does not exist here (allowed: {_core_list(allowed)})"
+                )
+            if len(set(cores)) != len(cores):
+                raise ValueError(f"{stage}.cores: core listed twice in {cores}")
+        pre = self.preprocess
+        if pre.resize == "crop" and pre.crop_size > pre.resize_size:
+            raise ValueError(
+                f"preprocess.crop_size: {pre.crop_size} is larger than preprocess.resize_size "
+                f"{pre.resize_size} (the crop must fit in the resized image)"
+            )
+        if self.adaptive.enabled and self.adaptive.sizes[0] != pre.crop_size:
+            raise ValueError(f"adaptive.sizes: the largest size {self.adaptive.sizes[0]} must equal "
+                             f"preprocess.crop_size {pre.crop_size} (the ring is sized for it)")
+        self._check_sources()
+        self._check_edges()
+        return self
+
+    def _check_sources(self) -> None:
+        ids = self.source_ids()
+        dup = next((i for i in ids if ids.count(i) > 1), None)
+        if dup is not None:
+            raise ValueError(f"sources.id: '{dup}' names two sources (each needs its own id)")
+
+    def _check_edges(self) -> None:
+        frames, tensors = self.edges.frames, self.edges.tensors
+        if tensors.bind or tensors.connect or tensors.encoding != "raw":
+            raise ValueError("edges.tensors: only edges.frames can cross hosts (bind, connect, "
+                             "encoding); preprocess runs beside inference")
+        if bool(frames.bind) != bool(frames.connect):
+            raise ValueError("edges.frames: give both bind (where capture listens, e.g. "
+                             "tcp://*:5550) and connect (e.g. tcp://{host}:5550), or neither")
+        if frames.encoding == "jpeg" and not frames.tcp:
+            raise ValueError("edges.frames.encoding: jpeg applies to a tcp edge only "
+                             "(give edges.frames.bind and connect)")
+        if not frames.tcp:
+            for i, src in enumerate(self.source_list):
+                if src.host != self.inference.host:
+                    raise ValueError(
+                        f"edges.frames: source '{self.source_ids()[i]}' is captured on host "
+                        f"'{src.host}' and inference runs on '{self.inference.host}': give "
+                        f"edges.frames.bind and edges.frames.connect (tcp://) to cross hosts")
+        if self.edges.credits and self.edges.credits > min(frames.slots, tensors.slots):
+            raise ValueError(f"edges.credits: {self.edges.credits} frames in flight need as many "
+                             f"slots on both edges (slots: frames {frames.slots}, tensors "
+                             f"{tensors.slots})")
+        if frames.tcp and len(self.source_list) > 1:
+            port = int(frames.bind.rsplit(":", 1)[1])
+            if port + len(self.source_list) - 1 > 65535:
+                raise ValueError(f"edges.frames.bind: ports {port}.. leave no room for "
+                                 f"{len(self.source_list)} sources (port + i per source)")

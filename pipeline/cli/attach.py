@@ -7,8 +7,8 @@ import signal
 import sys
 import time
 
-from pipeline.config import Config, keep_off_inference_cores
-from pipeline.transport.rundir import NotRunning, find_pipeline, running_pipelines
+from pipeline.cli.common import join
+from pipeline.transport.rundir import running_pipelines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,13 +73,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
     consumer_spec = {"text": "print", "jsonl": "jsonl"}.get(args.format or "", args.consumer)
-    try:
-        info = find_pipeline(args.name)
-    except NotRunning as e:
-        print(f"pipeline-attach: {e}", file=sys.stderr)
+    info = join("pipeline-attach", args.name)
+    if info is None:
         return 1
-    # before numpy, OpenCV and ZeroMQ start their threads
-    keep_off_inference_cores(Config.model_validate(info["config"]))
     from pipeline.client.consumers import ConsumerError, load, run
     from pipeline.client.subscription import Subscription
 

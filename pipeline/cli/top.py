@@ -24,8 +24,8 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from pipeline.cli.common import join
 from pipeline.observe.stats import written_slots
-from pipeline.transport.rundir import NotRunning, find_pipeline
 
 
 def _ms(d: dict[str, Any], key: str) -> str:
@@ -128,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON")
     ap.add_argument("--timeout", type=float, default=10.0, help="--once: seconds to wait (10)")
     args = ap.parse_args(argv)
-    try:
-        info = find_pipeline(args.name)
-    except NotRunning as e:
-        print(f"pipeline-top: {e}", file=sys.stderr)
+    info = join("pipeline-top", args.name, off_model_cores=False)
+    if info is None:
         return 1
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import Config, keep_off_inference_cores
+from pipeline.cli.common import join
 from pipeline.observe.trace import chrome_trace, plot
-from pipeline.transport.rundir import NotRunning, find_pipeline
 
 
 def record(name: str | None, seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -47,12 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds <= 0:
         print(f"pipeline-trace: --seconds must be positive, got {args.seconds}", file=sys.stderr)
         return 2
-    try:
-        info = find_pipeline(args.name)
-    except NotRunning as e:
-        print(f"pipeline-trace: {e}", file=sys.stderr)
+    if join("pipeline-trace", args.name) is None:
         return 1
-    keep_off_inference_cores(Config.model_validate(info["config"]))
     print(f"pipeline-trace: recording {args.seconds:g} s ...", file=sys.stderr, flush=True)
     info, rows = record(args.name, args.seconds)
     Path(args.out).write_text(json.dumps(chrome_trace(info, rows)))

@@ -1,7 +1,7 @@
 """What the supervisor tells the user: a status line per stage each second, a summary at exit.
 
 `RunReport` folds the stages' stats messages and the result stream into one picture; the same
-dict feeds the printed summary and `--summary-json`.
+dict feeds the printed summary and `--summary-json`. The printed text is made in format.py.
 """
 
 from __future__ import annotations
@@ -150,38 +150,7 @@ class RunReport:
         definitions). Printed as status lines, published on the status socket, read by
         pipeline-top and the metrics endpoint. Starts a new one-second window."""
         now = time.monotonic()
-        stages = {}
-        for stage in self.kinds:
-            m = self.latest.get(stage, {})
-            ready = self.ready.get(stage, {})
-            age = now - self.seen[stage] if stage in self.seen else None
-            fps_in, fps_out = self.rate.get(stage, (0.0, 0.0))
-            stages[stage] = {
-                "state": ("restarting" if stage in self.down else
-                          "starting" if stage not in self.seen else
-                          "stalled" if age is not None and age > self.STALLED_AFTER_S else
-                          "reconnecting" if m.get("source_state") == "reconnecting" else "running"),
-                "reconnects": m.get("reconnects", 0),
-                "pid": ready.get("pid"),
-                "cores": ready.get("cores"),
-                "threads": m.get("threads"),
-                **({"runtime": m["runtime"]} if "runtime" in m else {}),
-                **({"on_demand": ready["on_demand"]} if "on_demand" in ready else {}),
-                "fps_in": round(fps_in, 2),
-                "fps_out": round(fps_out, 2),
-                "service_ms": m.get("service_ms") or {},
-                "queue": m.get("queue") or {},
-                "queue_hwm": m.get("queue_hwm", 0),
-                "in_use": m.get("in_use", {}),
-                "interval_ms": m.get("interval_ms") or {},
-                "drops": m.get("drops", {}),
-                "frames_in": self.counter(stage, "frames_in"),
-                "frames_out": self.counter(stage, "frames_out"),
-                "heartbeat_age_s": round(age, 2) if age is not None else None,
-                "restarts": self.restarts[stage],
-                "last_failure": self.down.get(stage),
-                **self._process(stage),
-            }
+        stages = {stage: self._stage_status(stage, now) for stage in self.kinds}
         for stage, m in stages.items():
             if self.source_of[stage] is not None:
                 m["source"] = self.source_of[stage]
@@ -201,6 +170,39 @@ class RunReport:
                 "sources": sources,
                 "totals": self.totals(),
                 "top": self.last_top}
+
+    def _stage_status(self, stage: str, now: float) -> dict[str, Any]:
+        """One stage's entry in `status`."""
+        m = self.latest.get(stage, {})
+        ready = self.ready.get(stage, {})
+        age = now - self.seen[stage] if stage in self.seen else None
+        fps_in, fps_out = self.rate.get(stage, (0.0, 0.0))
+        return {
+            "state": ("restarting" if stage in self.down else
+                      "starting" if stage not in self.seen else
+                      "stalled" if age is not None and age > self.STALLED_AFTER_S else
+                      "reconnecting" if m.get("source_state") == "reconnecting" else "running"),
+            "reconnects": m.get("reconnects", 0),
+            "pid": ready.get("pid"),
+            "cores": ready.get("cores"),
+            "threads": m.get("threads"),
+            **({"runtime": m["runtime"]} if "runtime" in m else {}),
+            **({"on_demand": ready["on_demand"]} if "on_demand" in ready else {}),
+            "fps_in": round(fps_in, 2),
+            "fps_out": round(fps_out, 2),
+            "service_ms": m.get("service_ms") or {},
+            "queue": m.get("queue") or {},
+            "queue_hwm": m.get("queue_hwm", 0),
+            "in_use": m.get("in_use", {}),
+            "interval_ms": m.get("interval_ms") or {},
+            "drops": m.get("drops", {}),
+            "frames_in": self.counter(stage, "frames_in"),
+            "frames_out": self.counter(stage, "frames_out"),
+            "heartbeat_age_s": round(age, 2) if age is not None else None,
+            "restarts": self.restarts[stage],
+            "last_failure": self.down.get(stage),
+            **self._process(stage),
+        }
 
     def totals(self) -> dict[str, Any]:
         drops: dict[str, dict[str, int]] = {}
@@ -291,68 +293,3 @@ class SourceReport:
         return {"results": self.count,
                 "fps": round((self.count - 1) / span, 2) if self.count > 1 and span > 0 else 0.0,
                 "latency_ms": self.latency.summary()}
-
-
-def format_status(st: dict[str, Any]) -> list[str]:
-    """One line per stage for the supervisor's terminal (and one per source when several)."""
-    lines = []
-    first_inference = next((n for n in st["stages"] if n.split(".")[0] == "inference"), None)
-    width = max([10, *map(len, st["stages"]), *(len(s) + 7 for s in st.get("sources", {}))])
-    for stage, m in st["stages"].items():
-        kind = stage.split(".")[0]
-        if m["state"] == "starting":
-            lines.append(f"{stage:<{width}}  (no stats yet)")
-            continue
-        parts = [f"{stage:<{width}} {m['fps_out']:6.1f} fps"]
-        if kind != "capture":
-            q = m["queue"]
-            parts.append(f"queue {q.get('p50', 0):.0f}/max {q.get('max', 0):.0f}")
-        for key, label in (("service_ms", "service"), ("interval_ms", "interval")):
-            if m[key]:
-                parts.append(f"{label} {m[key]['p50']:.1f}/{m[key]['p99']:.1f} ms")
-        drops = [f"{r} {n}" for edge in m["drops"].values() for r, n in edge.items() if n]
-        parts.append("drops " + (", ".join(drops) if drops else "0"))
-        if m["state"] == "stalled":
-            parts.append(f"STALLED (no report for {m['heartbeat_age_s']:.0f} s)")
-        if stage == first_inference and st["latency_ms"]:
-            lat = st["latency_ms"]
-            parts.append(f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms")
-            if st["top"]:
-                parts.append(f"{st['top']['label']} {st['top']['prob']:.2f}")
-        lines.append("  ".join(parts))
-    if len(st.get("sources", {})) > 1:
-        for src, m in st["sources"].items():
-            lat = m["latency_ms"]
-            e2e = f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms" if lat else "no results"
-            drops = sum(n for reasons in m["drops"].values() for n in reasons.values())
-            lines.append(f"{'source ' + src:<{width}} {m['fps']:6.1f} fps  {e2e}  drops {drops}")
-    return lines
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    f = s["frames"]
-    lines = [
-        f"== {s['pipeline']}: stopped by {s['stopped_by']} after {s['duration_s']:.1f} s ==",
-        f"frames     captured {f['captured']}, preprocessed {f['preprocessed']}, "
-        f"classified {f['classified']}",
-    ]
-    for edge, reasons in sorted(s["drops"].items()):
-        lines.append(f"drops      {edge:<8} " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
-    lines.append(f"throughput {s['fps']:.1f} fps (results received: {s['results_received']})")
-    lat = s["latency_ms"]
-    if lat.get("count"):
-        lines.append(f"latency    end-to-end p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  "
-                     f"p99 {lat['p99']:.1f}  max {lat['max']:.1f} ms")
-    if len(s.get("sources", {})) > 1:
-        for src, m in s["sources"].items():
-            lat = m["latency_ms"]
-            lines.append(f"source     {src:<10} {m['fps']:.1f} fps, {m['results']} results"
-                         + (f", e2e p50 {lat['p50']:.1f}  p99 {lat['p99']:.1f} ms" if lat.get("count")
-                            else ""))
-    for stage, svc in s["service_ms"].items():
-        if svc.get("count"):
-            lines.append(f"service    {stage:<10} p50 {svc['p50']:.1f}  p99 {svc['p99']:.1f}  "
-                         f"max {svc['max']:.1f} ms")
-    if s.get("failure"):
-        lines.append(f"failure    {s['failure']}")
-    return "\n".join(lines)

@@ -12,6 +12,12 @@ Hysteresis: step down when the model's capacity (1000 / service time p50) has be
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pipeline.supervisor.control import ControlChannel
+
 
 class SizeController:
     def __init__(self, sizes: list[int], target_fps: float, low: float = 0.95,
@@ -48,3 +54,32 @@ class SizeController:
             self._want, self._since = 0, now
             return self.size
         return None
+
+
+class AdaptiveInput:
+    """The controller at work: fed the model's time per frame, it tells the preprocess stages
+    the input size to produce."""
+
+    def __init__(self, sizer: SizeController, control: ControlChannel, preprocessors: list[str],
+                 say: Callable[[str], None]):
+        self.sizer = sizer
+        self.control = control
+        self.preprocessors = preprocessors
+        self.say = say
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        """Adaptive resolution: feed the controller, tell preprocess when the size changes."""
+        service = (stats.get("service_ms") or {}).get("p50", 0.0)
+        old = self.sizer.size
+        size = self.sizer.update(time.monotonic(), service)
+        if size is None:
+            return
+        self.say(f"adaptive: input {old} -> {size} (model {service:.1f} ms per frame, "
+                 f"target {self.sizer.target:g} fps)")
+        for stage in self.preprocessors:
+            # not sent while preprocess is restarting: it gets the size with its start message
+            self.control.set_settings(stage, {"input_size": size})
+
+    def settings(self) -> dict[str, Any]:
+        """The run-time settings a restarted stage starts with."""
+        return {"input_size": self.sizer.size}

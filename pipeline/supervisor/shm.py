@@ -1,6 +1,7 @@
 """Shared-memory hygiene: a preflight that refuses to start when /dev/shm cannot hold the rings,
-and removal of segments orphaned by a supervisor that was killed (SIGKILL leaves no chance to
-clean up), never touching the segments of pipelines that are still running.
+the names of the rings this host makes, and removal of segments orphaned by a supervisor that was
+killed (SIGKILL leaves no chance to clean up), never touching the segments of pipelines that are
+still running.
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from pipeline.config import Config
+from pipeline.config import Config, Instance
 from pipeline.transport.ring import SHM_DIR, Ring
-from pipeline.transport.rundir import supervisor_alive
+from pipeline.transport.rundir import RunPaths, supervisor_alive
 
 SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-"
                      r"(?P<edge>(frames|tensors)[A-Za-z0-9_.-]*?)(\.new-\d+)?$")
@@ -42,6 +43,40 @@ def ring_needs(config: Config, frame_bytes: list[int], host: str | None = None) 
             needs.append(RingNeed(config.edge_name("tensors", inst.source), edges.tensors.slots,
                                   3 * pre.crop_size ** 2 * 4))
     return needs
+
+
+def frame_bytes(config: Config, host: str | None) -> list[int]:
+    """Largest frame of each source captured here (0 for another host's: not here to ask)."""
+    from workers.capture.sources import frame_bytes_estimate
+
+    return [frame_bytes_estimate(src) if host in (None, src.host) else 0
+            for src in config.source_list]
+
+
+def frame_rings(config: Config, here: list[Instance], paths: RunPaths) -> dict[str, str]:
+    """Each source's rings on this host, by edge name; `frames...` is the ring a result's
+    frame_slot points into (the received copy when frames arrive over tcp)."""
+    rings = {}
+    for inst in here:
+        if inst.source is None:
+            continue
+        frames = config.edge_name("frames", inst.source)
+        if inst.kind == "preprocess":
+            rings[frames] = paths.shm_name(config.frames_ring(inst.source))
+            tensors = config.edge_name("tensors", inst.source)
+            rings[tensors] = paths.shm_name(tensors)
+        else:
+            rings.setdefault(frames, paths.shm_name(frames))
+    return rings
+
+
+def all_rings(config: Config, here: list[Instance], paths: RunPaths) -> set[str]:
+    """Every ring a stage of this host may have made (capture's own frames ring too)."""
+    names = set(frame_rings(config, here, paths).values())
+    for inst in here:
+        if inst.source is not None:
+            names.add(paths.shm_name(config.edge_name("frames", inst.source)))
+    return names
 
 
 def free_bytes(path: str = SHM_DIR) -> int:

@@ -181,7 +181,7 @@ def onnx_for(model_name: str, weights: str, say: Callable[[str], None]) -> Path:
 
 
 def _child_env() -> dict[str, str]:
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding pipeline/ and workers/
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     return env

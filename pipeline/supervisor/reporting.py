@@ -1,0 +1,119 @@
+"""What the supervisor tells the world besides the control protocol: the ready line, the status
+it publishes once a second, and its own subscription to the results (report, metrics, record)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from pipeline.config import Config
+from pipeline.observe.format import format_status
+from pipeline.observe.report import RunReport
+from pipeline.transport.messages import pack, unpack
+
+
+def ready_line(config: Config, stages: list[str], workers: list[str], ready: dict[str, dict]) -> str:
+    """What runs where, once every stage is ready."""
+    return (f"ready: {_sources_ready(config, ready)}, {_model_ready(config, workers, ready)}; cores "
+            + ", ".join(f"{s} {ready[s].get('cores')}" for s in stages))
+
+
+def _sources_ready(config: Config, ready: dict[str, dict]) -> str:
+    """How many sources or what kind, and which are read on demand."""
+    kinds = sorted({ready[s].get("source") for s in ready if ready[s].get("source")})
+    what = f"{len(config.source_list)} sources" if len(config.source_list) > 1 \
+        else f"{kinds[0] if kinds else 'remote'} source"
+    pulled = sum(bool(m.get("on_demand")) for m in ready.values())
+    what += " read on demand" if pulled and pulled == len(config.source_list) else \
+        f" ({pulled} read on demand)" if pulled else ""
+    return what
+
+
+def _model_ready(config: Config, workers: list[str], ready: dict[str, dict]) -> str:
+    """The model the workers loaded."""
+    inf = ready[workers[0]] if workers else None
+    return (f"{inf.get('model')} on {inf.get('runtime')} ({inf.get('plan')}; engine "
+            f"{inf.get('engine')}) with {inf.get('threads')} thread(s)"
+            f"{f' x {len(workers)} workers' if len(workers) > 1 else ''}") \
+        if inf else f"no model here (inference on host {config.inference.host})"
+
+
+class StatusPublisher:
+    """The once-a-second status: on the status socket, to the metrics, and printed."""
+
+    def __init__(self, zctx: zmq.Context, endpoint: str, report: RunReport, metrics: Any,
+                 quiet: bool, say: Callable[[str], None]):
+        self.report = report
+        self.metrics = metrics
+        self.quiet = quiet
+        self.say = say
+        self.socket = zctx.socket(zmq.PUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, 10)
+        self.socket.bind(endpoint)
+
+    def publish(self) -> None:
+        status = self.report.status()
+        self.socket.send(pack(status))
+        if self.metrics:
+            self.metrics.on_status(status)
+        if not self.quiet:
+            lines = format_status(status)
+            self.say(f"[{status['elapsed_s']:6.1f}s] " + f"\n{'':9}".join(lines))
+
+    def close(self) -> None:
+        self.socket.close(0)
+
+
+class ResultsRecorder:
+    """The supervisor's own subscriber to the results: each one counts in the report and the
+    metrics and, with `--record`, is written to the record file as a JSON line."""
+
+    def __init__(self, zctx: zmq.Context, endpoint: str | None, report: RunReport, metrics: Any,
+                 record_path: str | None, reject: Callable[[str], None]):
+        """`endpoint`: the results socket (None on a host without workers: nothing to take);
+        `reject(kind)` counts a message that is not a result of ours."""
+        self.report = report
+        self.metrics = metrics
+        self.reject = reject
+        self.socket = zctx.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 100000)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.socket.setsockopt(zmq.RECONNECT_IVL, 10)
+        if endpoint is not None:
+            self.socket.connect(endpoint)
+        self.record = open(record_path, "w") if record_path else None
+
+    def drain(self) -> None:
+        """Take every waiting result."""
+        while True:
+            try:
+                raw = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = unpack(raw)
+            except Exception:
+                continue
+            if msg.get("type") != "result":
+                continue
+            try:
+                self.report.on_result(msg)
+            except (TypeError, ValueError, KeyError, AttributeError):  # not from our workers
+                self.reject("malformed result")
+                continue
+            if self.metrics:
+                self.metrics.on_result(msg)
+            if self.record:
+                self.record.write(json.dumps(msg) + "\n")
+
+    def close_record(self) -> None:
+        if self.record:
+            self.record.close()
+
+    def close(self) -> None:
+        self.socket.close(0)

@@ -58,8 +58,8 @@ class Capture:
         self.slot: int | None = None
         self.source_state, self.reconnects = "ok", 0
         self.ended = False
-        self.pacer = Pacer(self.source.fps)
-        self.stall = Stall(ctx.source.stall_ms, ctx.source.stall_every_s)
+        self.pacer: Pacer | None = None  # both start with the first frame, not at set-up
+        self.stall: Stall | None = None
         self.seq = self.ring.last_seq  # after a restart, sequence numbers carry on
         if not config.edges.frames.tcp and not self.out.wait_for_readers(1, lambda: not ctx.stopping):
             log.warning("preprocess has not connected to the frames edge yet")
@@ -83,6 +83,9 @@ class Capture:
         if self.ended:  # stay until the supervisor has drained the pipeline
             time.sleep(0.05)
             return
+        if self.pacer is None:
+            self.pacer = Pacer(self.source.fps)
+            self.stall = Stall(ctx.source.stall_ms, ctx.source.stall_every_s)
         if self.gate is not None and not self.gate.wait(ctx.alive):
             return
         self.seq += 1

@@ -179,3 +179,34 @@ def test_reader_drops_malformed_descriptors_and_keeps_good_ones(tmp_path, ring_n
     push.close(0)
     ring.close()
     ctx.term()
+
+
+def test_a_frame_descriptor_needs_every_field_its_definition_requires(tmp_path, ring_name):
+    """The fields a reader checks come from the TypedDicts in messages.py, nested timestamps
+    included: a descriptor whose `t.capture` is missing or not an integer is malformed."""
+    import msgpack
+
+    from pipeline.transport.messages import FRAME_FIELDS, TENSOR_FIELDS
+
+    assert {"slot", "seq", "source", "captured_at", "t.capture_start", "t.capture"} <= set(FRAME_FIELDS)
+    assert set(TENSOR_FIELDS) - set(FRAME_FIELDS) == {
+        "frame_slot", "frame_shape", "queue.preprocess", "t.preprocess_start", "t.preprocess_end"}
+    ring = Ring.create(ring_name, 3, 1000)
+    ctx = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/e.sock"
+    push = ctx.socket(zmq.PUSH)
+    push.bind(endpoint)
+    reader = EdgeReader(ctx, endpoint, ring_name, "block", required=FRAME_FIELDS)
+    good = {"slot": 0, "seq": 1, "shape": [10, 10], "dtype": "uint8", "source": "cam",
+            "captured_at": 1.5, "frame": 0, "t": {"capture_start": 10, "capture": 20}}
+    bad = [{**good, "t": {"capture_start": 10}}, {**good, "t": {"capture_start": 10, "capture": "20"}},
+           {**good, "t": 20}, {k: v for k, v in good.items() if k != "captured_at"}]
+    time.sleep(0.2)
+    for b in bad:
+        push.send(msgpack.packb(b))
+    push.send(msgpack.packb(good))
+    assert reader.take(2000) == good and reader.drops["malformed"] == len(bad)
+    reader.close()
+    push.close(0)
+    ring.close()
+    ctx.term()

@@ -98,3 +98,31 @@ def test_bench_tool_measures_all_four_runs(tmp_path):
     assert res["pipeline_ort1w_fast"]["inference_rss_mb"] < res["pipeline_fast"]["inference_rss_mb"]
     assert abs(res["ratios"]["d/a"] - res["pipeline_fast"]["fps"] / res["model"]["fps"]) < 1e-9
     assert "d/b" in p.stdout and "tutorial loop" in p.stdout
+
+
+def test_bench_ab_runs_a_revision_and_this_tree_in_turns(tmp_path, clean_machine):
+    """tools/bench_ab.py against HEAD: both trees run the paced config, their medians compared,
+    and the base revision's worktree is gone afterwards."""
+    need(BOTTLE)
+    out = tmp_path / "ab.json"
+    p = subprocess.run([sys.executable, "tools/bench_ab.py", "--base", "HEAD", "--rounds", "1",
+                        "--duration", "2", "--warmup", "1", "--only", "30 fps", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    medians = json.loads(out.read_text())
+    assert list(medians) == ["onnxruntime, 30 fps"]
+    m = medians["onnxruntime, 30 fps"]
+    for tree in ("before", "after"):
+        assert 20 < m[tree]["fps"] < 35, m  # both hold the 30 fps source
+        assert 0 < m[tree]["p50"] <= m[tree]["p99"]
+    assert m["fps after/before"] == round(m["after"]["fps"] / m["before"]["fps"], 3)
+    assert p.stdout.count("round 1") == 2
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True, text=True)
+    assert "bench-ab-base" not in worktrees.stdout
+
+
+def test_bench_ab_refuses_an_unknown_revision():
+    need(BOTTLE)
+    p = subprocess.run([sys.executable, "tools/bench_ab.py", "--base", "no-such-revision"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--base no-such-revision" in p.stderr

@@ -123,6 +123,22 @@ def test_synthetic_demo_runs_and_stops_cleanly_on_ctrl_c(tmp_path, clean_machine
     assert results[0]["seq"] <= 3
 
 
+def test_a_closed_terminal_stops_the_pipeline_like_sigterm(tmp_path, clean_machine):
+    """SIGHUP reaches the whole process group when the terminal closes: the supervisor stops as
+    for SIGTERM (summary, clean-up), the stages wait to be told."""
+    proc = subprocess.Popen(pipeline_cmd("demo.toml", "--set", "model.weights=none", "--quiet",
+                                         "--summary-json", str(tmp_path / "s.json")),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    wait_running(proc)
+    time.sleep(2)
+    os.killpg(proc.pid, signal.SIGHUP)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    assert "stopped by SIGHUP" in out and "Traceback" not in err
+    assert json.loads((tmp_path / "s.json").read_text())["frames"]["classified"] > 10
+
+
 def test_stages_are_pinned_and_sigterm_or_duration_stop_within_five_seconds(tmp_path, clean_machine):
     cores = sorted(os.sched_getaffinity(0))
     inference_cores = cores[1:] or cores[:1]

@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.transport.rundir import RunPaths
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the supervisor decides
     logging.basicConfig(level=logging.INFO, format=f"{args.stage}: %(message)s")
 
     run = RunPaths.load(args.run_dir)

@@ -85,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConsumerError, ValueError, OSError) as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
         return 2
-    signal.signal(signal.SIGTERM, _interrupt)  # finish like Ctrl-C: the video file gets closed
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # finish like Ctrl-C: the video file gets closed
+        signal.signal(sig, _interrupt)
     sub = Subscription(info["name"], frames=args.frames or getattr(consumer, "frames", False),
                        status=getattr(consumer, "status", False),
                        max_age=args.max_age or getattr(consumer, "max_age", None))

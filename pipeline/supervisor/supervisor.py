@@ -69,7 +69,10 @@ class Supervisor:
         self.failure: str | None = None
 
     def say(self, text: str) -> None:
-        print(text, file=self.log, flush=True)
+        try:
+            print(text, file=self.log, flush=True)
+        except OSError:  # the terminal is gone (SIGHUP): run and stop without it
+            pass
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
@@ -86,7 +89,8 @@ class Supervisor:
             if self.metrics:
                 self.metrics.close()
             return 2
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # SIGHUP: the terminal closed; stop as for SIGTERM, summary and clean-up included.
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
         self._set_up(plan)
         try:
             self._start_and_monitor()
@@ -137,9 +141,12 @@ class Supervisor:
         """The summary, if the pipeline ever ran, and the exit code."""
         if self.started_at is not None:
             summary = self.report.summary(self.stop_reason or "failure", self.failure)
-            print(format_summary(summary), flush=True)
             if self.summary_path:
                 Path(self.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+            try:
+                print(format_summary(summary), flush=True)
+            except OSError:  # no terminal any more
+                pass
         if self.failure:
             self.say(f"pipeline-up: {self.failure}")
             return 1

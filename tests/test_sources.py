@@ -99,6 +99,28 @@ def test_images_grayscale_tiny_exif_and_corrupt(tmp_path, caplog):
     assert np.abs(got["rotated.jpg"].astype(int) - upright).mean() < 2
 
 
+def test_images_that_vanish_or_cannot_be_read_are_skipped_and_counted(tmp_path, caplog):
+    need(IMAGES)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    names = ("n02692877_airship.JPEG", "n02356798_fox_squirrel.JPEG", "n01440764_tench.JPEG")
+    for name in names:
+        shutil.copy(IMAGES / name, folder / name)
+    src = Images(source_cfg("source.kind=images", f"source.path={folder}", "source.loop=true"))
+
+    def read_items(n: int) -> list[str]:
+        return [src.read(lambda shape: np.empty(shape, np.uint8))["item"] for _ in range(n)]
+
+    assert read_items(3) == sorted(names)
+    (folder / names[0]).unlink()  # deleted while the pipeline runs
+    (folder / names[1]).unlink()
+    (folder / names[1]).mkdir()  # unreadable as a file, even for root
+    with caplog.at_level(logging.WARNING, logger="capture"):
+        assert read_items(3) == [names[2]] * 3
+    assert src.corrupt == 2
+    assert sorted(r.message.rsplit("/", 1)[1] for r in caplog.records) == sorted(names[:2])
+
+
 def test_images_without_loop_end():
     src = open_source(source_cfg("source.kind=images", f"source.path={need(IMAGES)}/*.JPEG"))
     n = sum(1 for _ in iter(lambda: src.read(Buffers()), None))

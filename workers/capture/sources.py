@@ -114,7 +114,8 @@ class Video(Source):
 class Images(Source):
     """Still images from a folder or glob, EXIF orientation applied, grayscale made BGR.
 
-    Undecodable files are skipped, counted and logged once each.
+    Files that cannot be decoded, or were deleted or made unreadable since the folder was
+    listed, are skipped, counted and logged once each.
     """
 
     def __init__(self, cfg: ImagesSource):
@@ -141,7 +142,7 @@ class Images(Source):
             if path not in self._bad:
                 try:
                     img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-                except cv2.error:
+                except (cv2.error, OSError):  # undecodable, or gone or unreadable since listed
                     img = None
             if img is None or img.size == 0 or img.nbytes > self.max_frame_bytes:
                 if path not in self._bad:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import sys
 import time
 
 from pipeline.cli.common import join
+from pipeline.config import Config, input_files
+from pipeline.outputs import first_problem
 from pipeline.transport.rundir import running_pipelines
 
 
@@ -58,6 +61,17 @@ def _source_fps(info: dict) -> float | None:
     return src.get("fps") or None
 
 
+def _bad_option(args: argparse.Namespace) -> str | None:
+    """One line on the first option that cannot work, checked before anything starts."""
+    for flag in ("count", "duration", "fps", "max_age"):
+        value = getattr(args, flag)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            return f"--{flag.replace('_', '-')} must be a positive number, got {value}"
+    if not 0 <= args.port <= 65535:
+        return f"--port must be 0-65535, got {args.port}"
+    return first_problem({"--out": args.out if args.out != "-" else None})
+
+
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
@@ -66,16 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
         return list_pipelines()
-    for flag in ("count", "duration", "fps", "max_age"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            print(f"pipeline-attach: --{flag.replace('_', '-')} must be positive, got {value}",
-                  file=sys.stderr)
-            return 2
+    problem = _bad_option(args)
+    if problem:
+        print(f"pipeline-attach: {problem}", file=sys.stderr)
+        return 2
     consumer_spec = {"text": "print", "jsonl": "jsonl"}.get(args.format or "", args.consumer)
     info = join("pipeline-attach", args.name)
     if info is None:
         return 1
+    out = {"--out": args.out if args.out != "-" else None}
+    problem = first_problem(out, input_files(Config.model_validate(info["config"])))
+    if problem:
+        print(f"pipeline-attach: {problem}", file=sys.stderr)
+        return 2
     from pipeline.client.consumers import ConsumerError, load, run
     from pipeline.client.subscription import Subscription
 

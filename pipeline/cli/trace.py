@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from pipeline.cli.common import join
+from pipeline.config import Config, input_files
 from pipeline.observe.trace import chrome_trace, plot
+from pipeline.outputs import first_problem, replacing, write_whole
 
 
 def record(name: str | None, seconds: float) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -43,18 +45,29 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="trace.json", help="trace-event JSON file (trace.json)")
     ap.add_argument("--plot", metavar="PNG", help="also write a PNG plot here")
     args = ap.parse_args(argv)
-    if args.seconds <= 0:
-        print(f"pipeline-trace: --seconds must be positive, got {args.seconds}", file=sys.stderr)
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        print(f"pipeline-trace: --seconds must be a positive number, got {args.seconds}", file=sys.stderr)
         return 2
-    if join("pipeline-trace", args.name) is None:
+    outputs = {"--out": args.out, "--plot": args.plot}
+    problem = first_problem(outputs)  # before waiting for anything
+    if problem:
+        print(f"pipeline-trace: {problem}", file=sys.stderr)
+        return 2
+    info = join("pipeline-trace", args.name)
+    if info is None:
         return 1
+    problem = first_problem(outputs, input_files(Config.model_validate(info["config"])))
+    if problem:
+        print(f"pipeline-trace: {problem}", file=sys.stderr)
+        return 2
     print(f"pipeline-trace: recording {args.seconds:g} s ...", file=sys.stderr, flush=True)
     info, rows = record(args.name, args.seconds)
-    Path(args.out).write_text(json.dumps(chrome_trace(info, rows)))
+    write_whole(args.out, json.dumps(chrome_trace(info, rows)))
     print(f"pipeline-trace: {len(rows)} frames -> {args.out}"
           + (f" ({info['missed']} results missed)" if info["missed"] else ""), file=sys.stderr)
     if args.plot:
-        plot(rows, args.plot, f"pipeline {info['name']}")
+        with replacing(args.plot) as tmp:
+            plot(rows, tmp, f"pipeline {info['name']}")
         print(f"pipeline-trace: plot -> {args.plot}", file=sys.stderr)
     return 0
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
-from pipeline.config import ConfigError, load_config
+from pipeline.config import ConfigError, input_files, load_config
+from pipeline.outputs import first_problem
 
 EXIT_CONFIG = 2
 
@@ -38,13 +40,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         print(f"pipeline-up: --metrics-port must be 0-65535, got {args.metrics_port}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.duration is not None and args.duration <= 0:
-        print(f"pipeline-up: --duration must be positive, got {args.duration}", file=sys.stderr)
+    if args.duration is not None and not (math.isfinite(args.duration) and args.duration > 0):
+        print(f"pipeline-up: --duration must be a positive number of seconds, got {args.duration}",
+              file=sys.stderr)
         return EXIT_CONFIG
     try:
         config = load_config(args.config, overrides, host=args.host)
     except ConfigError as e:
         print(f"pipeline-up: config error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    outputs = {"--record": args.record, "--summary-json": args.summary_json,
+               **{f"consumers[{i}].out": c.out for i, c in enumerate(config.consumers)
+                  if c.out and c.out != "-"}}
+    problem = first_problem(outputs, input_files(config, args.config))
+    if problem:
+        print(f"pipeline-up: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
 

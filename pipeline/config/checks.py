@@ -81,3 +81,16 @@ def image_files(pattern: str) -> list[str]:
     else:
         names = glob.glob(pattern)
     return sorted(n for n in names if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(n))
+
+
+def input_files(config: Config, config_file: str | None = None) -> list[str]:
+    """Every file the run reads (the config, videos, images, weights): no output may be one."""
+    files = [config_file] if config_file else []
+    for src in config.source_list:
+        if isinstance(src, ImagesSource):
+            files += image_files(src.path)
+        elif isinstance(src, VideoSource):
+            files.append(src.path)
+    if config.model.weights not in WEIGHTS_SPECIAL:
+        files.append(config.model.weights)
+    return files

@@ -73,9 +73,10 @@ class ResultsRecorder:
     metrics and, with `--record`, is written to the record file as a JSON line."""
 
     def __init__(self, zctx: zmq.Context, endpoint: str | None, report: RunReport, metrics: Any,
-                 record_path: str | None, reject: Callable[[str], None]):
+                 record_path: str | None, reject: Callable[[str], None], say: Callable[[str], None]):
         """`endpoint`: the results socket (None on a host without workers: nothing to take);
         `reject(kind)` counts a message that is not a result of ours."""
+        self.say = say
         self.report = report
         self.metrics = metrics
         self.reject = reject
@@ -109,11 +110,25 @@ class ResultsRecorder:
             if self.metrics:
                 self.metrics.on_result(msg)
             if self.record:
-                self.record.write(json.dumps(msg) + "\n")
+                self._write(json.dumps(msg) + "\n")
+
+    def _write(self, line: str) -> None:
+        """One result into the record; a record that cannot be written (a pipe whose reader
+        left, a full disk) stops recording with one line, and the pipeline runs on."""
+        try:
+            self.record.write(line)
+        except OSError as e:
+            self.close_record()
+            self.say(f"--record: cannot write any more ({e.strerror}); recording stopped, "
+                     "the pipeline runs on")
 
     def close_record(self) -> None:
-        if self.record:
-            self.record.close()
+        record, self.record = self.record, None
+        if record:
+            try:
+                record.close()
+            except OSError:  # what was buffered cannot be written either
+                pass
 
     def close(self) -> None:
         self.socket.close(0)

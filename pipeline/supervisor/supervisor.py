@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import IO, Any
 
 import zmq
@@ -23,6 +22,7 @@ import zmq
 from pipeline.config import Config, allowed_cores, keep_off_inference_cores
 from pipeline.observe.format import format_summary
 from pipeline.observe.report import RunReport
+from pipeline.outputs import write_whole
 from pipeline.supervisor import startup
 from pipeline.supervisor.adaptive import AdaptiveInput, SizeController
 from pipeline.supervisor.control import ControlChannel
@@ -124,7 +124,8 @@ class Supervisor:
         self.status = StatusPublisher(self.zctx, self.paths.endpoint("status"), self.report, self.metrics,
                                       self.quiet, self.say)
         self.results = ResultsRecorder(self.zctx, self.paths.endpoint("results") if self.workers else None,
-                                       self.report, self.metrics, self.record_path, self.control.reject)
+                                       self.report, self.metrics, self.record_path, self.control.reject,
+                                       self.say)
 
     def _start_and_monitor(self) -> None:
         self.children.spawn_all(with_consumers=bool(self.workers))
@@ -142,7 +143,7 @@ class Supervisor:
         if self.started_at is not None:
             summary = self.report.summary(self.stop_reason or "failure", self.failure)
             if self.summary_path:
-                Path(self.summary_path).write_text(json.dumps(summary, indent=2) + "\n")
+                write_whole(self.summary_path, json.dumps(summary, indent=2) + "\n")
             try:
                 print(format_summary(summary), flush=True)
             except OSError:  # no terminal any more

@@ -10,6 +10,7 @@ import numpy as np
 
 from pipeline.client.consumers.annotate import RateMeter, annotate
 from pipeline.client.subscription import Result
+from pipeline.outputs import replacing
 
 
 class VideoConsumer:
@@ -39,8 +40,9 @@ class VideoConsumer:
                 return
             h, w = r.frame.shape[:2]
             self.canvas = np.empty_like(r.frame)
-            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps,
-                                          (w, h))
+            self._file = replacing(self.path)  # the file appears whole, when the video ends
+            self.writer = cv2.VideoWriter(self._file.__enter__(), cv2.VideoWriter_fourcc(*"mp4v"),
+                                          self.fps, (w, h))
             if not self.writer.isOpened():
                 raise OSError(f"cannot write video {self.path}")
         annotate(r, rate, self.canvas)
@@ -53,5 +55,6 @@ class VideoConsumer:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.release()
+            self._file.__exit__(None, None, None)
         print(f"video: wrote {self.written} frames to {self.path} "
               f"({self.without_frame} results without a usable frame)", file=sys.stderr)

@@ -1,0 +1,81 @@
+"""Files a run writes (`--record`, `--summary-json`, consumers' `--out`, `pipeline-trace --out`
+and `--plot`): checked before anything starts, so a typo costs one line and not a run, and an
+output can never be one of the run's inputs (recording over the video being read). Files written
+whole at the end go to a temporary name beside their place and are renamed into it, so a failed
+run never leaves half a file where a good one was."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+def check_output(path: str, flag: str, inputs: Iterable[str] = ()) -> str | None:
+    """None if `path` may be written, else one line naming `flag`, the problem and the fix."""
+    if _special(path):  # /dev/stdout, a FIFO: written as they are
+        return None
+    real = os.path.realpath(path)
+    for source in inputs:
+        if source and os.path.realpath(source) == real:
+            return f"{flag} {path}: that is an input of this run; give another file"
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        return f"{flag} {path}: is a folder; give a file name"
+    if not folder.is_dir():
+        return f"{flag} {path}: no such folder {folder}"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{flag} {path}: the folder {folder} is not writable"
+    return None
+
+
+def first_problem(outputs: dict[str, str | None], inputs: Iterable[str] = ()) -> str | None:
+    """The first problem among `{flag: path}` outputs (None paths are not written), including
+    two flags naming the same file."""
+    inputs = list(inputs)
+    seen: dict[str, str] = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        problem = check_output(path, flag, inputs)
+        if problem:
+            return problem
+        real = os.path.realpath(path)
+        if real in seen and not _special(path):
+            return f"{flag} {path}: {seen[real]} writes that file too; give each its own"
+        seen[real] = flag
+    return None
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A temporary path beside `path` (same suffix, for writers that go by it), renamed over
+    `path` when the block ends without an exception and removed when it raises."""
+    if _special(path):
+        yield path
+        return
+    target = Path(path)
+    tmp = target.with_name(f".{target.stem}.part-{os.getpid()}{target.suffix}")
+    try:
+        yield str(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_whole(path: str, text: str) -> None:
+    """Write `text` to `path` through `replacing`."""
+    with replacing(path) as tmp:
+        Path(tmp).write_text(text)
+
+
+def _special(path: str) -> bool:
+    """Not a regular file that exists or will: stdout, a terminal, a pipe."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)

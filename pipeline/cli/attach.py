@@ -9,7 +9,6 @@ import sys
 import time
 
 from pipeline.cli.common import join
-from pipeline.config import Config, input_files
 from pipeline.outputs import first_problem
 from pipeline.transport.rundir import running_pipelines
 
@@ -85,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-attach: {problem}", file=sys.stderr)
         return 2
     consumer_spec = {"text": "print", "jsonl": "jsonl"}.get(args.format or "", args.consumer)
-    info = join("pipeline-attach", args.name)
-    if info is None:
+    joined = join("pipeline-attach", args.name)
+    if joined is None:
         return 1
-    out = {"--out": args.out if args.out != "-" else None}
-    problem = first_problem(out, input_files(Config.model_validate(info["config"])))
+    info, inputs = joined
+    problem = first_problem({"--out": args.out if args.out != "-" else None}, inputs)
     if problem:
         print(f"pipeline-attach: {problem}", file=sys.stderr)
         return 2

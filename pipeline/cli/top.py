@@ -128,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON")
     ap.add_argument("--timeout", type=float, default=10.0, help="--once: seconds to wait (10)")
     args = ap.parse_args(argv)
-    info = join("pipeline-top", args.name, off_model_cores=False)
-    if info is None:
+    joined = join("pipeline-top", args.name, off_model_cores=False)
+    if joined is None:
         return 1
+    info = joined[0]
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)

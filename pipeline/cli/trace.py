@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 from pipeline.cli.common import join
-from pipeline.config import Config, input_files
 from pipeline.observe.trace import chrome_trace, plot
 from pipeline.outputs import first_problem, replacing, write_whole
 
@@ -53,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"pipeline-trace: {problem}", file=sys.stderr)
         return 2
-    info = join("pipeline-trace", args.name)
-    if info is None:
+    joined = join("pipeline-trace", args.name)
+    if joined is None:
         return 1
-    problem = first_problem(outputs, input_files(Config.model_validate(info["config"])))
+    problem = first_problem(outputs, joined[1])
     if problem:
         print(f"pipeline-trace: {problem}", file=sys.stderr)
         return 2

@@ -205,6 +205,8 @@ def test_several_sources_and_workers_make_one_process_each(tmp_path):
      "only edges.frames can cross hosts"),
     ("", ["edges.frames.bind=udp://x:1"], "edges.frames.bind: 'udp://x:1' is not tcp://ADDRESS:PORT"),
     ("", ["inference.workers=0"], "inference.workers: Input should be greater than or equal to 1"),
+    ("", ["inference.workers=50", "inference.cores=[0]"],
+     "inference.workers: 50 workers on 1 inference core(s) cannot keep up"),
     ("", ["curve.keys=/nonexistent"], "curve.keys: CURVE secures tcp edges"),
     ("", ["edges.frames.bind=tcp://*:5600", "edges.frames.connect=tcp://x:5600",
           "curve.keys=/nonexistent"], "curve.keys: no such folder: /nonexistent"),

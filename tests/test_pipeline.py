@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -200,3 +201,52 @@ def test_drop_new_edge_counts_drops_at_the_writer_and_never_tears(tmp_path, clea
     frames = s["drops"]["frames"]
     assert frames["drop_new"] > 0 and frames["torn"] == 0 and frames["latest"] == 0
     assert s["frames"]["captured"] == 1189 == s["frames"]["preprocessed"] + frames["drop_new"]
+
+
+def test_one_name_started_three_times_at_once_runs_once(clean_machine):
+    """The name is taken atomically: of three supervisors started together with one name,
+    exactly one runs, the others refuse with one line."""
+    cmd = pipeline_cmd("demo.toml", "--set", "model.weights=none", "--quiet", "--duration", "4",
+                       "--name", "twin")
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outcomes = [(p.wait(timeout=120), p.communicate()[1]) for p in procs]
+    assert sorted(code for code, _ in outcomes) == [0, 2, 2], outcomes
+    for code, err in outcomes:
+        if code == 2:
+            assert "a pipeline named 'twin' is already running" in err and "Traceback" not in err
+
+
+
+def test_a_name_is_held_until_its_supervisor_ends_however_it_ends(tmp_path, monkeypatch):
+    """NameLock, across processes: a whole pipeline excludes every other of its name; halves on
+    different hosts share it, one host's half excludes another on that host; SIGKILL frees it."""
+    from pipeline.transport.rundir import NameLock
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+
+    def holder(name: str, host: str | None) -> subprocess.Popen:
+        code = ("import sys, time\nfrom pipeline.transport.rundir import NameLock\n"
+                f"assert NameLock({name!r}, {host!r}).acquire()\nprint('held', flush=True)\n"
+                "time.sleep(60)\n")
+        p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline() == "held\n"
+        return p
+
+    def free(name: str, host: str | None) -> bool:
+        lock = NameLock(name, host)
+        taken = lock.acquire()
+        lock.release()
+        return taken
+
+    whole = holder("lab", None)
+    assert not free("lab", None) and not free("lab", "cam") and free("other", None)
+    whole.send_signal(signal.SIGKILL)
+    whole.wait()
+    assert free("lab", None)  # the kernel dropped the dead holder's lock
+    half = holder("split", "cam")
+    try:
+        assert free("split", "box") and not free("split", "cam") and not free("split", None)
+    finally:
+        half.kill()
+        half.wait()

@@ -221,6 +221,9 @@ class ConsumerConfig(_Strict):
         return self
 
 
+WORKERS_PER_CORE = 4  # inference workers a core can hold usefully (they take turns on it)
+
+
 class Config(_Strict, Topology):
     name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     source: Source = SyntheticSource(kind="synthetic")
@@ -251,6 +254,12 @@ class Config(_Strict, Topology):
                 )
             if len(set(cores)) != len(cores):
                 raise ValueError(f"{stage}.cores: core listed twice in {cores}")
+        workers, cores = self.inference.workers, len(self.cores_of("inference"))
+        if workers > WORKERS_PER_CORE * cores:
+            raise ValueError(f"inference.workers: {workers} workers on {cores} inference core(s) "
+                             f"cannot keep up, and each holds a model in memory (at most "
+                             f"{WORKERS_PER_CORE} per core: {WORKERS_PER_CORE * cores}); lower "
+                             f"inference.workers or give more inference.cores")
         pre = self.preprocess
         if pre.resize == "crop" and pre.crop_size > pre.resize_size:
             raise ValueError(

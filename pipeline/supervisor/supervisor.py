@@ -32,7 +32,7 @@ from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.supervisor.shm import all_rings, frame_rings
 from pipeline.transport.messages import EOS, READY, START, STOP
 from pipeline.transport.ring import Ring
-from pipeline.transport.rundir import RESULTS_IN, RunPaths
+from pipeline.transport.rundir import RESULTS_IN, NameLock, RunPaths
 
 READY_TIMEOUT_S = 300.0  # model load + TorchScript + warm-up of the largest models on a Pi
 STOP_GRACE_S = 3.0  # then SIGTERM, then SIGKILL: all within 5 s
@@ -55,6 +55,7 @@ class Supervisor:
         self.metrics = None
         self.log = log
         self.paths = RunPaths.for_instance(config.name, os.getpid())
+        self.name_lock = NameLock(config.name, host)
         self.all_cores = allowed_cores()
         a = config.adaptive
         self.sizer = SizeController(a.sizes, a.target_fps, a.low, a.high, a.hold_s) \
@@ -76,6 +77,12 @@ class Supervisor:
 
     # -- life cycle -----------------------------------------------------------------------
     def run(self) -> int:
+        try:
+            return self._run()
+        finally:
+            self.name_lock.release()
+
+    def _run(self) -> int:
         refusal = self._preflight()
         if refusal:
             self.say(f"pipeline-up: {refusal}")
@@ -156,7 +163,10 @@ class Supervisor:
     def _preflight(self) -> str | None:
         """Everything that can refuse a start before anything is started: a name in use, too
         little shared memory, a metrics port that is taken. Also clears orphaned segments."""
-        refused = startup.refusal(self.config, self.host, self.say)
+        refused = startup.refusal(self.config, self.host, self.say)  # names the other's pid
+        if not refused and not self.name_lock.acquire():  # atomic: two at one moment
+            refused = (f"a pipeline named '{self.config.name}' is already running or starting; "
+                       "choose another with --name")
         if refused:
             return refused
         if self.metrics_address:

@@ -6,6 +6,7 @@ everything one instance made can be found and removed by that prefix.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -84,6 +85,39 @@ def runtime_root() -> Path:
     """Per-user directory (mode 0700) holding one sub-directory per running pipeline."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
     return Path(base) / f"edge-pipeline-{os.getuid()}"
+
+
+class NameLock:
+    """The pipeline's name on this machine, held for the supervisor's life: an flock the kernel
+    drops when the process ends, however it ends, so two pipelines started at the same moment
+    cannot both take one name. The halves of a pipeline split over hosts may share a machine: a
+    host's half holds the name shared and its host exclusively; a whole pipeline, exclusively."""
+
+    def __init__(self, name: str, host: str | None):
+        self.name, self.host = name, host
+        self._fds: list[int] = []
+
+    def acquire(self) -> bool:
+        """Take the name; False if another pipeline holds it."""
+        root = runtime_root()
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        wanted = [(f"{self.name}.lock", fcntl.LOCK_EX if self.host is None else fcntl.LOCK_SH)]
+        if self.host is not None:
+            wanted.append((f"{self.name}@{self.host}.lock", fcntl.LOCK_EX))
+        for file, mode in wanted:
+            fd = os.open(root / file, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fds.append(fd)
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.release()
+                return False
+        return True
+
+    def release(self) -> None:
+        for fd in self._fds:
+            os.close(fd)  # drops the lock
+        self._fds.clear()
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,18 @@ def stage_class(kind: str) -> type:
 def serve(ctx: StageContext, make: Callable[[StageContext], Stage]) -> None:
     """Open the stage, report ready, and step it until told to stop."""
     stage = make(ctx)
+    # Open: from now on SIGTERM lets the loop finish its frame and close in order.
+    signal.signal(signal.SIGTERM, lambda *_: setattr(ctx, "stopping", True))
     ctx.stats_source = stage.stats
     if ctx.ready(**stage.ready_info):
         while ctx.alive():
             stage.step()
+
+
+def _stop_while_loading(*_: object) -> None:
+    """SIGTERM before the stage is open (a model still loading): nothing to finish, so stop
+    now rather than after the load; unwinding still removes half-made segments."""
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def _die_with_parent(parent: int) -> None:
@@ -83,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     os.sched_setaffinity(0, config.cores_for(instance))  # before torch/OpenCV start threads
 
     ctx = StageContext(instance, run, config)
-    signal.signal(signal.SIGTERM, lambda *_: setattr(ctx, "stopping", True))
+    signal.signal(signal.SIGTERM, _stop_while_loading)
     try:
         serve(ctx, stage_class(instance.kind))
     except Exception as e:  # report one line to the supervisor, full detail to stderr
@@ -93,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         ctx.send(ERROR, message=str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
         ctx.close()
         return 1
+    except SystemExit:  # stopped while loading
+        ctx.owned.close()
+        ctx.zmq.destroy(linger=0)
+        raise
     ctx.close()
     return 0
 

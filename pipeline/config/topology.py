@@ -3,31 +3,21 @@ of their rings and sockets, their back-pressure and the cores each is pinned to.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from pipeline.cores import CORES_ENV, allowed_cores, keep_off
 
 if TYPE_CHECKING:
     from .schema import Config
 
-CORES_ENV = "EDGE_PIPELINE_CORES"  # set by the supervisor for the processes it starts
-
-
-def allowed_cores() -> list[int]:
-    """Cores this pipeline may use: the supervisor's own set, handed down to its stages and
-    consumers (it pins itself off the inference cores), else this process's affinity."""
-    given = os.environ.get(CORES_ENV)
-    if given:
-        return sorted(int(c) for c in given.split(","))
-    return sorted(os.sched_getaffinity(0))
+__all__ = ["CORES_ENV", "allowed_cores"]  # re-exported: the config is where callers look
 
 
 def keep_off_inference_cores(config: "Config") -> None:
     """Move this process (supervisor, consumer, tracer) off the model's cores, where its work
     would show up as latency spikes; it stays where it is if inference has every core."""
-    others = set(os.sched_getaffinity(0)) - set(config.cores_of("inference"))
-    if others:
-        os.sched_setaffinity(0, others)
+    keep_off(config.cores_of("inference"))
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class StageProcesses:
         self.down: dict[str, float] = {}  # stage -> when it went down (restart pending)
         self.respawn_at: dict[str, float] = {}  # stage -> when to start its replacement
         self.hung: dict[str, float] = {}  # stage -> how long it was silent when killed
+        self.waiting: list[str] = []  # workers not started yet (see spawn_all)
 
     # -- starting ---------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -59,9 +60,14 @@ class StageProcesses:
         self.control.pids[stage] = self.procs[stage].pid
 
     def spawn_all(self, with_consumers: bool) -> None:
+        """Every stage, except that no more workers load at once than they have cores (each
+        loading worker is a peak of memory and CPU); `spawn_waiting` starts the rest."""
         env = self._env()
-        for stage in self.stages:  # workers first: the model loads longest
-            self.spawn(stage)
+        workers = [s for s, i in self.stages.items() if i.kind == "inference"]
+        self.waiting = workers[len(self.config.cores_of("inference")):]
+        for stage in self.stages:
+            if stage not in self.waiting:
+                self.spawn(stage)
         # Consumers connect while the model loads, so they see the first result.
         for i, c in enumerate(self.config.consumers if with_consumers else []):
             cmd = [sys.executable, "-m", "pipeline.cli.attach", "--name", self.config.name,
@@ -71,6 +77,11 @@ class StageProcesses:
             cmd += ["--frames"] if c.frames else []
             self.consumers[f"{c.kind}#{i + 1}"] = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL)
+
+    def spawn_waiting(self) -> None:
+        """A worker finished loading: the next one may start."""
+        if self.waiting:
+            self.spawn(self.waiting.pop(0))
 
     # -- watching ---------------------------------------------------------------------------
     def check_consumers(self) -> None:
@@ -147,8 +158,8 @@ class StageProcesses:
                 proc.kill()
 
     # -- stopping ---------------------------------------------------------------------------
-    def stages_running(self) -> bool:
-        return any(p.poll() is None for p in self.procs.values())
+    def stages_running(self, among: list[str] | None = None) -> bool:
+        return any(p.poll() is None for s, p in self.procs.items() if among is None or s in among)
 
     def wait_for_consumers(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -156,14 +167,16 @@ class StageProcesses:
                 p.poll() is None for p in self.consumers.values()):
             time.sleep(0.05)
 
-    def terminate(self) -> None:
-        """Whatever still runs, stage or consumer: SIGTERM, then SIGKILL, a second for each."""
+    def terminate(self, grace_s: float = 1.0) -> None:
+        """Whatever still runs, stage or consumer: SIGTERM, then SIGKILL, `grace_s` for all of
+        them together (a stage still loading its model stops at SIGTERM)."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
             alive = [p for p in [*self.procs.values(), *self.consumers.values()] if p.poll() is None]
             for p in alive:
                 p.send_signal(sig)
+            deadline = time.monotonic() + grace_s
             for p in alive:
                 try:
-                    p.wait(timeout=1.0)
+                    p.wait(timeout=max(0.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     pass

@@ -136,6 +136,8 @@ class Supervisor:
 
     def _start_and_monitor(self) -> None:
         self.children.spawn_all(with_consumers=bool(self.workers))
+        self.say(f"starting {len(self.stages)} stage(s): {', '.join(self.stages)}"
+                 + (" (loading the model)" if self.workers else ""))
         if self._await_ready():
             self.control.broadcast(START)
             self.report.mark_started()
@@ -158,6 +160,9 @@ class Supervisor:
         if self.failure:
             self.say(f"pipeline-up: {self.failure}")
             return 1
+        if self.started_at is None and self.stop_reason in signal.Signals.__members__:
+            self.say(f"pipeline-up: stopped by {self.stop_reason} before every stage was ready")
+            return 128 + signal.Signals[self.stop_reason]
         return 0
 
     def _preflight(self) -> str | None:
@@ -205,6 +210,8 @@ class Supervisor:
                 if msg.get("type") == READY:
                     ready[stage] = msg
                     self.report.on_ready(stage, msg)
+                    if stage in self.workers:
+                        self.children.spawn_waiting()
         self.say(ready_line(self.config, list(self.stages), self.workers, ready))
         return True
 
@@ -240,6 +247,8 @@ class Supervisor:
         for stage, msg in self.control.receive(0):
             if msg.get("type") == EOS:
                 eos.add(stage)
+                if msg.get("failure") and not self.failure:  # e.g. a file that ended short
+                    self.failure = str(msg["failure"])
             elif msg.get("type") == READY and stage in self.children.down:
                 self.children.rejoin(stage, msg, self.adaptive.settings() if self.adaptive else {})
 
@@ -277,8 +286,10 @@ class Supervisor:
         """Stop every stage within STOP_GRACE_S (escalating to signals), then remove all traces."""
         self.report.stopped = time.monotonic()
         self.control.broadcast(STOP)
+        # Ready stages finish in order; one still loading cannot hear STOP: SIGTERM stops it.
+        ready = list(self.report.ready)
         deadline = time.monotonic() + STOP_GRACE_S
-        while time.monotonic() < deadline and self.children.stages_running():
+        while time.monotonic() < deadline and self.children.stages_running(ready):
             self.control.receive(20)
             self.results.drain()  # results still in flight belong in the record and the figures
         if self.hub is not None:  # consumers see the end of the stream and finish on their own

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import logging
 import os
 import signal
@@ -22,6 +23,7 @@ import sys
 import traceback
 from typing import Callable
 
+from pipeline.errors import UserError
 from workers.context import Stage, StageContext
 
 _PR_SET_PDEATHSIG = 1
@@ -59,6 +61,17 @@ def _stop_while_loading(*_: object) -> None:
     raise SystemExit(128 + signal.SIGTERM)
 
 
+def _one_line(e: Exception) -> str:
+    """What the supervisor tells the user. The user's own doing (a bad file, a full /dev/shm or
+    disk) is one line; anything else is a bug, so its traceback goes to stderr too."""
+    if isinstance(e, UserError):
+        return str(e)
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.ENOMEM):
+        return f"{e.strerror}: {e.filename}" if e.filename else str(e.strerror)
+    traceback.print_exc()
+    return f"{type(e).__name__}: {e}"
+
+
 def _die_with_parent(parent: int) -> None:
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -77,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     _die_with_parent(args.parent)
     from pipeline.config import Config
-    from pipeline.errors import UserError
     from pipeline.transport.messages import ERROR
     from pipeline.transport.rundir import RunPaths
 
@@ -95,10 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(ctx, stage_class(instance.kind))
     except Exception as e:  # report one line to the supervisor, full detail to stderr
-        if not isinstance(e, UserError):
-            traceback.print_exc()
         ctx.owned.close()
-        ctx.send(ERROR, message=str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}")
+        ctx.send(ERROR, message=_one_line(e))
         ctx.close()
         return 1
     except SystemExit:  # stopped while loading

@@ -40,8 +40,11 @@ def _alive(pid: int) -> bool:
 
 
 def _owner(segment: str) -> int:
-    """Supervisor pid in a segment name edge-pipeline-NAME-PID-EDGE."""
-    return int(segment.rsplit("-", 2)[1])
+    """Supervisor pid in a segment name edge-pipeline-NAME-PID-START.EDGE (-1 if not one)."""
+    from pipeline.supervisor.shm import SEGMENT
+
+    m = SEGMENT.match(os.path.basename(segment))
+    return int(m["pid"]) if m else -1
 
 
 def _parent_of(stage_pid: int) -> int:

@@ -140,3 +140,18 @@ def test_shm_filled_between_preflight_and_start(tmp_path, clean_machine):
     assert "Traceback" not in out.stderr, out.stderr
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("pipeline-up: stage ") and "No space left on device" in last, last
+
+
+def test_runtime_dir_too_long_for_sockets(tmp_path, clean_machine):
+    """A runtime directory whose socket paths cannot fit a unix socket address is refused before
+    anything starts: one line, exit 2, nothing made in it."""
+    config = write_config(tmp_path / "c.toml", [{"kind": "synthetic", "width": 320, "height": 240}],
+                          name="long", model={"runtime": "onnxruntime"})
+    runtime = tmp_path / ("d" * 90)
+    runtime.mkdir()
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(config), "--duration", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, XDG_RUNTIME_DIR=str(runtime)))
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "more than the 107 a unix socket allows" in out.stderr
+    assert not list(runtime.glob("edge-pipeline-*/long-*")), "a run directory was left behind"

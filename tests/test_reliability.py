@@ -307,3 +307,39 @@ def test_bounded_soak_shows_no_growth():
     assert all(v <= 3 for v in g["fds"].values()), g
     assert g["shm_mine_mb"] == 0 and g["restarts"] == 0
     assert g["results"] > 1000
+
+
+def test_a_paused_supervisor_does_not_blame_its_stages(tmp_path):
+    """The whole pipeline frozen for longer than the watchdog allows (a machine suspended), the
+    supervisor thawed first: it must not kill its stages for a silence that was also its own.
+    Results go on and the run ends cleanly."""
+    from pipeline import attach
+
+    proc = start("demo.toml", "--name", "paused", "--set", "supervision.watchdog_s=2",
+                 "--set", "model.weights=none", "--set", "model.runtime=onnxruntime")
+    try:
+        wait_running(proc)
+        stages = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                 text=True).stdout.split()]
+        with attach("paused") as sub:
+            assert sub.receive(timeout=30) is not None
+            for pid in [proc.pid, *stages]:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(5.0)  # more than twice the watchdog's limit
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.5)  # the supervisor looks before any stage can report
+            for pid in stages:
+                os.kill(pid, signal.SIGCONT)
+            resumed = time.monotonic_ns()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                r = sub.receive(timeout=1)
+                if r is not None and r.timestamps["capture"] > resumed:
+                    break
+            else:
+                raise AssertionError("no result made after the pipeline resumed")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "killing it" not in err and "restart" not in err.lower(), err

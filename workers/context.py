@@ -76,6 +76,7 @@ class StageContext:
 
         fields["type"] = kind
         fields["stage"] = self.stage
+        fields["sent_ns"] = time.monotonic_ns()  # rates from when stats were sent, not received
         self._ctl.send(pack(fields))
 
     def _handle(self, raw: bytes) -> None:

@@ -10,7 +10,7 @@ import time
 
 from pipeline.cli.common import join
 from pipeline.outputs import first_problem
-from pipeline.transport.rundir import running_pipelines
+from pipeline.transport.rundir import RuntimeDirError, running_pipelines
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
     ap.add_argument("--port", type=int, default=8080, help="preview: HTTP port (default 8080)")
     ap.add_argument("--host", default="127.0.0.1", help="preview: address (default 127.0.0.1)")
+    ap.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="NAME",
+                    help="preview: also answer requests addressed to host NAME (repeatable; by "
+                         "default only this machine's names and any address are answered)")
     ap.add_argument("--fps", type=float, help="video: frame rate of the file (default: the source's)")
     ap.add_argument("--frames", action="store_true", help="give custom consumers the frames too")
     ap.add_argument("--max-age", type=float, metavar="SECONDS",
@@ -78,7 +81,11 @@ def _interrupt(*_: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
-        return list_pipelines()
+        try:
+            return list_pipelines()
+        except RuntimeDirError as e:
+            print(f"pipeline-attach: {e}", file=sys.stderr)
+            return 1
     problem = _bad_option(args)
     if problem:
         print(f"pipeline-attach: {problem}", file=sys.stderr)
@@ -97,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         consumer = load(consumer_spec, out=args.out, port=args.port, host=args.host,
+                        allow_hosts=args.allow_hosts,
                         fps=args.fps or _source_fps(info), name=info["name"])
     except (ConsumerError, ValueError, OSError) as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sub.close()
     gone = f"; stream ended: {sub.ended}" if sub.ended else ""
-    print(f"attach: {sub.received} results, {sub.missed} missed (sequence gaps)"
+    print(f"attach: {sub.received} results, {sub.missed} missed (this consumer fell behind), "
+          f"{sub.dropped} dropped or delayed by the pipeline"
+          + (f", {sub.malformed} malformed messages ignored" if sub.malformed else "")
           + (f", {sub.frames_missed} without frame" if sub.frames else "") + gone,
           file=sys.stderr)
     return 0

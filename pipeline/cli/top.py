@@ -26,6 +26,7 @@ from rich.text import Text
 
 from pipeline.cli.common import join
 from pipeline.observe.stats import written_slots
+from pipeline.transport.rundir import supervisor_alive
 
 
 def _ms(d: dict[str, Any], key: str) -> str:
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 4)
+    sub.setsockopt(zmq.MAXMSGSIZE, 1 << 20)  # a status is a few KiB
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(info["endpoints"]["status"])
     try:
@@ -169,7 +171,7 @@ def _live(sub: zmq.Socket, info: dict[str, Any]) -> int:
                 last = time.monotonic()
                 live.update(render(st), refresh=True)
             elif st is not None and time.monotonic() - last > 3:
-                if not os.path.exists(f"/proc/{info['pid']}"):
+                if not supervisor_alive(info["pid"], info.get("start")):
                     live.update(Text(f"{info['name']} has stopped", style="bold"), refresh=True)
                     return 0
                 live.update(render(st, time.monotonic() - last), refresh=True)

@@ -57,11 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-up: {problem}", file=sys.stderr)
         return EXIT_CONFIG
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
+    from pipeline.transport.rundir import RuntimeDirError
 
-    return Supervisor(config, duration=args.duration, record=args.record,
-                      summary_json=args.summary_json, quiet=args.quiet,
-                      metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-                      host=args.host).run()
+    try:
+        return Supervisor(config, duration=args.duration, record=args.record,
+                          summary_json=args.summary_json, quiet=args.quiet,
+                          metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+                          host=args.host).run()
+    except RuntimeDirError as e:  # raised before anything starts
+        print(f"pipeline-up: {e}", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+MAX_FRAME_PIXELS = 7680 * 4320  # source.max_frame_pixels by default: the largest width x height allowed
+MAX_FRAME_PIXELS_CEILING = 1 << 30  # OpenCV decodes no larger image anyway
 HOST_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 LOCAL = "local"  # the host of every stage a config does not place elsewhere
 
@@ -44,6 +46,9 @@ class _SourceBase(_Strict):
     # A source that stops delivering for stall_ms every stall_every_s: to study camera hiccups.
     stall_ms: float = Field(0.0, ge=0, le=60000)
     stall_every_s: float = Field(0.0, ge=0, le=3600)
+    # Largest frame the source may deliver, in pixels: a ring slot is sized for the largest frame,
+    # so a file declaring a huge size must not reserve its shared memory. Default: 8K UHD.
+    max_frame_pixels: int = Field(MAX_FRAME_PIXELS, ge=1, le=MAX_FRAME_PIXELS_CEILING)
 
 
 class SyntheticSource(_SourceBase):
@@ -206,6 +211,7 @@ class ConsumerConfig(_Strict):
     host: str = "127.0.0.1"
     fps: float | None = Field(None, gt=0, le=1000)
     frames: bool = False
+    allow_hosts: list[str] = []  # preview: more names it answers to (the Host header check)
 
     @field_validator("kind")
     @classmethod
@@ -278,6 +284,14 @@ class Config(_Strict, Topology):
         dup = next((i for i in ids if ids.count(i) > 1), None)
         if dup is not None:
             raise ValueError(f"sources.id: '{dup}' names two sources (each needs its own id)")
+        for i, src in enumerate(self.source_list):
+            if isinstance(src, (SyntheticSource, CameraSource)) \
+                    and src.width * src.height > src.max_frame_pixels:
+                key = f"sources[{i}]" if self.sources else "source"
+                raise ValueError(f"{key}.max_frame_pixels: {src.width}x{src.height} frames have "
+                                 f"{src.width * src.height} pixels, more than the limit "
+                                 f"{src.max_frame_pixels} (raise {key}.max_frame_pixels or lower "
+                                 f"{key}.width/height)")
 
     def _check_edges(self) -> None:
         frames, tensors = self.edges.frames, self.edges.tensors

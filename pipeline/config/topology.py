@@ -67,6 +67,13 @@ class Topology:
         """Ring and socket name of a source's edge: `frames`, or `frames.ID` with several."""
         return f"{edge}.{self.source_ids()[source]}" if len(self.source_list) > 1 else edge
 
+    def edge_peers(self, edge: str, source: int) -> list[str]:
+        """The stage instances that connect to a source's edge socket, the only processes it
+        admits: the source's preprocess (frames), or every worker (tensors, credits)."""
+        kind = "preprocess" if edge == "frames" else "inference"
+        return [i.name for i in self.instances()
+                if i.kind == kind and (kind == "inference" or i.source == source)]
+
     def frames_ring(self, source: int) -> str:
         """The ring holding a source's frames where they are preprocessed: capture's own, or the
         copy a tcp edge receives them into (`<edge>.rx`)."""

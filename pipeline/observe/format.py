@@ -26,7 +26,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
         drops = [f"{r} {n}" for edge in m["drops"].values() for r, n in edge.items() if n]
         parts.append("drops " + (", ".join(drops) if drops else "0"))
         if m["state"] == "stalled":
-            parts.append(f"STALLED (no report for {m['heartbeat_age_s']:.0f} s)")
+            parts.append(f"STALLED ({m['stall_reason']})" if "stall_reason" in m else
+                         f"STALLED (no report for {m['heartbeat_age_s']:.0f} s)")
         if stage == first_inference and st["latency_ms"]:
             lat = st["latency_ms"]
             parts.append(f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms")
@@ -52,6 +53,12 @@ def format_summary(s: dict[str, Any]) -> str:
     for edge, reasons in sorted(s["drops"].items()):
         lines.append(f"drops      {edge:<8} " + ", ".join(f"{r} {n}" for r, n in sorted(reasons.items())))
     lines.append(f"throughput {s['fps']:.1f} fps (results received: {s['results_received']})")
+    if s.get("results_dropped") or s.get("results_unrecorded"):
+        lines.append(f"results    {s['results_dropped']} dropped before publication, "
+                     f"{s['results_unrecorded']} published but not recorded")
+    if s.get("rejected_messages"):
+        lines.append("rejected   " + ", ".join(f"{kind} {n}" for kind, n
+                                               in sorted(s["rejected_messages"].items())))
     lat = s["latency_ms"]
     if lat.get("count"):
         lines.append(f"latency    end-to-end p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  "

@@ -7,12 +7,17 @@ latency histograms are observed from every result's timestamps as it arrives.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import socket
+import threading
+from typing import Any, Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler
 
-from prometheus_client import CollectorRegistry, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from pipeline.observe.http import QuietErrors, warn_if_exposed
 from pipeline.observe.stats import written_slots
 from pipeline.transport.messages import SPANS
 
@@ -120,6 +125,47 @@ def _sources(st: dict[str, Any]) -> Iterator[Any]:
     yield from (jitter, reconnects, results, source_fps, source_latency)
 
 
+class _MetricsServer(QuietErrors, ThreadingWSGIServer):
+    label = "metrics endpoint"
+
+
+class _Handler(WSGIRequestHandler):
+    def log_message(self, *args: Any) -> None:  # no per-request logging
+        pass
+
+
+def _guarded(app: Callable, server: _MetricsServer) -> Callable:
+    """The app, with a failing scrape answered 500 and reported once rather than as a traceback
+    per scrape."""
+
+    def guarded(environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        try:
+            return app(environ, start_response)
+        except Exception as e:  # noqa: BLE001 (any collector bug)
+            server.report(e)
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+            return [b"metrics failed; see the supervisor's output\n"]
+
+    return guarded
+
+
+def serve_metrics(registry: CollectorRegistry, host: str,
+                  port: int) -> tuple[_MetricsServer, threading.Thread]:
+    """prometheus_client's start_http_server, with QuietErrors (it prints a traceback per client
+    that resets its connection)."""
+    family, *_, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                              flags=socket.AI_PASSIVE)[0]
+
+    class Server(_MetricsServer):
+        address_family = family
+
+    server = Server((str(sockaddr[0]), port), _Handler)
+    server.set_app(_guarded(make_wsgi_app(registry), server))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return server, thread
+
+
 class MetricsExporter:
     """Serves /metrics on host:port until the supervisor exits."""
 
@@ -135,8 +181,10 @@ class MetricsExporter:
         self.service = Histogram("pipeline_stage_service_seconds",
                                  "Time a stage spent on a frame that was classified",
                                  ["stage"], buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.server, self.thread = start_http_server(port, addr=host, registry=self.registry)
+        self.server, self.thread = serve_metrics(self.registry, host, port)
         self.port = self.server.server_address[1]
+        warn_if_exposed("the metrics endpoint", host, self.port, "the pipeline's status figures",
+                        "--metrics-host")
 
     def on_status(self, status: dict[str, Any]) -> None:
         self._status.status = status

@@ -47,6 +47,9 @@ class RunReport:
         self.started = time.monotonic()
         self.stopped: float | None = None
         self.rejected: dict[str, int] = {}  # the supervisor's count of hostile messages
+        self.results_issued = 0  # result_seq numbers the workers drew (from the results hub)
+        self.results_dropped = 0  # of those, lost before the hub could publish them
+        self.results_unrecorded = 0  # published, but not taken here (not in the figures or record)
         self.restarts: dict[str, int] = {stage: 0 for stage in self.kinds}
         self.down: dict[str, str] = {}  # stage -> why it is being restarted
         self.carried: dict[str, dict[str, Any]] = {}  # counters of a stage's earlier lives
@@ -89,12 +92,15 @@ class RunReport:
         if stage not in self.kinds:
             return
         now = time.monotonic()
+        # When the stage sent them: stats queued while the supervisor was stopped arrive together.
+        sent = msg.get("sent_ns")
+        at = sent / 1e9 if type(sent) is int and 0 < sent / 1e9 <= now else now
         n_in, n_out = int(msg.get("frames_in", 0)), int(msg.get("frames_out", 0))
         if stage in self._prev:
             t0, i0, o0 = self._prev[stage]
-            if now > t0:
-                self.rate[stage] = ((n_in - i0) / (now - t0), (n_out - o0) / (now - t0))
-        self._prev[stage] = (now, n_in, n_out)
+            if at > t0:
+                self.rate[stage] = ((n_in - i0) / (at - t0), (n_out - o0) / (at - t0))
+        self._prev[stage] = (at, n_in, n_out)
         self.latest[stage] = msg
         self.seen[stage] = now
 
@@ -154,6 +160,10 @@ class RunReport:
         for stage, m in stages.items():
             if self.source_of[stage] is not None:
                 m["source"] = self.source_of[stage]
+        for writer in list(stages):  # a writer names the reader that stopped releasing its frames
+            for edge, stall in self.latest.get(writer, {}).get("stalled", {}).items():
+                for reader in (r for r in stall.get("readers", []) if r in stages):
+                    stages[reader].update(state="stalled", stall_reason=f"{edge}: {stall.get('reason')}")
         jitters = [m["interval_ms"]["p99"] - m["interval_ms"]["p50"] for n, m in stages.items()
                    if self.kinds[n] == "capture" and m["interval_ms"]]
         windows = {k: _percentiles(v) for k, v in self.window.items()}
@@ -204,6 +214,14 @@ class RunReport:
             **self._process(stage),
         }
 
+    def _refused_connections(self) -> dict[str, int]:
+        """Connections the stages' edges refused (processes that are not the edge's stages)."""
+        refused: dict[str, int] = {}
+        for m in [*self.latest.values(), *self.carried.values()]:
+            for edge, n in m.get("refused", {}).items():
+                refused[f"connection to {edge}"] = refused.get(f"connection to {edge}", 0) + n
+        return refused
+
     def totals(self) -> dict[str, Any]:
         drops: dict[str, dict[str, int]] = {}
         for m in [*self.latest.values(), *self.carried.values()]:
@@ -230,6 +248,9 @@ class RunReport:
             "duration_s": round((self.stopped or time.monotonic()) - self.started, 3),
             "frames": {k: totals[k] for k in ("captured", "preprocessed", "classified")},
             "results_received": self.results,
+            "results_issued": self.results_issued,
+            "results_dropped": self.results_dropped,
+            "results_unrecorded": self.results_unrecorded,
             "drops": totals["drops"],
             "fps": round((self.results - 1) / span, 2) if self.results > 1 and span > 0 else 0.0,
             "latency_ms": self.latency.summary(),
@@ -242,7 +263,7 @@ class RunReport:
                         for src, per in sorted(self.sources.items())},
             "tcp": {s: {k: self.latest[s][k] for k in ("tx_bytes", "tx_frames", "encode_ms")}
                     for s in self.of_kind("capture") if "tx_bytes" in self.latest.get(s, {})},
-            "rejected_messages": dict(self.rejected),
+            "rejected_messages": {**self.rejected, **self._refused_connections()},
             "restarts": dict(self.restarts),
             "model": next(({k: r.get(k) for k in ("model", "runtime", "engine", "threads", "plan")}
                            for s, r in self.ready.items() if self.kinds[s] == "inference"), None),

@@ -18,6 +18,8 @@ from pipeline.supervisor.control import ControlChannel
 from pipeline.supervisor.restarts import RestartBudget
 from pipeline.transport.rundir import RunPaths
 
+OWN_PAUSE_S = 1.0  # the watchdog looks every 0.1 s: a longer gap means the supervisor was paused
+
 
 class StageProcesses:
     def __init__(self, config: Config, stages: dict[str, Instance], paths: RunPaths, cores: list[int],
@@ -39,6 +41,8 @@ class StageProcesses:
         self.respawn_at: dict[str, float] = {}  # stage -> when to start its replacement
         self.hung: dict[str, float] = {}  # stage -> how long it was silent when killed
         self.waiting: list[str] = []  # workers not started yet (see spawn_all)
+        self._watched_at: float | None = None  # the watchdog's last look
+        self._own_pause_end = 0.0  # when the supervisor last resumed from a pause of its own
 
     # -- starting ---------------------------------------------------------------------------
     def _env(self) -> dict[str, str]:
@@ -75,6 +79,7 @@ class StageProcesses:
             cmd += ["--out", c.out] if c.out else []
             cmd += ["--fps", str(c.fps)] if c.fps else []
             cmd += ["--frames"] if c.frames else []
+            cmd += [arg for h in c.allow_hosts for arg in ("--allow-host", h)]
             self.consumers[f"{c.kind}#{i + 1}"] = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL)
 
@@ -146,12 +151,16 @@ class StageProcesses:
         """A stage that stopped reporting (hung, deadlocked, SIGSTOPped) is killed; its exit is
         then handled like any other by its restart policy."""
         limit = self.config.supervision.watchdog_s
+        if self._watched_at is not None and now - self._watched_at > OWN_PAUSE_S:
+            self._own_pause_end = now  # we were stopped or starved: the silence was ours
+        self._watched_at = now
         if not limit:
             return
         for stage, proc in self.procs.items():
             seen = self.report.seen.get(stage)
             if stage in self.down or stage in self.hung or seen is None or proc.poll() is not None:
                 continue
+            seen = max(seen, self._own_pause_end)  # their heartbeats may still be on the way
             if now - seen > limit:
                 self.hung[stage] = now - seen
                 self.say(f"stage '{stage}' sent no heartbeat for {now - seen:.1f} s: killing it")

@@ -12,7 +12,8 @@ import zmq
 from pipeline.config import Config
 from pipeline.observe.format import format_status
 from pipeline.observe.report import RunReport
-from pipeline.transport.messages import pack, unpack
+from pipeline.supervisor.results_hub import ResultsHub
+from pipeline.transport.messages import MAX_SUBSCRIPTION_BYTES, pack, unpack
 
 
 def ready_line(config: Config, stages: list[str], workers: list[str], ready: dict[str, dict]) -> str:
@@ -53,6 +54,7 @@ class StatusPublisher:
         self.socket = zctx.socket(zmq.PUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, 10)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # a longer prefix: disconnected
         self.socket.bind(endpoint)
 
     def publish(self) -> None:
@@ -69,48 +71,42 @@ class StatusPublisher:
 
 
 class ResultsRecorder:
-    """The supervisor's own subscriber to the results: each one counts in the report and the
-    metrics and, with `--record`, is written to the record file as a JSON line."""
+    """The supervisor's own share of the results, handed over by the hub's thread (never lost to
+    a subscriber's high-water mark): each one counts in the report and the metrics and, with
+    `--record`, is written to the record file as a JSON line."""
 
-    def __init__(self, zctx: zmq.Context, endpoint: str | None, report: RunReport, metrics: Any,
-                 record_path: str | None, reject: Callable[[str], None], say: Callable[[str], None]):
-        """`endpoint`: the results socket (None on a host without workers: nothing to take);
-        `reject(kind)` counts a message that is not a result of ours."""
+    def __init__(self, zctx: zmq.Context, hub: ResultsHub | None, report: RunReport, metrics: Any,
+                 record_path: str | None, say: Callable[[str], None]):
+        """`hub`: the results hub (None on a host without workers: nothing to take)."""
         self.say = say
         self.report = report
         self.metrics = metrics
-        self.reject = reject
-        self.socket = zctx.socket(zmq.SUB)
+        self.hub = hub
+        self.socket = zctx.socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.setsockopt(zmq.RCVHWM, 100000)
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.socket.setsockopt(zmq.RECONNECT_IVL, 10)
-        if endpoint is not None:
-            self.socket.connect(endpoint)
+        if hub is not None:
+            self.socket.connect(hub.record_endpoint)
         self.record = open(record_path, "w") if record_path else None
 
     def drain(self) -> None:
-        """Take every waiting result."""
+        """Take every waiting result (the hub has checked them), and the hub's counts of the
+        results the pipeline dropped and of those there was no room for here."""
         while True:
             try:
-                raw = self.socket.recv(zmq.NOBLOCK)
+                msg = unpack(self.socket.recv(zmq.NOBLOCK))
             except zmq.Again:
-                return
-            try:
-                msg = unpack(raw)
-            except Exception:
-                continue
+                break
             if msg.get("type") != "result":
                 continue
-            try:
-                self.report.on_result(msg)
-            except (TypeError, ValueError, KeyError, AttributeError):  # not from our workers
-                self.reject("malformed result")
-                continue
+            self.report.on_result(msg)
             if self.metrics:
                 self.metrics.on_result(msg)
             if self.record:
                 self._write(json.dumps(msg) + "\n")
+        if self.hub is not None:
+            self.report.results_issued = self.hub.issued
+            self.report.results_dropped = self.hub.dropped
+            self.report.results_unrecorded = self.hub.unrecorded
 
     def _write(self, line: str) -> None:
         """One result into the record; a record that cannot be written (a pipe whose reader

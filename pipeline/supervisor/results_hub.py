@@ -1,27 +1,67 @@
 """One results endpoint for any number of inference workers.
 
-Workers publish into an XSUB socket; a ZeroMQ proxy (C code, in a thread of the supervisor, off
-the GIL) forwards every result to the XPUB socket subscribers connect to. The high-water mark
-that protects the pipeline from a slow subscriber lives here, per subscriber. The supervisor also
-publishes the end-of-stream marker here once every worker has finished.
+Workers publish into the hub's SUB socket (results-in); a thread of the supervisor checks every
+message against the result schema (docs/protocol.md), drops what is not a result of ours (counted,
+logged once per kind), and publishes the rest on the PUB socket subscribers connect to, and to the
+supervisor's own recorder through an in-process queue, so the record never competes with
+subscribers. The high-water mark that protects the pipeline from a slow subscriber lives here,
+per subscriber. The end-of-stream marker comes only from the supervisor, through the control pair.
+
+The workers draw `result_seq` from one counter: a number that never reaches the hub is a result
+the pipeline lost (a worker's queue overflowed while the supervisor was stopped, a worker died
+mid-result). The hub counts them and stamps the running count on each result it forwards
+(`dropped`), so a subscriber can tell its own losses from the pipeline's.
 """
 
 from __future__ import annotations
 
+import mmap
+import os
 import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import zmq
 
-from pipeline.transport.messages import EOS, SCHEMA, pack
+from pipeline.transport.messages import (
+    EOS,
+    MAX_RESULT_BYTES,
+    MAX_SUBSCRIPTION_BYTES,
+    SCHEMA,
+    pack,
+    result_problem,
+    unpack,
+)
 
-RESULTS_HWM = 16  # results queued per subscriber before it starts losing them
+RESULTS_HWM = 1000  # results queued per subscriber (about 1 MB) before it starts losing them
 RESULTS_SNDBUF = 8 * 1024  # bytes of kernel buffer per subscriber connection
+RECORD_HWM = 20000  # results queued for the supervisor's recorder (its main thread)
+REORDER = 10000  # how far behind the newest a result of another worker may still arrive
+END_QUIET_S = 0.02  # no result for this long after the end: the workers' last ones are in
+END_WAIT_S = 0.5
+_STOP = b"stop"
 
 
 class ResultsHub:
-    def __init__(self, zctx: zmq.Context, inbound: str, outbound: str):
+    def __init__(self, zctx: zmq.Context, inbound: str, outbound: str, counter: Path,
+                 reject: Callable[[str], None]):
+        """`counter`: the workers' result_seq file; `reject(kind)` counts (and logs once per kind)
+        a message that is not a result of ours."""
+        self.record_endpoint = f"inproc://results-record-{id(self)}"  # the recorder's PULL
+        self.issued = 0  # result_seq numbers the workers have drawn, as of the last result
+        self.dropped = 0  # of those, how many never reached the hub
+        self.unrecorded = 0  # results the recorder's queue had no room for
+        self._reject = reject
+        self._issued = _counter(counter)
+        self._highest = 0
+        self._taken = 0
+        self._missing: set[int] = set()  # below _highest, not (yet) received
         self._zctx = zctx
         self._ctl_endpoint = f"inproc://results-hub-{id(self)}"
+        self._ended = threading.Event()
         ready = threading.Event()
         self._error: Exception | None = None
         self._thread = threading.Thread(target=self._run, args=(inbound, outbound, ready),
@@ -32,43 +72,148 @@ class ResultsHub:
             raise self._error
         self._ctl = zctx.socket(zmq.PAIR)
         self._ctl.connect(self._ctl_endpoint)
-        self._pub = zctx.socket(zmq.PUB)  # connected now, so the end marker is not lost later
-        self._pub.setsockopt(zmq.LINGER, 500)
-        self._pub.connect(inbound)
 
     def _run(self, inbound: str, outbound: str, ready: threading.Event) -> None:
-        xsub = self._zctx.socket(zmq.XSUB)
-        xpub = self._zctx.socket(zmq.XPUB)
-        ctl = self._zctx.socket(zmq.PAIR)
+        sock_in, out = self._zctx.socket(zmq.SUB), self._zctx.socket(zmq.PUB)
+        record, ctl = self._zctx.socket(zmq.PUSH), self._zctx.socket(zmq.PAIR)
+        socks = (sock_in, out, record, ctl)
         try:
-            for sock in (xsub, xpub, ctl):
+            for sock in socks:
                 sock.setsockopt(zmq.LINGER, 0)
-            xsub.setsockopt(zmq.RCVHWM, 10000)
-            xpub.setsockopt(zmq.SNDHWM, RESULTS_HWM)
-            xpub.setsockopt(zmq.SNDBUF, RESULTS_SNDBUF)
-            xsub.bind(inbound)
-            xpub.bind(outbound)
+            sock_in.setsockopt(zmq.RCVHWM, 10000)
+            sock_in.setsockopt(zmq.MAXMSGSIZE, MAX_RESULT_BYTES)  # a bigger one drops its sender
+            sock_in.setsockopt(zmq.SUBSCRIBE, b"")  # everything; `out` filters by subscribers' prefixes
+            out.setsockopt(zmq.SNDHWM, RESULTS_HWM)
+            out.setsockopt(zmq.SNDBUF, RESULTS_SNDBUF)
+            out.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # a longer prefix: disconnected
+            record.setsockopt(zmq.SNDHWM, RECORD_HWM)
+            sock_in.bind(inbound)
+            out.bind(outbound)
+            record.bind(self.record_endpoint)
             ctl.bind(self._ctl_endpoint)
         except zmq.ZMQError as e:
             self._error = e
+            for sock in socks:
+                sock.close(0)
             ready.set()
             return
         ready.set()
         try:
-            zmq.proxy_steerable(xsub, xpub, None, ctl)
+            self._serve(sock_in, out, record, ctl)
         except zmq.ContextTerminated:
             pass
         finally:
-            for sock in (xsub, xpub, ctl):
+            for sock in socks:
                 sock.close(0)
+
+    def _serve(self, sock_in: zmq.Socket, out: zmq.Socket, record: zmq.Socket,
+               ctl: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock_in, zmq.POLLIN)
+        poller.register(ctl, zmq.POLLIN)
+        while True:
+            events = dict(poller.poll())
+            if sock_in in events:
+                self._forward(sock_in, out, record, 0.0)
+            if ctl in events:
+                end = ctl.recv()
+                if end == _STOP:
+                    return
+                self._forward(sock_in, out, record, END_QUIET_S)  # the workers' last results first
+                self._publish(self._end(end), out, record)
+                self._ended.set()
+
+    def _forward(self, sock_in: zmq.Socket, out: zmq.Socket, record: zmq.Socket,
+                 quiet_s: float) -> None:
+        """Every waiting result; with `quiet_s`, until none has come for that long (or for at
+        most END_WAIT_S: a worker that has not stopped does not hold the end back)."""
+        deadline = time.monotonic() + END_WAIT_S
+        while True:
+            try:
+                raw = sock_in.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                if quiet_s and time.monotonic() < deadline and sock_in.poll(quiet_s * 1000):
+                    continue
+                return
+            data = self._take(raw)
+            if data is not None:
+                self._publish(data, out, record)
+
+    def _publish(self, data: bytes, out: zmq.Socket, record: zmq.Socket) -> None:
+        out.send(data)  # a PUB never waits: a full subscriber loses it
+        try:
+            record.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.unrecorded += 1
+
+    def _take(self, raw: bytes) -> bytes | None:
+        """The result to forward (stamped), or None for anything that is not one of ours."""
+        try:
+            msg = unpack(raw)
+        except ValueError:
+            return self._drop("message on results-in that is not a msgpack map")
+        if msg.get("type") == EOS:
+            return self._drop("forged end-of-stream marker")
+        problem = result_problem(msg)
+        if problem:
+            return self._drop(f"malformed result ({problem})")
+        rseq = msg["result_seq"]
+        issued = int(self._issued[0])
+        if rseq > issued:
+            return self._drop("result with a result_seq no worker drew")
+        if rseq > self._highest:
+            self._missing.update(range(max(self._highest + 1, rseq - REORDER), rseq))
+            self._highest = rseq
+            if len(self._missing) > REORDER:  # long lost: still counted, no longer awaited
+                self._missing = {s for s in self._missing if s > rseq - REORDER // 2}
+        elif rseq in self._missing:
+            self._missing.discard(rseq)
+        else:
+            return self._drop("result with a repeated result_seq")
+        self._taken += 1
+        self.issued, self.dropped = issued, self._highest - self._taken
+        msg["dropped"] = self.dropped
+        msg["t"]["published"] = time.monotonic_ns()
+        return pack(msg)
+
+    def _drop(self, kind: str) -> None:
+        self._reject(kind)
+        return None
+
+    def _end(self, end: bytes) -> bytes:
+        """The supervisor's end marker with the final count: every result_seq up to the last one
+        drawn was either published or is in `dropped`."""
+        msg = unpack(end)
+        self.issued = int(self._issued[0])
+        self.dropped = self.issued - self._taken
+        return pack({**msg, "result_seq": self.issued, "dropped": self.dropped})
 
     def publish_end(self, pipeline: str, reason: str) -> None:
         """Tell every subscriber the stream has ended (after the workers' last results)."""
-        self._pub.send(pack({"schema": SCHEMA, "type": EOS, "pipeline": pipeline,
-                             "reason": reason}))
+        if self._tell(pack({"schema": SCHEMA, "type": EOS, "pipeline": pipeline, "reason": reason})):
+            self._ended.wait(1.0)
 
     def close(self) -> None:
-        self._pub.close()
-        self._ctl.send(b"TERMINATE")
-        self._ctl.close()
+        self._tell(_STOP)
         self._thread.join(timeout=2.0)
+        self._ctl.close()
+
+    def _tell(self, msg: bytes) -> bool:
+        """To the hub's thread; False if it is gone (it never blocks the supervisor)."""
+        try:
+            self._ctl.send(msg, zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
+
+def _counter(path: Path) -> Any:
+    """The workers' result_seq (pipeline/transport/workqueue.py: SharedCounter), read-only."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if os.fstat(fd).st_size < 8:
+            os.posix_fallocate(fd, 0, 8)
+        mm = mmap.mmap(fd, 8, prot=mmap.PROT_READ)
+    finally:
+        os.close(fd)
+    return np.frombuffer(mm, dtype=np.uint64, count=1)

@@ -1,21 +1,24 @@
 """Shared-memory hygiene: a preflight that refuses to start when /dev/shm cannot hold the rings,
 the names of the rings this host makes, and removal of segments orphaned by a supervisor that was
 killed (SIGKILL leaves no chance to clean up), never touching the segments of pipelines that are
-still running.
+still running, nor those of other users (theirs to judge: their supervisor may run where we cannot
+see it, and we may not remove them anyway).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass
 
 from pipeline.config import Config, Instance
 from pipeline.transport.ring import SHM_DIR, Ring
 from pipeline.transport.rundir import RunPaths, supervisor_alive
 
-SEGMENT = re.compile(r"^edge-pipeline-(?P<name>.+)-(?P<pid>\d+)-"
-                     r"(?P<edge>(frames|tensors)[A-Za-z0-9_.-]*?)(\.new-\d+)?$")
+# rundir.segment_name: edge-pipeline-NAME-PID-START.EDGE, and `.new-HEX` while being built
+SEGMENT = re.compile(r"^edge-pipeline-(?P<name>[A-Za-z0-9_-]+)-(?P<pid>\d+)-(?P<start>\d+)\."
+                     r"(?P<edge>(frames|tensors)[A-Za-z0-9_.-]*?)(\.new-[0-9a-f]+)?$")
 
 
 @dataclass(frozen=True)
@@ -99,14 +102,32 @@ def preflight(config: Config, frame_bytes: list[int], free: int | None = None,
             f"source size (source.width/height), or enlarge {SHM_DIR}")
 
 
-def orphaned_segments() -> list[str]:
-    """Segments whose supervisor is gone."""
-    names = []
+def _segments() -> tuple[list[str], list[str]]:
+    """Our segments whose supervisor is gone, and the segments of other users (left alone)."""
+    orphans, others = [], []
     for name in sorted(os.listdir(SHM_DIR)):
         m = SEGMENT.match(name)
-        if m and not supervisor_alive(int(m["pid"])):
-            names.append(name)
-    return names
+        if not m:
+            continue
+        try:
+            st = os.lstat(os.path.join(SHM_DIR, name))
+        except FileNotFoundError:  # removed meanwhile
+            continue
+        if st.st_uid != os.geteuid():
+            others.append(name)
+        elif stat.S_ISREG(st.st_mode) and not supervisor_alive(int(m["pid"]), int(m["start"])):
+            orphans.append(name)
+    return orphans, others
+
+
+def orphaned_segments() -> list[str]:
+    """Our segments whose supervisor is gone."""
+    return _segments()[0]
+
+
+def others_segments() -> list[str]:
+    """Segments named like ours that belong to other users: never judged nor removed here."""
+    return _segments()[1]
 
 
 def remove_orphans() -> list[str]:

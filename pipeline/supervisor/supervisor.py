@@ -114,15 +114,17 @@ class Supervisor:
             keep_off_inference_cores(self.config)
         here = list(self.stages.values())
         self.paths.create(self.config.model_dump_json(), host=self.host, stages=list(self.stages),
-                          rings=frame_rings(self.config, here, self.paths), results=bool(self.workers))
+                          rings=frame_rings(self.config, here, self.paths), results=bool(self.workers),
+                          model_cores=self.config.cores_of("inference"))
         if plan is not None:
             self.paths.model_plan_file.write_text(plan.to_json())
         self.zctx = zmq.Context()
-        if self.workers:  # one results endpoint, however many workers publish into it
-            self.hub = ResultsHub(self.zctx, self.paths.endpoint(RESULTS_IN),
-                                  self.paths.endpoint("results"))
         self.control = ControlChannel(self.zctx, self.paths.endpoint("control"), self.report, self.say,
                                       self._on_stats)
+        if self.workers:  # one results endpoint, however many workers publish into it
+            self.hub = ResultsHub(self.zctx, self.paths.endpoint(RESULTS_IN),
+                                  self.paths.endpoint("results"), self.paths.result_seq_file,
+                                  self.control.reject)
         preprocessors = [n for n, i in self.stages.items() if i.kind == "preprocess"]
         self.adaptive = AdaptiveInput(self.sizer, self.control, preprocessors, self.say) \
             if self.sizer else None
@@ -130,8 +132,7 @@ class Supervisor:
                                        self.report, self.control, self.say)
         self.status = StatusPublisher(self.zctx, self.paths.endpoint("status"), self.report, self.metrics,
                                       self.quiet, self.say)
-        self.results = ResultsRecorder(self.zctx, self.paths.endpoint("results") if self.workers else None,
-                                       self.report, self.metrics, self.record_path, self.control.reject,
+        self.results = ResultsRecorder(self.zctx, self.hub, self.report, self.metrics, self.record_path,
                                        self.say)
 
     def _start_and_monitor(self) -> None:
@@ -174,6 +175,11 @@ class Supervisor:
                        "choose another with --name")
         if refused:
             return refused
+        sources = range(len(self.config.source_list))
+        too_long = self.paths.too_long([RESULTS_IN, "results", "control", "status", *(
+            self.config.edge_name(e, i) for e in ("frames", "tensors", "credits") for i in sources)])
+        if too_long:
+            return too_long
         if self.metrics_address:
             from pipeline.observe.metrics import MetricsExporter
 

@@ -11,16 +11,18 @@ no worker waits, and no frame waits long (it is fresh when the model sees it).
 
 A lost credit (a worker or preprocess restarted while holding frames) cannot stall the source:
 when no credit comes for `RECOUNT_S`, capture recounts the frames in flight from the rings'
-counters and grants what is missing.
+counters and grants what is missing. Only the workers may send credits: the socket admits no
+other process (`admission.Admission`), so a stranger cannot make capture decode frames in vain.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Collection
 
 import zmq
 
+from pipeline.transport.admission import Admission
 from pipeline.transport.messages import pack, unpack
 from pipeline.transport.ring import Ring
 
@@ -32,7 +34,8 @@ class CreditGate:
     """Capture side: `wait()` returns when the next frame should be decoded."""
 
     def __init__(self, zctx: zmq.Context, endpoint: str, frames: Ring, tensors_ring: str,
-                 credits: int):
+                 credits: int, readers: Collection[str] | None = None):
+        """`readers`: the workers the socket admits (None: anyone; for tests and tools)."""
         self.credits = credits
         self.available = credits
         self.frames = frames
@@ -43,7 +46,15 @@ class CreditGate:
         self.sock = zctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, 1024)
-        self.sock.bind(endpoint)
+        self._admission = Admission.acquire(zctx) if readers is not None else None
+        try:
+            if self._admission is not None:  # a stranger's credits would decode frames in vain
+                self._admission.guard(self.sock, endpoint.rpartition("/")[2].removesuffix(".sock"),
+                                      readers)
+            self.sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
 
     def in_flight(self) -> int:
         """Frames decoded and not yet taken by a worker, from the rings' own counters."""
@@ -95,6 +106,9 @@ class CreditGate:
         self.sock.close(0)
         if self._tensors is not None:
             self._tensors.close()
+        if self._admission is not None:
+            self._admission.release()
+            self._admission = None
 
 
 class CreditSender:

@@ -11,40 +11,81 @@ The reader processes `drop_new` and `block` edges in order and releases each slo
 
 A `fanout` edge publishes its descriptors to every reader (PUB/SUB): the tensors edges, which
 several inference workers read and share through the ring's claim words (workqueue.SharedReader).
+
+Who may connect: a descriptor handed to a stranger is a slot that is never released, and on an
+in-order edge `slots` of them stop the pipeline. So an edge socket given its `readers` admits only
+the current process of those stages (admission.py), checked by the kernel's word on the peer.
+
+When readers stop releasing: an in-order writer whose frames stay outstanding far longer than its
+reader's pace (a reader that hangs holding a frame, a descriptor lost) reports the stall and takes
+the frames back (`EdgeWriter.watch`), so one stuck reader cannot stop the pipeline for good.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 import numpy as np
 import zmq
 
+from pipeline.transport.admission import Admission, sibling_stage
 from pipeline.transport.messages import has_fields, pack, unpack
 from pipeline.transport.ring import Ring
 
 _ITEMSIZE = {"uint8": 1, "float32": 4}  # the payload types rings carry
 MAX_DESCRIPTOR = 16 * 1024  # bytes: a descriptor is ~100; a peer sending more is disconnected
 READERS_TIMEOUT_S = 300.0  # as long as the supervisor waits for a stage to be ready
+# A reader this many of its own frame times behind, with frames outstanding, is stuck, not slow;
+# never sooner than the floor (a scheduling hiccup, a stage restarting), and before its pace is
+# known, only after the unmeasured limit.
+STALL_FACTOR = 10
+STALL_FLOOR_S = 2.0
+STALL_UNMEASURED_S = 10.0
+
+log = logging.getLogger("edge")
 
 
 class EdgeWriter:
     """Producer end of an edge: owns the ring and applies the policy."""
 
     def __init__(self, zctx: zmq.Context, endpoint: str, ring: Ring, policy: str,
-                 fanout: bool = False):
+                 fanout: bool = False, *, name: str | None = None,
+                 readers: Collection[str] | None = None, downstream: str | None = None,
+                 judge: bool | None = None):
+        """`name`: the edge, for stats and log lines. `readers`: the stage instances the socket
+        admits (None: anyone; for tests and tools). `downstream`: the in-order `block` ring the
+        reader writes into: while it is full the reader waits on its own output, not stuck.
+        `judge`: whether `watch` judges the reader by the ring's counters (default: when its
+        readers are known; a TCP writer releases its own ring, the link is its reader)."""
         self.ring = ring
         self.policy = policy
+        self.name = name or ring.name
+        self.readers = sorted(readers or ())
         self.drops = {"drop_new": 0, "latest": 0}
+        self._judged = policy != "latest" and (readers is not None if judge is None else judge)
+        if self._judged:
+            self.drops["stalled"] = 0  # frames taken back from a reader that stopped releasing
         self._count = ring.written  # frames published (a restarted writer continues the count)
+        self._downstream_name = downstream
+        self._downstream: Ring | None = None
+        self._seen = ring.released  # `released` when last seen moving (by `watch`) ...
+        self._seen_at: float | None = None  # ... and when
+        self._frame_s: float | None = None  # the reader's pace: seconds per frame released
+        self._stall: dict[str, Any] | None = None  # who stalls the edge and why, while it lasts
         self.sock = self._socket(zctx, fanout)
+        self._admission = Admission.acquire(zctx) if readers is not None else None
         try:
+            if self._admission is not None:
+                self._admission.guard(self.sock, self.name, self.readers)
             self.sock.bind(endpoint)
         except zmq.ZMQError:
             self.sock.close(0)  # an open socket would keep the context from terminating
+            if self._admission is not None:
+                self._admission.release()
             raise
 
     def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
@@ -65,7 +106,7 @@ class EdgeWriter:
         deadline = time.monotonic() + timeout_s
         seen = 0
         while time.monotonic() < deadline and alive():
-            if self.sock.socket_type == zmq.PUSH:
+            if self.sock.type == zmq.PUSH:
                 if self.sock.poll(100, zmq.POLLOUT):  # writable once a reader is connected
                     return True
             elif self.sock.poll(100, zmq.POLLIN):
@@ -129,9 +170,88 @@ class EdgeWriter:
                 if not alive():
                     return
 
+    def watch(self) -> dict[str, Any]:
+        """Once a second, from the stage's stats (sent even while the writer waits): judge the
+        reader by the ring's counters, and take the frames back from one that stopped releasing
+        them. Returns what the stats carry: `stalled` ({edge: {"readers": the stuck stage(s),
+        "reason": a line}}, while it lasts) and `refused` (connections from processes that are
+        not an edge's stages, per edge of this process)."""
+        out: dict[str, Any] = {}
+        adm = self._admission
+        if adm is not None and any(adm.refused.values()):  # this process's edges, credits too
+            out["refused"] = {edge: n for edge, n in adm.refused.items() if n}
+        if self._judged and self._judge(time.monotonic()):
+            out["stalled"] = {self.name: self._stall}
+        return out
+
+    def _judge(self, now: float) -> bool:
+        """True while the edge is stalled: frames outstanding and none released for many times
+        the reader's own pace (measured here, from the counters, at no cost per frame)."""
+        try:
+            written, released = self.ring.written, self.ring.released
+        except TypeError:  # closed
+            return False
+        if released != self._seen:  # the reader moves: learn its pace
+            if self._seen_at is not None and released > self._seen:
+                sample = (now - self._seen_at) / (released - self._seen)
+                self._frame_s = sample if self._frame_s is None else \
+                    0.8 * self._frame_s + 0.2 * sample
+            self._seen, self._seen_at, self._stall = released, now, None
+            return False
+        if self._seen_at is None or written == released or self._waits_downstream():
+            self._seen_at = now  # nothing outstanding, or the reader waits on its own output
+            return self._stall is not None
+        idle = now - self._seen_at
+        limit = STALL_UNMEASURED_S if self._frame_s is None else \
+            max(STALL_FLOOR_S, STALL_FACTOR * self._frame_s)
+        if idle > limit:
+            self._reclaim(idle, now)
+        return self._stall is not None
+
+    def _waits_downstream(self) -> bool:
+        """Whether the reader's own `block` output ring is full (then it waits, and is excused)."""
+        if self._downstream_name is None:
+            return False
+        if self._downstream is None:
+            try:
+                self._downstream = Ring.attach(self._downstream_name, readonly=True)
+            except (OSError, ValueError):
+                return False
+        ring = self._downstream
+        return ring.written - ring.released >= ring.slots
+
+    def _reclaim(self, idle: float, now: float) -> None:
+        """Take back every outstanding frame. Each slot's `begin` word is cleared first, so a
+        reader still holding one finds it torn and does not release it a second time (see
+        `EdgeReader.release`); shared readers skip the descriptors of frames taken back."""
+        ring = self.ring
+        with ring.locked():  # holder and claimed change only under the lock (ring.py)
+            holder = ring.holder
+            for i in range(ring.released, ring.written):
+                ring.begin_write(i % ring.slots, 0)
+            ring.holder = 0
+            ring.claimed = ring.last_seq
+            n = ring.release_all()
+        self._seen, self._seen_at = ring.released, now
+        self.drops["stalled"] += n
+        stuck = sibling_stage(holder) if holder else None  # a shared ring names its holder
+        readers = [stuck] if stuck else self.readers
+        pace = f"{self._frame_s * 1000:.0f} ms a frame" if self._frame_s else "pace not yet known"
+        reason = (f"{' or '.join(readers) or 'its reader'} released no frame for {idle:.1f} s "
+                  f"(its pace: {pace})")
+        if self._stall is None:  # once per stall; the drops count every frame taken back
+            log.warning("%s edge stalled: %s; took its %d frame(s) back (counted as 'stalled' "
+                        "drops)", self.name, reason, n)
+        self._stall = {"readers": readers, "reason": reason}
+
     def close(self) -> None:
         self.sock.close(0)
         self.ring.close()
+        if self._downstream is not None:
+            self._downstream.close()
+        if self._admission is not None:
+            self._admission.release()
+            self._admission = None
 
 
 class EdgeReader:
@@ -145,6 +265,7 @@ class EdgeReader:
         self.ring: Ring | None = None  # attached on the first frame: the writer creates it
         self.drops = {"latest": 0, "torn": 0, "malformed": 0}
         self.depth = 0  # frames that were waiting behind the one taken last
+        self._freed = False  # the frame taken last was freed by someone else (see `intact`)
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self.drops["restart"] = self._take_over() if sole else 0
         self.sock = self._socket(zctx, fanout)
@@ -241,15 +362,25 @@ class EdgeReader:
         return self.ring.view(desc["slot"], tuple(desc["shape"]), desc["dtype"])
 
     def intact(self, desc: dict[str, Any]) -> bool:
-        """True if the slot still held this frame for the whole read; else counts a torn drop."""
+        """True if the slot still held this frame for the whole read. If not: on a `latest` edge
+        the writer lapped this reader (a torn drop); on an in-order edge, where the writer waits
+        for releases, only a writer taking frames back (`EdgeWriter.watch`, counted there) or a
+        restarted reader's take-over can have freed the slot: the frame is not released again."""
         assert self.ring is not None
         if self.ring.intact(desc["slot"], desc["seq"]):
             return True
-        self.drops["torn"] += 1
+        if self.policy == "latest":
+            self.drops["torn"] += 1
+        else:
+            self._freed = True
         return False
 
     def release(self) -> None:
-        """Done with the frame taken last: its slot may be reused."""
+        """Done with the frame taken last: its slot may be reused (unless it was freed already:
+        releasing it twice would let the writer overwrite a frame still queued here)."""
+        if self._freed:
+            self._freed = False
+            return
         self._release(1)
 
     def _release(self, n: int) -> None:

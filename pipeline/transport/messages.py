@@ -13,12 +13,16 @@ the host, so latencies can be subtracted across processes; `captured_at` is wall
 
 # No `from __future__ import annotations`: the TypedDicts below are read at run time
 # (`required_fields`), and NotRequired must be a real object for that.
+import math
 import typing
+from collections.abc import Callable
 from typing import Any, Literal, NotRequired, TypedDict
 
 import msgpack
 
 SCHEMA = 1
+MAX_RESULT_BYTES = 256 * 1024  # a result's top 1000 ImageNet labels take 40 KB
+MAX_SUBSCRIPTION_BYTES = 256  # what a subscriber may send a publisher: a topic prefix
 
 # Control messages (stage <-> supervisor), by `type`:
 READY = "ready"  # stage -> supervisor: set up (model warm, source open); carries details
@@ -142,7 +146,85 @@ def pack(obj: dict[str, Any]) -> bytes:
 
 
 def unpack(data: bytes) -> dict[str, Any]:
-    obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    """The map in `data`; ValueError for anything else (bad msgpack, a map as a key, not a map)."""
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several kinds, TypeError among them
+        raise ValueError(f"undecodable message: {e}") from None
     if not isinstance(obj, dict):
         raise ValueError("message is not a map")
     return obj
+
+
+# -- results (docs/protocol.md) -------------------------------------------------------------
+# Checked in the supervisor's hub before anyone sees a result, and again by subscribers, so a
+# forged or damaged message never reaches a consumer, the record or the figures.
+
+RESULT_TIMES = ("capture", "preprocess_start", "preprocess_end", "inference_start", "inference_end")
+
+
+def _text(v: Any) -> bool:
+    return type(v) is str
+
+
+def _count(v: Any) -> bool:
+    return type(v) is int and v >= 0
+
+
+def _number(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v)
+
+
+def _times(v: Any) -> bool:
+    return (type(v) is dict and all(k in v for k in RESULT_TIMES)
+            and all(type(k) is str and _count(n) for k, n in v.items()))
+
+
+def _top(v: Any) -> bool:
+    return type(v) is list and 1 <= len(v) <= 1000 and all(
+        type(c) is dict and _count(c.get("index")) and _text(c.get("label"))
+        and _number(c.get("prob")) for c in v)
+
+
+def _plain(v: Any, depth: int = 0) -> bool:
+    """JSON without surprises (what a key we do not know may hold): no bytes, no inf or nan."""
+    if v is None or type(v) in (bool, int, str):
+        return True
+    if type(v) is float:
+        return math.isfinite(v)
+    if depth > 8:
+        return False
+    if type(v) is list:
+        return all(_plain(x, depth + 1) for x in v)
+    return type(v) is dict and all(type(k) is str and _plain(x, depth + 1) for k, x in v.items())
+
+
+_RESULT: dict[str, Callable[[Any], bool]] = {
+    "schema": lambda v: type(v) is int and v == SCHEMA, "type": lambda v: v == "result",
+    "pipeline": _text, "source": _text, "worker": _text, "model": _text, "runtime": _text,
+    "result_seq": lambda v: type(v) is int and v >= 1, "seq": _count, "frame_slot": _count,
+    "frame_shape": lambda v: type(v) is list and len(v) == 3 and all(
+        type(n) is int and n > 0 for n in v),
+    "input_size": _count, "captured_at": _number, "latency_ms": _number, "t": _times, "top": _top,
+}
+_RESULT_OPTIONAL: dict[str, Callable[[Any], bool]] = {
+    "frame": lambda v: v is None or _count(v), "item": _text, "dropped": _count,
+    "queue": lambda v: type(v) is dict and all(type(k) is str and _count(n) for k, n in v.items()),
+}
+
+
+def result_problem(msg: dict[str, Any]) -> str | None:
+    """The first field that makes `msg` not a schema-1 result (the kind of a rejection), or None.
+    Keys the schema does not name are allowed (new ones may appear) if they hold plain JSON."""
+    for key, ok in _RESULT.items():
+        if key not in msg or not ok(msg[key]):
+            return key
+    for key, value in msg.items():
+        if key in _RESULT:
+            continue
+        ok = _RESULT_OPTIONAL.get(key)
+        if ok is not None and not ok(value):
+            return key
+        if ok is None and not (type(key) is str and _plain(value)):
+            return "other keys"  # a fixed name: senders cannot invent kinds
+    return None

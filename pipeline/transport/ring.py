@@ -6,11 +6,13 @@ payload and in its `end` word after, so a reader that finished reading can tell 
 still holds the frame it was told about (`intact`): if the writer lapped it, `begin` has moved on
 and the frame is dropped as torn instead of being classified half-overwritten.
 
-Ordering: the payload and sequence words are plain stores. On x86 (TSO) that is enough; on Arm
-the reader learns of a frame through a socket (a system call: a full barrier on both sides), which
-orders the writer's completed frame before the reader's view of it; a lap detected purely through
-shared memory relies on the same barriers at the next descriptor, so a torn frame is caught at the
-latest when its sequence words are re-read after the copy.
+Ordering: Arm may reorder plain loads among themselves and plain stores among themselves, so
+`fence.full_fence` orders them: the writer fences after storing `begin` and before storing `end`;
+the reader fences in `intact`, before re-reading the words, so a byte of a newer frame implies it
+sees the newer `begin`. A reader learns of a frame through a descriptor; its path through ZeroMQ
+and the kernel is a chain of release and acquire operations, so the payload is visible to the
+reader when its read starts. (tools/bench_fence.py: three fences cost about 1% of writing a
+640x480 frame.)
 
 Two counters in the header carry flow control for the `block` and `drop_new` policies: `written`
 (frames published, writer-owned) and `released` (frames finished, reader-owned).
@@ -24,24 +26,37 @@ Segments are plain files in /dev/shm (POSIX shared memory on Linux), created and
 so no resource tracker process is involved and the supervisor can remove them after any crash.
 The space is reserved at creation (posix_fallocate): a full /dev/shm fails there, loudly, instead
 of raising SIGBUS in the middle of a frame.
+
+/dev/shm is shared by every user and segment names are predictable, so a segment found under a
+ring's name is used only if it is ours: a regular file owned by the effective uid (root included:
+a root pipeline does not read other users' segments either). A writer takes over an existing
+segment (a restarted stage) only if, besides, no other user may open it (mode 0600) and its
+header holds the run's random token (`RunPaths.token`), which only our own run directory (mode
+0700) tells. Anything else is refused with `RingRefused`, one line naming the segment.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import mmap
 import os
+import secrets
+import stat
 from typing import Iterator
 
 import numpy as np
 
+from pipeline.errors import UserError
+from pipeline.transport.fence import full_fence
+
 SHM_DIR = "/dev/shm"
 MAGIC = 0x52494E4731  # "RING1"
-# magic, version, slots, slot_bytes, written, released, last seq, reserved, claimed, holder
+# magic, version, slots, slot_bytes, written, released, last seq, token, claimed, holder
 _HEADER_WORDS = 10
 _W_MAGIC, _W_VERSION, _W_SLOTS, _W_SLOT_BYTES, _W_WRITTEN, _W_RELEASED, _W_LAST_SEQ = range(7)
-_W_CLAIMED, _W_HOLDER = 8, 9
+_W_TOKEN, _W_CLAIMED, _W_HOLDER = 7, 8, 9
 _PAGE = 4096
 _SLOT_ALIGN = 64
 
@@ -52,6 +67,49 @@ def _align(n: int, to: int) -> int:
 
 def shm_path(name: str) -> str:
     return os.path.join(SHM_DIR, name)
+
+
+class RingRefused(UserError, ValueError):
+    """A segment under a ring's name that is not ours to use (another user's, open to others,
+    or not made by this run); `str(e)` is the one-line reason."""
+
+
+def _open_own(name: str, flags: int) -> tuple[int, os.stat_result]:
+    """Open a segment only if it is a regular file of ours (never through a symlink, never
+    blocking on a FIFO); returns the descriptor and its stat."""
+    path = shm_path(name)
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:  # a symlink (ELOOP), or another user's private file (EACCES)
+        if e.errno not in (errno.ELOOP, errno.EACCES, errno.EPERM):
+            raise
+        try:
+            problem = _not_ours(os.lstat(path))
+        except OSError:
+            problem = None
+        if problem is None:
+            raise
+        raise RingRefused(_refusal(path, problem)) from None
+    st = os.fstat(fd)
+    problem = _not_ours(st)
+    if problem is not None:
+        os.close(fd)
+        raise RingRefused(_refusal(path, problem))
+    return fd, st
+
+
+def _not_ours(st: os.stat_result) -> str | None:
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}, not to this user (uid {os.geteuid()})"
+    return None
+
+
+def _refusal(path: str, problem: str) -> str:
+    return f"shared memory {path} {problem}: refusing to use it; remove it or stop the program that made it"
 
 
 class Ring:
@@ -85,14 +143,16 @@ class Ring:
         return base + slots * _align(slot_bytes, _SLOT_ALIGN)
 
     @classmethod
-    def create(cls, name: str, slots: int, slot_bytes: int) -> "Ring":
+    def create(cls, name: str, slots: int, slot_bytes: int, token: int = 0) -> "Ring":
+        """A new ring (FileExistsError if the name is taken), stamped with the run's `token`."""
         if slots < 1 or slot_bytes < 1:
             raise ValueError(f"ring {name}: slots and slot_bytes must be positive")
         size = cls.nbytes(slots, slot_bytes)
-        # Built under a private name and linked into place complete, so a reader never maps
-        # a segment that is still empty or has no header.
-        final, tmp = shm_path(name), f"{shm_path(name)}.new-{os.getpid()}"
-        fd = os.open(tmp, os.O_CREAT | os.O_TRUNC | os.O_RDWR, 0o600)
+        # Built under a private, unguessable name and linked into place complete, so a reader
+        # never maps a segment that is still empty or has no header, and nobody can plant a file
+        # of theirs where we build ours.
+        final, tmp = shm_path(name), f"{shm_path(name)}.new-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_RDWR | os.O_CLOEXEC, 0o600)
         try:
             try:
                 os.posix_fallocate(fd, 0, size)
@@ -107,6 +167,7 @@ class Ring:
         head[_W_SLOTS] = slots
         head[_W_SLOT_BYTES] = slot_bytes
         head[_W_VERSION] = 2
+        head[_W_TOKEN] = token
         head[_W_MAGIC] = MAGIC
         del head
         try:
@@ -119,25 +180,35 @@ class Ring:
         return cls(name, mm, owner=True)
 
     @classmethod
-    def open_for_writing(cls, name: str, slots: int, slot_bytes: int) -> "Ring":
+    def open_for_writing(cls, name: str, slots: int, slot_bytes: int, token: int) -> "Ring":
         """Create the ring, or take over the one a previous run of this stage left (a restart),
-        so readers that mapped it carry on with the same segment."""
+        so readers that mapped it carry on with the same segment. Only a segment of ours, private
+        (0600) and stamped with this run's `token` is taken over; anything else: RingRefused."""
         try:
-            return cls.create(name, slots, slot_bytes)
+            return cls.create(name, slots, slot_bytes, token)
         except FileExistsError:
-            ring = cls.attach(name)
+            ring = cls.attach(name, private=True)
+            if int(ring._head[_W_TOKEN]) != token:
+                ring.close()
+                raise RingRefused(f"shared memory {shm_path(name)} was not made by this run: "
+                                  "refusing to write into it; remove it") from None
             if ring.slots != slots or ring.slot_bytes < slot_bytes:
                 ring.close()
                 raise ValueError(f"ring {name} exists with another shape") from None
             return ring
 
     @classmethod
-    def attach(cls, name: str, readonly: bool = False) -> "Ring":
-        """Map an existing ring; `readonly` maps it without write permission (consumers)."""
-        fd = os.open(shm_path(name), os.O_RDONLY if readonly else os.O_RDWR)
+    def attach(cls, name: str, readonly: bool = False, private: bool = False) -> "Ring":
+        """Map an existing ring of ours; `readonly` maps it without write permission (consumers),
+        `private` also refuses one that other users may open."""
+        fd, st = _open_own(name, os.O_RDONLY if readonly else os.O_RDWR)
         try:
+            if private and st.st_mode & 0o077:
+                raise RingRefused(f"shared memory {shm_path(name)} is open to other users (mode "
+                                  f"{stat.S_IMODE(st.st_mode):04o}, not 0600): refusing to write "
+                                  "into it; remove it")
             prot = mmap.PROT_READ if readonly else mmap.PROT_READ | mmap.PROT_WRITE
-            mm = mmap.mmap(fd, os.fstat(fd).st_size, prot=prot)
+            mm = mmap.mmap(fd, st.st_size, prot=prot)
         finally:
             os.close(fd)
         return cls(name, mm, owner=False)
@@ -161,8 +232,10 @@ class Ring:
     # Writer side.
     def begin_write(self, slot: int, seq: int) -> None:
         self._seq[slot, 0] = seq
+        full_fence()  # `begin` is visible before any byte of the new payload
 
     def end_write(self, slot: int, seq: int) -> None:
+        full_fence()  # the whole payload is visible before `end` (and `last_seq`) name the frame
         self._seq[slot, 1] = seq
         self._head[_W_LAST_SEQ] = seq
         self._head[_W_WRITTEN] += 1
@@ -182,6 +255,7 @@ class Ring:
     # Reader side.
     def intact(self, slot: int, seq: int) -> bool:
         """True while the slot still holds `seq` and no newer write has started on it."""
+        full_fence()  # the caller's reads of the payload are done before the words are re-read
         return int(self._seq[slot, 1]) == seq and int(self._seq[slot, 0]) == seq
 
     def release(self, n: int = 1) -> None:
@@ -237,7 +311,11 @@ class Ring:
 
     @staticmethod
     def unlink(name: str) -> bool:
+        """Remove the segment if it is there and ours (another user's, squatting the name, is
+        theirs to remove); True if removed."""
         try:
+            if os.lstat(shm_path(name)).st_uid != os.geteuid():
+                return False
             os.unlink(shm_path(name))
             return True
         except FileNotFoundError:

@@ -1,7 +1,12 @@
 """Where a running pipeline instance keeps its sockets and shared memory.
 
 Every name carries the pipeline's name and the supervisor's pid, so two instances never collide and
-everything one instance made can be found and removed by that prefix.
+everything one instance made can be found and removed by that prefix. A pid alone does not say
+whether that supervisor still runs (pids are reused), so the supervisor's start time (field 22 of
+/proc/PID/stat) goes with it: in run.json and in every segment name.
+
+The runtime directory is used only if it is a private directory of ours (like ssh-agent's and
+tmux's): another user who made it first would otherwise see, or for root control, a live run.
 """
 
 from __future__ import annotations
@@ -9,18 +14,27 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import UserError
+
+SOCKET_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 RESULTS_IN = "results-in"  # inference workers publish here; the supervisor's hub republishes
 
 
 class NotRunning(LookupError):
     """No running pipeline matches; the message lists what does run."""
+
+
+class RuntimeDirError(UserError):
+    """The runtime directory exists but is not a private directory of this user."""
 
 
 def pid_alive(pid: int) -> bool:
@@ -34,13 +48,23 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def supervisor_alive(pid: int) -> bool:
-    """Whether `pid` is still a pipeline supervisor (not gone, nor reused by another program)."""
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot), None if there is no such process:
+    with the pid, it names one process for good."""
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        fields = Path(f"/proc/{pid}/stat").read_bytes()
     except OSError:
-        return False
-    return b"pipeline" in cmd
+        return None
+    try:  # the command name (field 2) may hold spaces and parentheses: count after the last ')'
+        return int(fields[fields.rindex(b")") + 2:].split()[19])
+    except (ValueError, IndexError):
+        return None
+
+
+def supervisor_alive(pid: int, start: int | None) -> bool:
+    """Whether the supervisor that started at `start` as `pid` still runs (not gone, nor its
+    pid reused by another process). Takes what run.json holds, checked here."""
+    return type(pid) is int and pid > 0 and type(start) is int and process_start(pid) == start
 
 
 def running_pipelines() -> list[dict[str, Any]]:
@@ -53,7 +77,7 @@ def running_pipelines() -> list[dict[str, Any]]:
             info = json.loads(entry.read_text())
         except (OSError, ValueError):
             continue
-        if supervisor_alive(int(info.get("pid", -1))):
+        if isinstance(info, dict) and supervisor_alive(info.get("pid"), info.get("start")):
             info["dir"] = str(entry.parent)
             found.append(info)
         else:
@@ -81,10 +105,29 @@ def find_pipeline(name: str | None = None) -> dict[str, Any]:
     return ([i for i in matches if i["endpoints"].get("results")] or matches)[-1]
 
 
-def runtime_root() -> Path:
-    """Per-user directory (mode 0700) holding one sub-directory per running pipeline."""
+def runtime_root(create: bool = False) -> Path:
+    """Per-user directory (mode 0700) holding one sub-directory per running pipeline, made if
+    `create`. RuntimeDirError if it exists and is not a directory of ours that only we may use."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return Path(base) / f"edge-pipeline-{os.getuid()}"
+    root = Path(base) / f"edge-pipeline-{os.getuid()}"
+    if create:
+        try:
+            root.mkdir(mode=0o700, parents=True)
+        except FileExistsError:
+            pass  # checked below: whoever made it
+    try:
+        st = os.lstat(root)
+    except FileNotFoundError:
+        return root
+    me = os.geteuid()
+    problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else
+               "is not a directory" if not stat.S_ISDIR(st.st_mode) else
+               f"is owned by uid {st.st_uid}, not you (uid {me})" if st.st_uid != me else
+               f"is open to other users (mode {stat.S_IMODE(st.st_mode):04o}, not 0700)"
+               if st.st_mode & 0o077 else None)
+    if problem:
+        raise RuntimeDirError(f"runtime directory {root} {problem}: remove it or set XDG_RUNTIME_DIR")
+    return root
 
 
 class NameLock:
@@ -99,8 +142,7 @@ class NameLock:
 
     def acquire(self) -> bool:
         """Take the name; False if another pipeline holds it."""
-        root = runtime_root()
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root = runtime_root(create=True)
         wanted = [(f"{self.name}.lock", fcntl.LOCK_EX if self.host is None else fcntl.LOCK_SH)]
         if self.host is not None:
             wanted.append((f"{self.name}@{self.host}.lock", fcntl.LOCK_EX))
@@ -120,20 +162,32 @@ class NameLock:
         self._fds.clear()
 
 
+def segment_name(name: str, pid: int, start: int, edge: str) -> str:
+    """/dev/shm name of a run's ring: `edge-pipeline-NAME-PID-START.EDGE`. Names and source ids
+    have no '.', so the first '.' ends the supervisor's pid and start time however they read."""
+    return f"edge-pipeline-{name}-{pid}-{start}.{edge}"
+
+
 @dataclass(frozen=True)
 class RunPaths:
     name: str
     pid: int
     dir: Path
+    start: int  # the supervisor's start time: with the pid, names it for good
+    token: int  # random, stamped in every ring of the run: only a ring bearing it is taken over
 
     @classmethod
     def for_instance(cls, name: str, pid: int) -> "RunPaths":
-        return cls(name, pid, runtime_root() / f"{name}-{pid}")
+        """A new run of supervisor `pid` (a running process), with a fresh token."""
+        start = process_start(pid)
+        if start is None:
+            raise ValueError(f"no process {pid}")
+        return cls(name, pid, runtime_root() / f"{name}-{pid}", start, secrets.randbits(64) or 1)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> "RunPaths":
         info = json.loads((Path(run_dir) / "run.json").read_text())
-        return cls(info["name"], info["pid"], Path(run_dir))
+        return cls(info["name"], info["pid"], Path(run_dir), info["start"], info["token"])
 
     def info(self) -> dict[str, Any]:
         return json.loads((self.dir / "run.json").read_text())
@@ -143,7 +197,12 @@ class RunPaths:
         return f"ipc://{self.dir / what}.sock"
 
     def shm_name(self, edge: str) -> str:
-        return f"edge-pipeline-{self.name}-{self.pid}-{edge}"
+        return segment_name(self.name, self.pid, self.start, edge)
+
+    @property
+    def result_seq_file(self) -> Path:
+        """The counter inference workers draw consecutive result numbers from."""
+        return self.dir / "result_seq"
 
     @property
     def config_file(self) -> Path:
@@ -154,19 +213,29 @@ class RunPaths:
         """The runtime and model file every inference worker loads (workers/inference/model_plan.py)."""
         return self.dir / "model.json"
 
+    def too_long(self, sockets: list[str]) -> str | None:
+        """None if every socket path fits a unix socket address, else the one-line refusal."""
+        path = max((self.endpoint(s).removeprefix("ipc://") for s in sockets), key=len)
+        if len(path.encode()) <= SOCKET_PATH_MAX:
+            return None
+        return (f"socket path {path} is {len(path.encode())} bytes, more than the "
+                f"{SOCKET_PATH_MAX} a unix socket allows: set XDG_RUNTIME_DIR to a shorter "
+                "directory, or shorten the pipeline's name or its sources' ids")
+
     def create(self, config_json: str, *, host: str | None, stages: list[str],
-               rings: dict[str, str], results: bool) -> None:
+               rings: dict[str, str], results: bool, model_cores: list[int]) -> None:
         """Make the instance's directory and its discovery entry (run.json): which host of the
-        topology this is, its stage processes, and the ring holding each source's frames here."""
-        root = runtime_root()
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(root, 0o700)
+        topology this is, its stage processes, the ring holding each source's frames here, and
+        the model's cores (consumers leave them before importing anything heavy)."""
+        runtime_root(create=True)
         self.dir.mkdir(mode=0o700)
         self.config_file.write_text(config_json)
         info = {
-            "name": self.name, "pid": self.pid, "started_at": time.time(), "host": host,
+            "name": self.name, "pid": self.pid, "start": self.start, "token": self.token,
+            "started_at": time.time(), "host": host,
             "endpoints": {w: self.endpoint(w) for w in ("status", "control")},
-            "rings": rings, "stages": stages, "config": json.loads(config_json),
+            "rings": rings, "stages": stages, "model_cores": model_cores,
+            "config": json.loads(config_json),
         }
         if results:
             info["endpoints"]["results"] = self.endpoint("results")

@@ -156,8 +156,9 @@ class TcpEdgeReader(EdgeReader):
 
     def __init__(self, zctx: zmq.Context, connect: str, ring_name: str, policy: str, slots: int,
                  slot_bytes: int, required: tuple[str, ...] = (), curve: Curve | None = None,
-                 server_host: str = ""):
+                 server_host: str = "", token: int = 0):
         self._slots, self._slot_bytes = slots, slot_bytes
+        self._token = token  # the run's: a ring left by a restart is taken over only if it bears it
         self._local_seq = 0
         self._clock = _wall_minus_monotonic()
         self.bytes_received = 0
@@ -232,7 +233,8 @@ class TcpEdgeReader(EdgeReader):
             image = np.frombuffer(payload, np.uint8).reshape(shape)
         need = image.nbytes
         if self.ring is None:
-            self.ring = Ring.open_for_writing(self.ring_name, self._slots, max(self._slot_bytes, need))
+            self.ring = Ring.open_for_writing(self.ring_name, self._slots, max(self._slot_bytes, need),
+                                              self._token)
             self._local_seq = self.ring.last_seq
         if need > self.ring.slot_bytes:
             self.drops["oversize"] += 1

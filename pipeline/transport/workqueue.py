@@ -3,7 +3,10 @@
 Every worker subscribes to every source's tensors edge and keeps a round-robin cursor over the
 sources. To work, it claims the newest frame of the next source that has one no worker has taken
 (`SharedReader.claim`: a few microseconds under the ring's lock), so no source starves, none is
-served a stale frame, and a worker that dies takes nothing with it but the frame it held.
+served a stale frame, and a worker that dies takes nothing with it but the frame it held. One
+that hangs holding a frame of an in-order ring (where the others wait for it) has its frames
+taken back by the ring's writer (`EdgeWriter.watch`), which also clears `holder` and moves
+`claimed` past them, so the others carry on and skip what was taken back.
 """
 
 from __future__ import annotations

@@ -16,10 +16,12 @@ class Pacer:
         """Start the schedule afresh (after a stall, frames resume at once, no catch-up burst)."""
         self.due = time.monotonic()
 
-    def wait(self) -> None:
+    def wait(self, frames: int = 1) -> None:
+        """Until the next frame is due, `frames` periods after the last (a file's frames that
+        could not be decoded keep their time, as a camera's missed frames do)."""
         if not self.period:
             return
-        self.due += self.period
+        self.due += self.period * frames
         delay = self.due - time.monotonic()
         if delay > 0:
             time.sleep(delay)

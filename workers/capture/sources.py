@@ -8,18 +8,25 @@ metadata, or None at the end of the stream.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 from typing import Any, Callable
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from pipeline.config import CameraSource, ImagesSource, SyntheticSource, VideoSource, image_files
 from pipeline.errors import UserError
 
 log = logging.getLogger("capture")
 BufferFor = Callable[[tuple[int, int, int]], np.ndarray]
+# Undecodable video frames in a row read past before the file counts as ended there: every failed
+# read moves on by one packet, and the decoder resumes at the next frame it can decode.
+SKIP_LIMIT = 250
+# PIL only reads image headers here (sizes); source.max_frame_pixels is the limit that applies.
+Image.MAX_IMAGE_PIXELS = None
 
 
 class SourceError(UserError):
@@ -30,6 +37,10 @@ class Source:
     max_frame_bytes: int = 0
     fps: float = 0.0  # pacing for the capture loop; 0: no pacing (as fast as possible / device-paced)
     corrupt = 0  # items skipped because they could not be decoded
+    decode = 0  # video frames skipped mid-file or missing at its end because they cannot be decoded
+    damage = ""  # the first frames the file could not deliver, for the user ("": none)
+    gap = 0  # undecodable frames skipped just before the last one read (they keep their time)
+    strict = False  # every frame matters (block edges): damage ends the stream, even looping
     live = False  # a failed read means "reconnect", not "end of stream"
 
     def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
@@ -73,7 +84,12 @@ class Synthetic(Source):
 
 
 class Video(Source):
-    """A video file through OpenCV (FFmpeg backend), optionally looping."""
+    """A video file through OpenCV (FFmpeg backend), optionally looping.
+
+    A frame that cannot be decoded is skipped and counted (`decode`), and reading goes on; a file
+    that ends short of the frame count its container declares (a truncated or damaged file) says
+    so once and counts the missing frames too.
+    """
 
     def __init__(self, cfg: VideoSource):
         self.path = cfg.path
@@ -85,27 +101,66 @@ class Video(Source):
         w = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH))
         h = int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
         if w <= 0 or h <= 0:
+            self.cap.release()
             raise SourceError(f"source.path: {cfg.path} has no video stream OpenCV can decode")
+        if w * h > cfg.max_frame_pixels:
+            self.cap.release()
+            raise SourceError(f"source.max_frame_pixels: video {cfg.path} has {w}x{h} frames "
+                              f"({w * h} pixels), more than the limit {cfg.max_frame_pixels}")
         self.shape = (h, w, 3)
         self.max_frame_bytes = h * w * 3
         self.file_fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self.fps = (cfg.fps or self.file_fps or 30.0) if cfg.realtime else 0.0
+        self.declared = max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)))  # 0: not known
         self.n = 0  # frames delivered
-        self.index = 0  # position in the file
+        self.index = 0  # position in the file: frames decoded or skipped
+        self._told: set[str] = set()  # kinds of damage logged (once each)
 
     def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
         dst = buffer_for(self.shape)
-        ok, _ = self.cap.read(dst)
-        if not ok and self.loop and self.index > 0:
+        if not self._decode(dst):
+            if not self.loop or self.index == 0 or (self.damage and self.strict):
+                return None
             self.cap.release()
             self.cap = cv2.VideoCapture(self.path)
             self.index = 0
-            ok, _ = self.cap.read(dst)
-        if not ok:
-            return None
+            if not self.cap.isOpened() or not self._decode(dst):
+                return None
         self.index += 1
         self.n += 1
         return {"frame": self.index - 1}
+
+    def _decode(self, dst: np.ndarray) -> bool:
+        """The next frame that decodes, into `dst`, reading past undecodable ones; False at the
+        end of the file (noting it if that comes well before the frame count it declares)."""
+        skipped = 0
+        while True:
+            ok, _ = self.cap.read(dst)
+            if ok:
+                self.gap = skipped
+                if skipped:
+                    first = f"frame {self.index}" if skipped == 1 else \
+                        f"frames {self.index}-{self.index + skipped - 1}"
+                    self._lost(skipped, "skip", f"{first} cannot be decoded: skipped")
+                    self.index += skipped
+                return True
+            skipped += 1
+            if skipped > SKIP_LIMIT or (self.declared and self.index + skipped >= self.declared):
+                break
+        missing = self.declared - self.index
+        if self.declared and missing > max(3, self.declared // 100):  # counts are estimates
+            self._lost(missing, "short", f"stopped at frame {self.index} of the {self.declared} "
+                       f"it declares: {missing} missing (truncated or damaged)")
+        return False
+
+    def _lost(self, n: int, kind: str, what: str) -> None:
+        """Counts undecodable frames as decode drops; says what happened once of each kind."""
+        self.decode += n
+        self.damage = self.damage or f"video {self.path}: {what}"
+        if kind not in self._told:
+            self._told.add(kind)
+            log.warning("video %s: %s; counted as decode drops (the next such are only counted)",
+                        self.path, what)
 
     def close(self) -> None:
         self.cap.release()
@@ -114,17 +169,22 @@ class Video(Source):
 class Images(Source):
     """Still images from a folder or glob, EXIF orientation applied, grayscale made BGR.
 
-    Files that cannot be decoded, or were deleted or made unreadable since the folder was
-    listed, are skipped, counted and logged once each.
+    Files that cannot be decoded, were deleted or made unreadable since the folder was listed, or
+    are larger than source.max_frame_pixels (told from the header, before any decoding) are
+    skipped, counted and logged once each.
     """
 
     def __init__(self, cfg: ImagesSource):
         self.files = image_files(cfg.path)
         self.loop = cfg.loop
         self.fps = cfg.fps
+        self.limit = cfg.max_frame_pixels
         self.i = 0
         self._bad: set[str] = set()
-        biggest = largest_image_pixels(self.files)
+        biggest, oversized = largest_image(self.files, self.limit)
+        if not biggest and oversized:
+            raise SourceError(f"source.max_frame_pixels: every image at {cfg.path} is larger than "
+                              f"{self.limit} pixels (e.g. {oversized})")
         if not biggest:
             raise SourceError(f"source.path: none of the {len(self.files)} image files at {cfg.path} "
                               "can be read")
@@ -138,20 +198,39 @@ class Images(Source):
                 self.i = 0
             path = self.files[self.i]
             self.i += 1
-            img = None
-            if path not in self._bad:
-                try:
-                    img = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-                except (cv2.error, OSError):  # undecodable, or gone or unreadable since listed
-                    img = None
-            if img is None or img.size == 0 or img.nbytes > self.max_frame_bytes:
-                if path not in self._bad:
-                    self._bad.add(path)
-                    self.corrupt += 1
-                    log.warning("skipping image that cannot be decoded: %s", path)
+            if path in self._bad:
+                continue
+            img, why = self._load(path)
+            if img is None:
+                self._bad.add(path)
+                self.corrupt += 1
+                log.warning("skipping image %s: %s", why, path)
                 continue
             np.copyto(buffer_for(img.shape), img)
             return {"frame": self.i - 1, "item": os.path.basename(path)}
+
+    def _load(self, path: str) -> tuple[np.ndarray | None, str]:
+        """The decoded image, or None and why not. The size is read from the header first, so
+        an image too large for the ring is never decoded."""
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+        except OSError:  # gone or unreadable since listed
+            return None, "that cannot be read"
+        size = image_size(io.BytesIO(data))
+        if size is None:
+            return None, "that cannot be decoded"
+        w, h = size
+        if w * h > self.limit:
+            return None, f"of {w}x{h}, more pixels than source.max_frame_pixels ({self.limit}) allows"
+        if w * h * 3 > self.max_frame_bytes:
+            return None, f"of {w}x{h}, larger than every image at start (the ring is sized for those)"
+        try:
+            img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        except cv2.error:
+            img = None
+        if img is None or img.size == 0 or img.nbytes > self.max_frame_bytes:
+            return None, "that cannot be decoded"
+        return img, ""
 
 
 class Camera(Source):
@@ -174,6 +253,11 @@ class Camera(Source):
         if probe is None:
             raise SourceError(f"source.device: camera {self.name} opened but delivers no frames")
         self.shape = probe.shape if probe.ndim == 3 else (*probe.shape, 3)
+        h, w = self.shape[:2]
+        if w * h > cfg.max_frame_pixels:
+            self.cap.release()
+            raise SourceError(f"source.max_frame_pixels: camera {self.name} delivers {w}x{h} frames "
+                              f"({w * h} pixels), more than the limit {cfg.max_frame_pixels}")
         self.max_frame_bytes = int(np.prod(self.shape))
         self.n = 0
         self.live = True
@@ -192,30 +276,42 @@ class Camera(Source):
         self.cap.release()
 
 
-def largest_image_pixels(files: list[str]) -> int:
-    """Pixels of the largest image, from the file headers only (sizes the ring slot)."""
-    from PIL import Image
+def image_size(file: str | io.BytesIO) -> tuple[int, int] | None:
+    """(width, height) from the image's header alone, without decoding it; None if unreadable."""
+    try:
+        with Image.open(file) as im:
+            return im.size
+    except Exception:  # not an image, or gone or unreadable
+        return None
 
-    biggest = 0
+
+def largest_image(files: list[str], limit: int) -> tuple[int, str]:
+    """Pixels of the largest image within `limit` (sizes the ring slot) and the first one beyond
+    it ("" if none), from the file headers only."""
+    biggest, oversized = 0, ""
     for f in files:
-        try:
-            with Image.open(f) as im:
-                biggest = max(biggest, im.size[0] * im.size[1])
-        except Exception:
+        size = image_size(f)
+        if size is None:
             continue
-    return biggest
+        if size[0] * size[1] > limit:
+            oversized = oversized or f"{f}: {size[0]}x{size[1]}"
+        else:
+            biggest = max(biggest, size[0] * size[1])
+    return biggest, oversized
 
 
 def frame_bytes_estimate(cfg: SyntheticSource | VideoSource | ImagesSource | CameraSource) -> int:
     """Bytes of the largest frame the source will deliver, known before it is opened for real
-    (for the /dev/shm preflight); 0 where that cannot be told (the source will say why)."""
+    (for the /dev/shm preflight); 0 where that cannot be told or exceeds source.max_frame_pixels
+    (the source will say why)."""
     if isinstance(cfg, (SyntheticSource, CameraSource)):
         return cfg.width * cfg.height * 3
     if isinstance(cfg, ImagesSource):
-        return largest_image_pixels(image_files(cfg.path)) * 3
+        return largest_image(image_files(cfg.path), cfg.max_frame_pixels)[0] * 3
     cap = cv2.VideoCapture(cfg.path)
     try:
-        return int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) * int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) * 3
+        pixels = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) * int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        return pixels * 3 if pixels <= cfg.max_frame_pixels else 0
     finally:
         cap.release()
 

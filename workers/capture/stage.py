@@ -11,6 +11,7 @@ pipeline stays up.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -30,6 +31,9 @@ from .sources import Source, SourceError, open_source
 
 RECONNECT_FIRST_S = 0.5  # back-off doubles up to RECONNECT_MAX_S between attempts
 RECONNECT_MAX_S = 8.0
+# FFmpeg prints a line per damaged packet; the source counts them and reports once instead.
+# (Read when the first file is opened; set the variable to 16 to see FFmpeg's errors again.)
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
 
 log = logging.getLogger("capture")
 
@@ -38,16 +42,21 @@ class Capture:
     def __init__(self, ctx: StageContext):
         self.ctx = ctx
         config, index = ctx.config, ctx.instance.source
-        self.source = open_source(ctx.source)
+        # A block frames edge means every frame matters: a file with frames that cannot be
+        # decoded (skipped, or missing at its end) fails the run.
+        self.strict = config.edges.frames.policy == "block"
+        self.source = self._open()
         ctx.owned.callback(lambda: self.source is not None and self.source.close())
+        self.lost = {"corrupt": 0, "decode": 0}  # counted by earlier sources (before a reconnect)
         endpoint, ring_name = ctx.edge("frames")
         self.ring = Ring.open_for_writing(ring_name, config.edges.frames.slots,
-                                          self.source.max_frame_bytes)
+                                          self.source.max_frame_bytes, ctx.run.token)
         self.out = ctx.own(self._writer(endpoint))
         self.gate = None
         if config.pulled(index):  # no clock: decode a frame only when a worker will want it
             self.gate = ctx.own(CreditGate(ctx.zmq, ctx.edge("credits")[0], self.ring,
-                                           ctx.edge("tensors")[1], config.credits()))
+                                           ctx.edge("tensors")[1], config.credits(),
+                                           readers=config.edge_peers("credits", index)))
         self.scratch = np.empty(self.source.max_frame_bytes, np.uint8)
         self.edge_name = config.edge_name("frames", index)
         self.interval = Window()
@@ -66,12 +75,22 @@ class Capture:
         self.ready_info = {"source": ctx.source.kind, "frame_bytes": self.source.max_frame_bytes,
                            "on_demand": self.gate is not None}
 
+    def _open(self) -> Source:
+        source = open_source(self.ctx.source)
+        source.strict = self.strict
+        return source
+
     def _writer(self, endpoint: str) -> EdgeWriter:
         """The frames edge: shared memory, or inline over tcp when preprocess is elsewhere."""
         ctx, edge = self.ctx, self.ctx.config.edges.frames
         policy = ctx.config.policy("frames", ctx.instance.source)
         if not edge.tcp:
-            return EdgeWriter(ctx.zmq, endpoint, self.ring, policy)
+            config, index = ctx.config, ctx.instance.source
+            blocks = config.policy("tensors", index) == "block"  # preprocess may wait on its output
+            return EdgeWriter(ctx.zmq, endpoint, self.ring, policy,
+                              name=config.edge_name("frames", index),
+                              readers=config.edge_peers("frames", index),
+                              downstream=ctx.edge("tensors")[1] if blocks else None)
         keys = ctx.config.curve.keys
         curve = ctx.own(Curve(keys, ctx.source.host)) if keys else None
         bind, _ = ctx.config.frames_endpoints(ctx.instance.source)
@@ -116,7 +135,7 @@ class Capture:
             desc.update(source=ctx.source_id, shape=self.shape, dtype="uint8",
                         captured_at=time.time(), t={"capture_start": t_start, "capture": t_done})
             out.publish(self.slot, self.seq, desc, ctx.alive)
-        self.pacer.wait()
+        self.pacer.wait(1 + self.source.gap)
 
     def _buffer_for(self, shape: tuple[int, int, int]) -> np.ndarray:
         """Where the source decodes the frame: the slot, or scratch when there is none."""
@@ -134,16 +153,26 @@ class Capture:
         self.last_capture = t_done
 
     def _lost_source(self, failure: str) -> None:
-        """A live source is reopened; a finite one has ended: end of stream downstream."""
-        if self.source.live:
+        """A live source is reopened; a finite one has ended: end of stream downstream. A file
+        with undecodable frames, where every frame is wanted (block), ends the run with a
+        failure once the frames it did deliver are through."""
+        damage = self.source.damage if self.strict else ""
+        if self.source.live and not damage:
+            old = self.source
             self.source = self._reconnect(failure)
+            for kind in self.lost:  # the counts carry on across the reopened source
+                self.lost[kind] += getattr(old, kind)
             if self.source is not None:
                 self.pacer = Pacer(self.source.fps)
             return
         self.ended = True
         log.info("source ended after %d frames", self.published)
         self.out.send_eos(self.ctx.alive)
-        self.ctx.send(EOS)
+        if damage:
+            self.ctx.send(EOS, failure=f"source.path: {damage}; edges.frames.policy = \"block\" "
+                                       f"wants every frame ({self.source.decode} decode drops)")
+        else:
+            self.ctx.send(EOS)
 
     def _reconnect(self, failure: str) -> Source | None:
         """Reopen a live source (camera, looping file) with exponential back-off while the rest
@@ -161,7 +190,7 @@ class Capture:
                     return None
                 time.sleep(0.05)
             try:
-                fresh = open_source(ctx.source)
+                fresh = self._open()
             except (SourceError, cv2.error) as e:
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 log.debug("reopen failed: %s", e)
@@ -178,13 +207,15 @@ class Capture:
 
     def stats(self) -> dict[str, Any]:
         out, gate = self.out, self.gate
+        watched = out.watch()  # first: a stall it handles is in this message's drops
         sent = {"tx_bytes": out.bytes_sent, "tx_frames": out.frames_sent,
                 "encode_ms": round(out.encode_ms, 1)} if isinstance(out, TcpEdgeWriter) else {}
-        corrupt = self.source.corrupt if self.source is not None else 0
+        src = self.source
+        lost = {kind: n + (getattr(src, kind) if src is not None else 0) for kind, n in self.lost.items()}
         return {"frames_in": self.captured, "frames_out": self.published,
                 "source": self.ctx.source_id, "interval_ms": self.interval.take(),
                 "interval_run_ms": self.interval_run.summary(), **sent,
-                "drops": {self.edge_name: dict(out.drops), "source": {"corrupt": corrupt}},
+                "drops": {self.edge_name: dict(out.drops), "source": lost},
                 "in_use": {self.edge_name: out.in_use}, "threads": 1,
                 "source_state": self.source_state, "reconnects": self.reconnects,
-                **({"demand_wait_ms": round(gate.waited_ns / 1e6)} if gate else {})}
+                **({"demand_wait_ms": round(gate.waited_ns / 1e6)} if gate else {}), **watched}

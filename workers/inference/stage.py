@@ -16,7 +16,14 @@ import zmq
 
 from pipeline.observe.stats import StageMeter
 from pipeline.transport.credits import CreditSender
-from pipeline.transport.messages import EOS, SCHEMA, TENSOR_FIELDS, TensorDescriptor, pack
+from pipeline.transport.messages import (
+    EOS,
+    MAX_SUBSCRIPTION_BYTES,
+    SCHEMA,
+    TENSOR_FIELDS,
+    TensorDescriptor,
+    pack,
+)
 from pipeline.transport.rundir import RESULTS_IN
 from pipeline.transport.workqueue import SharedCounter, SharedReader, WorkQueue
 from workers.context import StageContext
@@ -31,7 +38,10 @@ class Inference:
         cfg, model_cfg, config = ctx.config.inference, ctx.config.model, ctx.config
         self.pub = ctx.own(ctx.zmq.socket(zmq.PUB))  # into the results hub subscribers read
         self.pub.setsockopt(zmq.LINGER, 1000)
-        self.pub.setsockopt(zmq.SNDHWM, 1000)  # the hub is local and fast; it holds their HWM
+        # Queued here while the supervisor cannot take them (stopped, busy): about a minute at the
+        # highest result rates; beyond that they are lost, and counted by the hub.
+        self.pub.setsockopt(zmq.SNDHWM, 20000)
+        self.pub.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # it hears only subscriptions
         self.pub.connect(ctx.run.endpoint(RESULTS_IN))
         # Subscribed before the model loads, so preprocess (waiting for every worker) is ready soon.
         n_sources = len(config.source_list)
@@ -47,7 +57,7 @@ class Inference:
         self.credits = ctx.own(CreditSender(ctx.zmq, {i: ctx.edge("credits", i)[0]
                                                       for i in range(n_sources) if config.pulled(i)}))
         self.work = WorkQueue(self.readers)
-        self.result_seq = ctx.own(SharedCounter(str(ctx.run.dir / "result_seq")))
+        self.result_seq = ctx.own(SharedCounter(str(ctx.run.result_seq_file)))
         self.inputs = ModelInputs()
         self.k = min(model_cfg.top_k, len(self.model.labels))
         self.meter = StageMeter()

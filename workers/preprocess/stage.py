@@ -40,9 +40,10 @@ class Preprocess:
         self.inp = ctx.own(self._reader())
         endpoint, ring_name = ctx.edge("tensors")
         ring = Ring.open_for_writing(ring_name, config.edges.tensors.slots,
-                                     3 * cfg.crop_size ** 2 * self.dtype.itemsize)
+                                     3 * cfg.crop_size ** 2 * self.dtype.itemsize, ctx.run.token)
         self.out = ctx.own(EdgeWriter(ctx.zmq, endpoint, ring, config.policy("tensors", index),
-                                      fanout=True))
+                                      fanout=True, name=config.edge_name("tensors", index),
+                                      readers=config.edge_peers("tensors", index)))
         self.meter = StageMeter()
         self.delay_s = cfg.delay_ms / 1000
         self.frames_edge = config.edge_name("frames", index)
@@ -67,7 +68,7 @@ class Preprocess:
         estimate = frame_bytes_estimate(ctx.source) if host == config.inference.host else 0
         return TcpEdgeReader(ctx.zmq, connect, ctx.run.shm_name(config.frames_ring(index)),
                              edge.policy, edge.slots, estimate, required=FRAME_FIELDS, curve=curve,
-                             server_host=host)
+                             server_host=host, token=ctx.run.token)
 
     def step(self) -> None:
         """Take the next frame by the edge's policy, and write its model input."""
@@ -119,8 +120,9 @@ class Preprocess:
 
     def stats(self) -> dict[str, Any]:
         inp, out = self.inp, self.out
+        watched = out.watch()  # first: a stall it handles is in this message's drops
         extra = {"rx_bytes": inp.bytes_received} if isinstance(inp, TcpEdgeReader) else {}
         return {**self.meter.snapshot(), "threads": cv2.getNumThreads(),
                 "input_size": self.prep.crop_size, "source": self.ctx.source_id, **extra,
                 "drops": {self.frames_edge: dict(inp.drops), self.tensors_edge: dict(out.drops)},
-                "in_use": {self.frames_edge: inp.in_use, self.tensors_edge: out.in_use}}
+                "in_use": {self.frames_edge: inp.in_use, self.tensors_edge: out.in_use}, **watched}

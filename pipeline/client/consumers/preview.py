@@ -3,23 +3,30 @@ fps, and per-stage latency and queue depth, served on 127.0.0.1 unless told othe
 
 Routes: `/` the page, `/stream.mjpg` the frames, `/status.json` the numbers the page polls.
 The HTTP server runs in threads of this consumer process; the pipeline never waits for a viewer.
+
+A request whose Host header names a host other than this machine is refused (403): otherwise a web
+page elsewhere could point its own domain name at 127.0.0.1 (DNS rebinding) and read the frames.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import socket
 import sys
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Iterable
+from urllib.parse import urlsplit
 
 import cv2
 import numpy as np
 
 from pipeline.client.consumers.annotate import RateMeter, annotate
 from pipeline.client.subscription import Result
+from pipeline.observe.http import QuietErrors, warn_if_exposed
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{name} - live preview</title>
@@ -80,13 +87,56 @@ class _Shared:
         self.closed = False
 
 
-def _handler(shared: _Shared, page: bytes) -> type[BaseHTTPRequestHandler]:
+FOREIGN_HOST = (b"This preview answers only to this machine's names and addresses "
+                b"(pipeline-attach --allow-host NAME adds one).\n")
+
+
+def known_names(host: str, allowed: Iterable[str] = ()) -> set[str]:
+    """The host names a request may carry: localhost, the bound name, this machine's names, and
+    those the user allowed."""
+    names = {"localhost", host, socket.gethostname(), socket.getfqdn(), *allowed}
+    return {n.lower().rstrip(".") for n in names if n}
+
+
+def host_allowed(header: str | None, names: set[str]) -> bool:
+    """Whether a request's Host header may be answered. Only a name can be rebound to this
+    machine by someone else's DNS; a browser sends an address as Host only for a page loaded
+    from that address, and a request without Host does not come from a browser."""
+    if header is None:
+        return True
+    try:
+        name = urlsplit("//" + header.strip()).hostname
+    except ValueError:
+        return False
+    if not name:
+        return False
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return name.rstrip(".") in names
+
+
+class _Server(QuietErrors, ThreadingHTTPServer):
+    label = "preview"
+    daemon_threads = True
+
+
+def _handler(shared: _Shared, page: bytes, names: set[str]) -> type[BaseHTTPRequestHandler]:
+    refused_once = threading.Lock()  # taken by the first refusal, never released: one line
+
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # no per-request logging
             pass
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-            if self.path == "/":
+            host = self.headers.get("Host")
+            if not host_allowed(host, names):
+                if refused_once.acquire(blocking=False):
+                    print(f"preview: refused a request for host {str(host)[:80]!r} (not a name of this "
+                          "machine); --allow-host NAME accepts one", file=sys.stderr, flush=True)
+                self._send(FOREIGN_HOST, "text/plain; charset=utf-8", HTTPStatus.FORBIDDEN)
+            elif self.path == "/":
                 self._send(page, "text/html; charset=utf-8")
             elif self.path == "/status.json":
                 with shared.cond:
@@ -97,8 +147,8 @@ def _handler(shared: _Shared, page: bytes) -> type[BaseHTTPRequestHandler]:
             else:
                 self.send_error(HTTPStatus.NOT_FOUND)
 
-        def _send(self, body: bytes, ctype: str) -> None:
-            self.send_response(HTTPStatus.OK)
+        def _send(self, body: bytes, ctype: str, status: HTTPStatus = HTTPStatus.OK) -> None:
+            self.send_response(status)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
@@ -121,8 +171,8 @@ def _handler(shared: _Shared, page: bytes) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                      + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
                     self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+            except ConnectionError:  # the viewer went away
+                self.server.hung_up += 1  # type: ignore[attr-defined]
 
     return Handler
 
@@ -131,20 +181,23 @@ class PreviewConsumer:
     frames = True
     status = True
     max_age = 2.0  # a live view: after falling behind, skip to fresh results
-    OPTIONS = ("port", "host", "name")
+    OPTIONS = ("port", "host", "name", "allow_hosts")
 
-    def __init__(self, port: int = 8080, host: str = "127.0.0.1", name: str = "pipeline"):
+    def __init__(self, port: int = 8080, host: str = "127.0.0.1", name: str = "pipeline",
+                 allow_hosts: Iterable[str] = ()):
         self.shared = _Shared()
         page = PAGE.format(name=name).encode()
+        handler = _handler(self.shared, page, known_names(host, allow_hosts))
         try:
-            self.server = ThreadingHTTPServer((host, port), _handler(self.shared, page))
+            self.server = _Server((host, port), handler)
         except OSError as e:
             raise OSError(f"preview: cannot listen on {host}:{port}: {e.strerror}") from None
-        self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
-        self.url = f"http://{host}:{self.server.server_address[1]}/"
+        port = self.server.server_address[1]
+        self.url = f"http://{host}:{port}/"
         print(f"preview: open {self.url}", file=sys.stderr, flush=True)
+        warn_if_exposed("the preview", host, port, "its frames and status", "--host")
         self.meter = RateMeter()
         self.canvas: np.ndarray | None = None
         self.missed = 0

@@ -10,7 +10,8 @@ from pipeline.client.subscription import Result
 
 
 class PrintConsumer:
-    """`seq 1234  water bottle 0.93  (41 ms)`; a gap in the stream gets a line of its own."""
+    """`seq 1234  water bottle 0.93  (41 ms)`; a gap in the stream gets a line of its own, saying
+    whose loss it is: this consumer's, or the pipeline's."""
 
     max_age = 2.0  # a live view: after falling behind, skip to fresh results
     OPTIONS = ("stream",)
@@ -19,6 +20,9 @@ class PrintConsumer:
         self.stream = stream or sys.stdout
 
     def on_result(self, r: Result) -> None:
+        if r.dropped_before:
+            print(f"... the pipeline dropped or delayed {r.dropped_before} results "
+                  "(not this consumer's loss)", file=self.stream)
         if r.missed_before:
             print(f"... missed {r.missed_before} results (this consumer fell behind)",
                   file=self.stream)

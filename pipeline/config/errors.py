@@ -8,7 +8,11 @@ from pydantic import BaseModel, ValidationError
 
 from pipeline.errors import UserError
 
-from .schema import CameraSource, Config, ImagesSource, SyntheticSource, VideoSource
+from .schema import Config, Source, SyntheticSource
+
+# Each source model by its `kind`, read from the Source union itself.
+SOURCE_KINDS: dict[str, type[BaseModel]] = {
+    get_args(m.model_fields["kind"].annotation)[0]: m for m in get_args(get_args(Source)[0])}
 
 
 class ConfigError(UserError):
@@ -20,7 +24,7 @@ def _describe(error: ValidationError, tree: dict) -> str:
     err = error.errors()[0]
     loc = [str(p) for p in err["loc"]]
     # Drop the discriminator tag pydantic inserts for the source union.
-    kinds = ("synthetic", "video", "images", "camera")
+    kinds = SOURCE_KINDS
     if len(loc) > 1 and loc[0] == "source" and loc[1] in kinds:
         loc = [loc[0]] + loc[2:]
     if len(loc) > 2 and loc[0] == "sources" and loc[2] in kinds:
@@ -36,7 +40,7 @@ def _describe(error: ValidationError, tree: dict) -> str:
         return f"{key}: unknown key (allowed here: {', '.join(allowed)}){suffix}"
     if kind == "union_tag_invalid" or kind == "union_tag_not_found":
         key = f"sources[{loc[1]}]" if loc[0] == "sources" and len(loc) > 1 else key
-        return f"{key}.kind: must be one of synthetic, video, images, camera{suffix}"
+        return f"{key}.kind: must be one of {', '.join(SOURCE_KINDS)}{suffix}"
     if kind == "value_error":
         return f"{err['msg'].removeprefix('Value error, ')}{suffix}"
     if kind == "missing":
@@ -53,8 +57,7 @@ def _allowed_keys(loc: list[str], tree: dict) -> list[str]:
             node = tree.get("source", {}) if part == "source" else \
                 tree["sources"][int(part[8:-1])]
             kind = node.get("kind", "synthetic") if isinstance(node, dict) else "synthetic"
-            model = {"synthetic": SyntheticSource, "video": VideoSource, "images": ImagesSource,
-                     "camera": CameraSource}.get(kind, SyntheticSource)
+            model = SOURCE_KINDS.get(kind, SyntheticSource)
             continue
         if part.isdigit() or part not in model.model_fields:
             continue

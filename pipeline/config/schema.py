@@ -86,8 +86,62 @@ class CameraSource(_SourceBase):
     backend: Literal["v4l2", "any"] = "v4l2"  # "any": let OpenCV choose (RTSP/HTTP URLs, files)
 
 
+PICAMERA2_FORMATS = ("RGB888", "BGR888", "XRGB8888", "XBGR8888", "YUV420")
+Picamera2Format = Literal[PICAMERA2_FORMATS]  # type: ignore[valid-type]
+
+
+def _even_size(key: str, width: int, height: int) -> None:
+    """libcamera streams have even sizes (Picamera2 would round an odd one down, and the ring
+    would not get the frame it was sized for)."""
+    for name, n in (("width", width), ("height", height)):
+        if n % 2:
+            raise ValueError(f"{key}.{name}: {n} is odd; a camera stream has an even {name} "
+                             f"(e.g. {n - 1} or {n + 1})")
+
+
+class LoresStream(_Strict):
+    """Picamera2's second, smaller stream, scaled by the ISP at no CPU cost; when given, it is the
+    one the pipeline reads (the main stream still sets the field of view)."""
+
+    width: int = Field(224, ge=16, le=7680)
+    height: int = Field(224, ge=16, le=4320)
+    format: Picamera2Format = "YUV420"  # a Pi 4 gives lores as YUV420 only
+
+
+class Picamera2Source(_SourceBase):
+    """A Raspberry Pi camera module (v2, v3, HQ) through Picamera2 and libcamera, as in the
+    tutorial; OpenCV's V4L2 backend cannot read these on Raspberry Pi OS Bookworm."""
+
+    kind: Literal["picamera2"]
+    camera: int = Field(0, ge=0, le=15)  # libcamera's camera number (rpicam-hello --list-cameras)
+    width: int = Field(640, ge=16, le=7680)
+    height: int = Field(480, ge=16, le=4320)
+    fps: float = Field(30.0, gt=0, le=1000)  # the sensor's frame duration is fixed at 1/fps
+    # RGB888 is B,G,R in memory, the ring's own layout: one plain copy a frame. The tutorial's
+    # BGR888 is R,G,B (swapped on the copy); X...8888 carry a fourth byte; YUV420 is converted.
+    format: Picamera2Format = "RGB888"
+    lores: LoresStream | None = None
+    buffer_count: int = Field(4, ge=1, le=32)  # libcamera buffers in flight (none wait for us)
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        """(width, height) of the frames the pipeline receives: the lores stream's, if given."""
+        return (self.lores.width, self.lores.height) if self.lores else (self.width, self.height)
+
+    def check_streams(self, key: str) -> None:
+        """Sizes libcamera can deliver as asked (`key` names this source in the message)."""
+        _even_size(key, self.width, self.height)
+        if self.lores:
+            _even_size(f"{key}.lores", self.lores.width, self.lores.height)
+            if self.lores.width > self.width or self.lores.height > self.height:
+                raise ValueError(f"{key}.lores: {self.lores.width}x{self.lores.height} is larger "
+                                 f"than the main stream {self.width}x{self.height} (lores may not "
+                                 f"exceed {key}.width/height)")
+
+
 Source = Annotated[
-    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="kind")
+    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource, Picamera2Source],
+    Field(discriminator="kind"),
 ]
 
 
@@ -284,14 +338,23 @@ class Config(_Strict, Topology):
         dup = next((i for i in ids if ids.count(i) > 1), None)
         if dup is not None:
             raise ValueError(f"sources.id: '{dup}' names two sources (each needs its own id)")
+        pis = [(s.host, s.camera) for s in self.source_list if isinstance(s, Picamera2Source)]
+        twice = next((p for p in pis if pis.count(p) > 1), None)
+        if twice is not None:
+            raise ValueError(f"sources.camera: two picamera2 sources read camera {twice[1]} on host "
+                             f"'{twice[0]}' (libcamera gives a camera to one process only)")
         for i, src in enumerate(self.source_list):
-            if isinstance(src, (SyntheticSource, CameraSource)) \
-                    and src.width * src.height > src.max_frame_pixels:
-                key = f"sources[{i}]" if self.sources else "source"
-                raise ValueError(f"{key}.max_frame_pixels: {src.width}x{src.height} frames have "
-                                 f"{src.width * src.height} pixels, more than the limit "
-                                 f"{src.max_frame_pixels} (raise {key}.max_frame_pixels or lower "
-                                 f"{key}.width/height)")
+            if not isinstance(src, (SyntheticSource, CameraSource, Picamera2Source)):
+                continue
+            key = f"sources[{i}]" if self.sources else "source"
+            w, h = src.width, src.height
+            if isinstance(src, Picamera2Source):
+                src.check_streams(key)
+                w, h = src.frame_size
+            if w * h > src.max_frame_pixels:
+                raise ValueError(f"{key}.max_frame_pixels: {w}x{h} frames have {w * h} pixels, "
+                                 f"more than the limit {src.max_frame_pixels} (raise "
+                                 f"{key}.max_frame_pixels or lower {key}.width/height)")
 
     def _check_edges(self) -> None:
         frames, tensors = self.edges.frames, self.edges.tensors

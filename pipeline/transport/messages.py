@@ -50,6 +50,7 @@ class FrameTimes(TypedDict):
 
     capture_start: int  # capture began reading it from the source
     capture: int  # it was complete in the frames ring
+    sensor: NotRequired[int]  # the camera exposed it (cameras that say so: picamera2)
 
 
 class TensorTimes(FrameTimes):

@@ -1,4 +1,5 @@
-"""Frame sources for the capture stage: synthetic pattern, video file, image folder, V4L2 camera.
+"""Frame sources for the capture stage: synthetic pattern, video file, image folder, V4L2 camera
+(and, in picamera2_source.py, a Raspberry Pi camera module through Picamera2).
 
 A source decodes straight into the buffer the capture stage hands it (a shared-memory slot) where
 the frame size is fixed, so a frame is written once and never copied between processes.
@@ -18,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import CameraSource, ImagesSource, SyntheticSource, VideoSource, image_files
+from pipeline.config.schema import Picamera2Source
 from pipeline.errors import UserError
 
 log = logging.getLogger("capture")
@@ -234,15 +236,21 @@ class Images(Source):
 
 
 class Camera(Source):
-    """A V4L2 camera through OpenCV, as in the Raspberry Pi tutorial."""
+    """A V4L2 camera through OpenCV (a USB webcam; a Pi camera module: picamera2_source.py)."""
 
     def __init__(self, cfg: CameraSource):
+        from .picamera2_source import not_for_v4l2, pi_hint  # (it imports this module)
+
         api = cv2.CAP_V4L2 if cfg.backend == "v4l2" else cv2.CAP_ANY
         self.name = f"/dev/video{cfg.device}" if isinstance(cfg.device, int) else cfg.device
+        why = not_for_v4l2(cfg.device, self.name) if cfg.backend == "v4l2" else ""
+        if why:
+            raise SourceError(why)
         self.cap = cv2.VideoCapture(cfg.device, api)
         if not self.cap.isOpened():
             raise SourceError(f"source.device: cannot open camera {self.name} "
-                              f"(backend {cfg.backend}); is it in use or not a capture device?")
+                              f"(backend {cfg.backend}); is it in use or not a capture device?"
+                              f"{pi_hint()}")
         if cfg.fourcc:
             self.cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*cfg.fourcc))
         self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
@@ -251,7 +259,9 @@ class Camera(Source):
         self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver keeps the newest frame, not a backlog
         probe = self.cap.read()[1]  # the size the driver granted, which may differ from the request
         if probe is None:
-            raise SourceError(f"source.device: camera {self.name} opened but delivers no frames")
+            self.cap.release()
+            raise SourceError(f"source.device: camera {self.name} opened but delivers no frames"
+                              f"{pi_hint()}")
         self.shape = probe.shape if probe.ndim == 3 else (*probe.shape, 3)
         h, w = self.shape[:2]
         if w * h > cfg.max_frame_pixels:
@@ -300,12 +310,17 @@ def largest_image(files: list[str], limit: int) -> tuple[int, str]:
     return biggest, oversized
 
 
-def frame_bytes_estimate(cfg: SyntheticSource | VideoSource | ImagesSource | CameraSource) -> int:
+AnySource = SyntheticSource | VideoSource | ImagesSource | CameraSource | Picamera2Source
+
+
+def frame_bytes_estimate(cfg: AnySource) -> int:
     """Bytes of the largest frame the source will deliver, known before it is opened for real
     (for the /dev/shm preflight); 0 where that cannot be told or exceeds source.max_frame_pixels
     (the source will say why)."""
     if isinstance(cfg, (SyntheticSource, CameraSource)):
         return cfg.width * cfg.height * 3
+    if isinstance(cfg, Picamera2Source):
+        return cfg.frame_size[0] * cfg.frame_size[1] * 3
     if isinstance(cfg, ImagesSource):
         return largest_image(image_files(cfg.path), cfg.max_frame_pixels)[0] * 3
     cap = cv2.VideoCapture(cfg.path)
@@ -316,6 +331,10 @@ def frame_bytes_estimate(cfg: SyntheticSource | VideoSource | ImagesSource | Cam
         cap.release()
 
 
-def open_source(cfg: SyntheticSource | VideoSource | ImagesSource | CameraSource) -> Source:
+def open_source(cfg: AnySource) -> Source:
+    if isinstance(cfg, Picamera2Source):
+        from .picamera2_source import Picamera2Camera  # (it imports this module)
+
+        return Picamera2Camera(cfg)
     kinds = {"synthetic": Synthetic, "video": Video, "images": Images, "camera": Camera}
     return kinds[cfg.kind](cfg)

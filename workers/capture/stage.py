@@ -131,9 +131,11 @@ class Capture:
             out.dropped_new()
         else:
             self.published += 1
+            sensor = meta.pop("sensor_ns", None)  # exposure, on the pipeline's clock
             desc: FrameDescriptor = meta  # type: ignore[assignment]  # completed here
             desc.update(source=ctx.source_id, shape=self.shape, dtype="uint8",
-                        captured_at=time.time(), t={"capture_start": t_start, "capture": t_done})
+                        captured_at=time.time(), t={"capture_start": t_start, "capture": t_done,
+                                                    **({"sensor": sensor} if sensor else {})})
             out.publish(self.slot, self.seq, desc, ctx.alive)
         self.pacer.wait(1 + self.source.gap)
 

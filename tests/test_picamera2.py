@@ -255,7 +255,7 @@ def test_a_pipeline_reads_the_camera_and_reconnects_when_it_fails(tmp_path, clea
     fault = tmp_path / "fault"
     fault.write_text("")
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{ROOT}", "PICAMERA2_STANDIN_FAULT": str(fault)}
-    cmd = pipeline_cmd("demo.toml", "--name", "picam", "--set", "model.weights=none", "--quiet",
+    cmd = pipeline_cmd("demo.toml", "--name", "picam", "--set", "model.runtime=onnxruntime", "--quiet",
                        "--set", "source.kind='picamera2'")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

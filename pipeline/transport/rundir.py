@@ -50,9 +50,10 @@ def pid_alive(pid: int) -> bool:
 
 def process_start(pid: int) -> int | None:
     """When process `pid` started (clock ticks after boot), None if there is no such process:
-    with the pid, it names one process for good."""
+    with the pid, it names one process for good. Read from its main thread's entry: qemu-user
+    (an emulated Pi) fakes the start time a process reads of itself in /proc/PID/stat only."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_bytes()
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_bytes()
     except OSError:
         return None
     try:  # the command name (field 2) may hold spaces and parentheses: count after the last ')'

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.cli.common import CONSUMER_NICE
+
 from .conftest import ROOT, stage_pids
 from .topologies import up, write_config
 
@@ -82,7 +84,7 @@ WATCH_IMPORTS = textwrap.dedent("""
     cores = {}
     def hook(event, args):
         if event == "import" and args[0] in HEAVY and args[0] not in cores:
-            cores[args[0]] = sorted(os.sched_getaffinity(0))
+            cores[args[0]] = [sorted(os.sched_getaffinity(0)), os.nice(0)]
     HEAVY = set(sys.argv[1].split(","))
     sys.addaudithook(hook)
     from pipeline.cli.attach import main
@@ -94,8 +96,9 @@ WATCH_IMPORTS = textwrap.dedent("""
 
 @needs_two_cores
 def test_consumer_leaves_model_cores_before_heavy_imports(tmp_path, clean_machine):
-    """30 consumers attaching at once must not take the model's core: each moves off it before
-    importing pydantic, numpy, ZeroMQ or OpenCV (checked at each first import)."""
+    """30 consumers attaching at once must not take the model's core: each moves off it, and
+    below the stages' priority, before importing pydantic, numpy, ZeroMQ or OpenCV (checked at
+    each first import)."""
     config = write_config(tmp_path / "c.toml", [{"kind": "synthetic", "width": 320, "height": 240,
                                                 "fps": 30}],
                           name="pinned", model={"runtime": "onnxruntime"}, inference={"cores": [1]},
@@ -111,8 +114,10 @@ def test_consumer_leaves_model_cores_before_heavy_imports(tmp_path, clean_machin
     assert out.returncode == 0, out.stderr
     cores = json.loads(out.stdout.splitlines()[-1])
     assert {"numpy", "zmq", "pydantic"} <= set(cores), cores
-    on_model_core = {m: c for m, c in cores.items() if 1 in c}
+    on_model_core = {m: c for m, (c, _) in cores.items() if 1 in c}
     assert not on_model_core, f"imported while still on the model's core: {on_model_core}"
+    # ... and below the stages' priority on the cores it shares with capture and preprocess
+    assert all(nice >= CONSUMER_NICE for _, nice in cores.values()), cores
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from pipeline.cores import keep_off
 from pipeline.transport.rundir import NotRunning, RuntimeDirError, find_pipeline
+
+CONSUMER_NICE = 19  # scheduling priority below the stages' (niceness 0)
 
 
 def join(prog: str, name: str | None, off_model_cores: bool = True
@@ -21,6 +24,9 @@ def join(prog: str, name: str | None, off_model_cores: bool = True
         return None
     if off_model_cores:
         keep_off(info["model_cores"])
+        # The cores left are capture's and preprocessing's: they go first, a consumer (its
+        # start-up above all: 30 attaching at once) takes what they leave.
+        os.nice(CONSUMER_NICE)
     from pipeline.config import Config, input_files
 
     return info, input_files(Config.model_validate(info["config"]))

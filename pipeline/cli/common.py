@@ -6,7 +6,7 @@ import os
 import sys
 from typing import Any
 
-from pipeline.cores import keep_off
+from pipeline.cores import CORES_ENV, keep_off
 from pipeline.transport.rundir import NotRunning, RuntimeDirError, find_pipeline
 
 CONSUMER_NICE = 19  # scheduling priority below the stages' (niceness 0)
@@ -23,10 +23,12 @@ def join(prog: str, name: str | None, off_model_cores: bool = True
         print(f"{prog}: {e}", file=sys.stderr)
         return None
     if off_model_cores:
+        # Attaching to a running pipeline (not started by its supervisor, before any frame
+        # flows): the cores left are capture's and preprocessing's, and they go first.
+        late = CORES_ENV not in os.environ
         keep_off(info["model_cores"])
-        # The cores left are capture's and preprocessing's: they go first, a consumer (its
-        # start-up above all: 30 attaching at once) takes what they leave.
-        os.nice(CONSUMER_NICE)
+        if late:
+            os.nice(CONSUMER_NICE)
     from pipeline.config import Config, input_files
 
     return info, input_files(Config.model_validate(info["config"]))

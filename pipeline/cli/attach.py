@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", help="pipeline name (default: the only one running)")
     ap.add_argument("--list", action="store_true", help="list running pipelines and exit")
     ap.add_argument("--consumer", default="print",
-                    help="print (default), jsonl, video, preview, or MODULE:NAME / FILE.py:NAME")
+                    help="print (default), jsonl, video, preview, mqtt, or MODULE:NAME / FILE.py:NAME")
     ap.add_argument("--format", choices=["text", "jsonl"],
                     help="shorthand: text = --consumer print, jsonl = --consumer jsonl")
     ap.add_argument("--out", help="output file (jsonl: default stdout; video: required .mp4)")
@@ -33,6 +33,24 @@ def build_parser() -> argparse.ArgumentParser:
                          "default only this machine's names and any address are answered)")
     ap.add_argument("--fps", type=float, help="video: frame rate of the file (default: the source's)")
     ap.add_argument("--frames", action="store_true", help="give custom consumers the frames too")
+    mq = ap.add_argument_group("mqtt consumer (credentials: MQTT_USERNAME, MQTT_PASSWORD in the "
+                               "environment)")
+    mq.add_argument("--broker", default="mqtt://localhost:1883", metavar="URL",
+                    help="mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS (default "
+                         "mqtt://localhost:1883)")
+    mq.add_argument("--topic-prefix", metavar="PREFIX",
+                    help="topics start with this (default edge-pipeline/<pipeline name>)")
+    mq.add_argument("--client-id", metavar="ID", help="MQTT client id (default: unique per process)")
+    mq.add_argument("--qos", type=int, default=1, choices=(0, 1, 2), help="QoS of every message (default 1)")
+    mq.add_argument("--discovery", action="store_true",
+                    help="announce the sources to Home Assistant (MQTT discovery, retained)")
+    mq.add_argument("--discovery-prefix", default="homeassistant", metavar="PREFIX",
+                    help="Home Assistant's discovery prefix (default homeassistant)")
+    mq.add_argument("--snapshots", action="store_true",
+                    help="publish a JPEG of the frame behind each state change")
+    mq.add_argument("--stats-interval", type=float, default=5.0, metavar="SECONDS",
+                    help="seconds between stats messages and state refreshes (default 5)")
+    mq.add_argument("--ca", metavar="FILE", help="mqtts: CA certificate file (default: the system's)")
     ap.add_argument("--max-age", type=float, metavar="SECONDS",
                     help="skip results older than this when read (default: 2 for print, video and "
                          "preview, off for jsonl and custom consumers)")
@@ -65,7 +83,7 @@ def _source_fps(info: dict) -> float | None:
 
 def _bad_option(args: argparse.Namespace) -> str | None:
     """One line on the first option that cannot work, checked before anything starts."""
-    for flag in ("count", "duration", "fps", "max_age"):
+    for flag in ("count", "duration", "fps", "max_age", "stats_interval"):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):
             return f"--{flag.replace('_', '-')} must be a positive number, got {value}"
@@ -99,14 +117,19 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"pipeline-attach: {problem}", file=sys.stderr)
         return 2
-    from pipeline.client.consumers import ConsumerError, load, run
+    from pipeline.client.consumers import load, run
     from pipeline.client.subscription import Subscription
+    from pipeline.errors import UserError
 
     try:
         consumer = load(consumer_spec, out=args.out, port=args.port, host=args.host,
                         allow_hosts=args.allow_hosts,
-                        fps=args.fps or _source_fps(info), name=info["name"])
-    except (ConsumerError, ValueError, OSError) as e:
+                        fps=args.fps or _source_fps(info), name=info["name"], config=info["config"],
+                        broker=args.broker, topic_prefix=args.topic_prefix,
+                        client_id=args.client_id, qos=args.qos, discovery=args.discovery,
+                        discovery_prefix=args.discovery_prefix, snapshots=args.snapshots,
+                        stats_interval=args.stats_interval, ca=args.ca)
+    except (UserError, ValueError, OSError) as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
         return 2
     for sig in (signal.SIGTERM, signal.SIGHUP):  # finish like Ctrl-C: the video file gets closed
@@ -118,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         run(consumer, sub, count=args.count, duration=args.duration)
     except KeyboardInterrupt:
         pass
+    except UserError as e:  # the consumer found it cannot go on (a broker that refuses it)
+        print(f"pipeline-attach: {e}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # e.g. piped into head
         sys.stderr.close()
         return 0

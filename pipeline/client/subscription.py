@@ -55,7 +55,21 @@ class Result:
     dropped_before: int = 0  # results the pipeline dropped (or delayed past max_age) since then
     frame: np.ndarray | None = None  # HxWx3 BGR, read-only view into shared memory
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    events: list[Any] = field(default_factory=list)  # StateEvents it caused (states=True)
     _ring: Ring | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_message(cls, msg: dict[str, Any], missed_before: int = 0,
+                     dropped_before: int = 0) -> "Result":
+        """A result from its published map (checked with `messages.result_problem`), e.g. a
+        line of a recording."""
+        return cls(
+            pipeline=msg["pipeline"], seq=msg["seq"], result_seq=msg["result_seq"],
+            source=msg["source"], frame_index=msg.get("frame"), item=msg.get("item"),
+            captured_at=msg["captured_at"], latency_ms=msg["latency_ms"], model=msg["model"],
+            top=[Prediction(t["index"], t["label"], t["prob"]) for t in msg["top"]],
+            timestamps=msg["t"], missed_before=missed_before, dropped_before=dropped_before,
+            raw=msg)
 
     @property
     def label(self) -> str:
@@ -74,7 +88,7 @@ class Subscription:
     """An open subscription; iterate it, or call `receive`. Ends at the pipeline's end."""
 
     def __init__(self, name: str | None = None, *, frames: bool = False, status: bool = False,
-                 max_age: float | None = None, hwm: int = 100):
+                 max_age: float | None = None, hwm: int = 100, states: bool = False):
         self.info = find_pipeline(name)
         if "results" not in self.info["endpoints"]:
             raise NotRunning(f"pipeline '{self.info['name']}' runs no inference on this machine "
@@ -96,6 +110,11 @@ class Subscription:
         self._skipped_slow = self._skipped_late = 0  # skipped as older than max_age
         self._told = (0, 0)  # (missed, dropped) when the previous result was delivered
         self._rings: dict[str, Ring] = {}  # frames ring per source
+        self.states = None  # a states.Tracker: each result carries the state events it caused
+        if states:
+            from pipeline.client.states import Tracker  # (it builds on Result)
+
+            self.states = Tracker(self.info["config"])
         self._ctx = zmq.Context()
         self._poller = zmq.Poller()
         self._results = self._subscribe(self.info["endpoints"]["results"], hwm)
@@ -217,13 +236,9 @@ class Subscription:
         told_missed, told_dropped = self._told
         self._told = (missed, dropped)
         self.received += 1
-        r = Result(
-            pipeline=msg["pipeline"], seq=msg["seq"], result_seq=msg["result_seq"],
-            source=msg["source"], frame_index=msg.get("frame"), item=msg.get("item"),
-            captured_at=msg["captured_at"], latency_ms=msg["latency_ms"], model=msg["model"],
-            top=[Prediction(t["index"], t["label"], t["prob"]) for t in msg["top"]],
-            timestamps=msg["t"], missed_before=max(0, missed - told_missed),
-            dropped_before=max(0, dropped - told_dropped), raw=msg)
+        r = Result.from_message(msg, max(0, missed - told_missed), max(0, dropped - told_dropped))
+        if self.states is not None:
+            r.events = self.states.update(r)
         if self.frames:
             self._attach_frame(r)
         return r
@@ -266,9 +281,12 @@ class Subscription:
 
 
 def attach(name: str | None = None, *, frames: bool = False, status: bool = False,
-           max_age: float | None = None, hwm: int = 100) -> Subscription:
+           max_age: float | None = None, hwm: int = 100, states: bool = False) -> Subscription:
     """Subscribe to the running pipeline `name` (or the only one running). `max_age` (seconds)
     skips results that waited longer than that to be read, for consumers that want only
     fresh results after falling behind; skipped results count as missed (or as dropped when the
-    pipeline published them already that old)."""
-    return Subscription(name, frames=frames, status=status, max_age=max_age, hwm=hwm)
+    pipeline published them already that old). `states=True` runs each source's state machine
+    (pipeline/client/states.py, options from the pipeline's `source.state`): a result's
+    `events` holds the state changes it caused, `sub.states.state(source)` the current state."""
+    return Subscription(name, frames=frames, status=status, max_age=max_age, hwm=hwm,
+                        states=states)

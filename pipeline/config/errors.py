@@ -42,7 +42,10 @@ def _describe(error: ValidationError, tree: dict) -> str:
         key = f"sources[{loc[1]}]" if loc[0] == "sources" and len(loc) > 1 else key
         return f"{key}.kind: must be one of {', '.join(SOURCE_KINDS)}{suffix}"
     if kind == "value_error":
-        return f"{err['msg'].removeprefix('Value error, ')}{suffix}"
+        msg = err["msg"].removeprefix("Value error, ")
+        if loc and msg.startswith(f"{loc[-1]}: "):  # a field's own check: name it in full
+            msg = f"{key}{msg[len(loc[-1]):]}"
+        return f"{msg}{suffix}"
     if kind == "missing":
         return f"{key}: required key is missing{suffix}"
     if kind == "string_pattern_mismatch" and loc[-1] in ("bind", "connect"):

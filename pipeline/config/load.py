@@ -60,6 +60,7 @@ def _resolve_path(tree: dict, base: Path) -> None:
     consumers = tree.get("consumers")
     for consumer in consumers if isinstance(consumers, list) else []:
         resolve(consumer, "out")
+        resolve(consumer, "ca")
     sources = tree.get("sources")
     for src in sources if isinstance(sources, list) else []:
         resolve(src, "path")
@@ -84,7 +85,7 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
         _resolve_path(tree, path.resolve().parent)
     for text in overrides:
         parts, value = parse_override(text)
-        if parts[-1] in ("path", "weights", "keys", "out") and isinstance(value, str) \
+        if parts[-1] in ("path", "weights", "keys", "out", "ca") and isinstance(value, str) \
                 and value and value not in WEIGHTS_SPECIAL and value != "-":
             value = os.path.normpath(Path.cwd() / os.path.expanduser(value))
         _set(tree, parts, value, f"--set {text}")

@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .classes import class_indices
 from .topology import Topology, _core_list, allowed_cores
 
 MODEL_NAMES = (
@@ -40,6 +41,33 @@ HOST_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 LOCAL = "local"  # the host of every stage a config does not place elsewhere
 
 
+class StateConfig(_Strict):
+    """Classification as a state (pipeline/client/states.py): which results count towards a
+    state, and how many must agree before it changes. The state is `none` while no result
+    qualifies."""
+
+    min_prob: float = Field(0.0, ge=0, le=1)  # a class counts only at this probability or more
+    watch: list[int | str] = []  # ImageNet names or indices; empty: any class
+    smoothing: Literal["consecutive", "majority"] = "consecutive"
+    # consecutive: `window` results in a row agree; majority: more than half of the last `window`
+    window: int = Field(3, ge=1, le=1000)
+
+    @field_validator("watch")
+    @classmethod
+    def _known_classes(cls, watch: list[int | str]) -> list[int | str]:
+        for item in watch:
+            class_indices(item, "watch")
+        return watch
+
+    @property
+    def watch_indices(self) -> frozenset[int]:
+        """The watched class indices (a name shared by two ImageNet classes watches both)."""
+        return frozenset(i for item in self.watch for i in class_indices(item, "state.watch"))
+
+
+MIN_ROI_PIXELS = 8  # a region narrower or lower than this holds nothing to classify
+
+
 class _SourceBase(_Strict):
     id: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$")
     host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where this source's capture stage runs
@@ -49,6 +77,44 @@ class _SourceBase(_Strict):
     # Largest frame the source may deliver, in pixels: a ring slot is sized for the largest frame,
     # so a file declaring a huge size must not reserve its shared memory. Default: 8K UHD.
     max_frame_pixels: int = Field(MAX_FRAME_PIXELS, ge=1, le=MAX_FRAME_PIXELS_CEILING)
+    # Region of interest that preprocessing classifies instead of the whole frame: [x, y, width,
+    # height], in pixels (all integers) or in fractions of the frame (any number written with a
+    # decimal point: then all are fractions, 0 to 1).
+    roi: list[int | float] | None = None
+    state: StateConfig | None = None  # how results become a state; None: the smoothed top-1
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_shape(cls, roi: list[int | float] | None) -> list[int | float] | None:
+        if roi is None:
+            return roi
+        if len(roi) != 4:
+            raise ValueError(f"roi: {roi} must be [x, y, width, height] (4 numbers)")
+        x, y, w, h = roi
+        if any(isinstance(v, float) for v in roi):
+            if not all(0 <= v <= 1 for v in roi) or w <= 0 or h <= 0 or x + w > 1 + 1e-9 \
+                    or y + h > 1 + 1e-9:
+                raise ValueError(f"roi: {roi} as fractions must lie within the frame (0 <= x, y; "
+                                 f"0 < width, height; x + width <= 1; y + height <= 1)")
+        elif x < 0 or y < 0 or w < MIN_ROI_PIXELS or h < MIN_ROI_PIXELS:
+            raise ValueError(f"roi: {roi} in pixels needs x, y >= 0 and width, height >= "
+                             f"{MIN_ROI_PIXELS} (for fractions write decimals, e.g. [0.0, 0.0, 0.5, 1.0])")
+        return roi
+
+    def roi_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
+        """The region of interest in a width x height frame as (x0, y0, x1, y1) pixels, or None
+        for the whole frame; ValueError when a pixel region does not fit the frame."""
+        if self.roi is None:
+            return None
+        x, y, w, h = self.roi
+        if any(isinstance(v, float) for v in self.roi):
+            x0, y0 = min(round(x * width), width - 1), min(round(y * height), height - 1)
+            return x0, y0, max(x0 + 1, min(width, round((x + w) * width))), \
+                max(y0 + 1, min(height, round((y + h) * height)))
+        if x + w > width or y + h > height:
+            raise ValueError(f"roi: {self.roi} does not fit in the {width}x{height} frame "
+                             f"(x + width <= {width}, y + height <= {height}; or give fractions)")
+        return int(x), int(y), int(x + w), int(y + h)
 
 
 class SyntheticSource(_SourceBase):
@@ -256,22 +322,37 @@ class CurveConfig(_Strict):
 
 
 
+BUILTIN_CONSUMERS = ("print", "jsonl", "video", "preview", "mqtt")
+MQTT_BROKER = r"^mqtts?://[^\s/@]+(:[0-9]{1,5})?/?$"  # no credentials: those come from the environment
+
+
 class ConsumerConfig(_Strict):
     """A consumer started and supervised with the pipeline (same options as pipeline-attach)."""
 
-    kind: str  # print, jsonl, video, preview, or MODULE:NAME / FILE.py:NAME
+    kind: str  # print, jsonl, video, preview, mqtt, or MODULE:NAME / FILE.py:NAME
     out: str | None = None
     port: int = Field(8080, ge=0, le=65535)
     host: str = "127.0.0.1"
     fps: float | None = Field(None, gt=0, le=1000)
     frames: bool = False
     allow_hosts: list[str] = []  # preview: more names it answers to (the Host header check)
+    # mqtt (username and password: MQTT_USERNAME, MQTT_PASSWORD in the environment)
+    broker: str = Field("mqtt://localhost:1883", pattern=MQTT_BROKER)
+    topic_prefix: str | None = Field(None, pattern=r"^[^+#\s]{1,200}$")
+    client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    qos: int = Field(1, ge=0, le=2)
+    discovery: bool = False  # Home Assistant MQTT discovery
+    discovery_prefix: str = Field("homeassistant", pattern=r"^[^+#\s]{1,100}$")
+    snapshots: bool = False  # a JPEG of the frame behind each state change
+    stats_interval: float = Field(5.0, gt=0, le=3600)
+    ca: str | None = None  # mqtts: CA certificate file
 
     @field_validator("kind")
     @classmethod
     def _known_kind(cls, kind: str) -> str:
-        if kind not in ("print", "jsonl", "video", "preview") and not re.fullmatch(r"[\w./-]+:\w+", kind):
-            raise ValueError(f"consumers.kind: {kind!r} is not print, jsonl, video, preview or MODULE:NAME")
+        if kind not in BUILTIN_CONSUMERS and not re.fullmatch(r"[\w./-]+:\w+", kind):
+            raise ValueError(f"consumers.kind: {kind!r} is not {', '.join(BUILTIN_CONSUMERS)} "
+                             f"or MODULE:NAME")
         return kind
 
     @model_validator(mode="after")
@@ -279,6 +360,23 @@ class ConsumerConfig(_Strict):
         if self.kind == "video" and not self.out:
             raise ValueError("consumers: a video consumer needs out = \"FILE.mp4\"")
         return self
+
+    def attach_args(self) -> list[str]:
+        """The pipeline-attach arguments that run this consumer."""
+        args = ["--consumer", self.kind, "--port", str(self.port), "--host", self.host]
+        args += ["--out", self.out] if self.out else []
+        args += ["--fps", str(self.fps)] if self.fps else []
+        args += ["--frames"] if self.frames else []
+        args += [arg for h in self.allow_hosts for arg in ("--allow-host", h)]
+        if self.kind == "mqtt":
+            args += ["--broker", self.broker, "--qos", str(self.qos), "--discovery-prefix",
+                     self.discovery_prefix, "--stats-interval", str(self.stats_interval)]
+            args += ["--topic-prefix", self.topic_prefix] if self.topic_prefix else []
+            args += ["--client-id", self.client_id] if self.client_id else []
+            args += ["--ca", self.ca] if self.ca else []
+            args += ["--discovery"] if self.discovery else []
+            args += ["--snapshots"] if self.snapshots else []
+        return args
 
 
 WORKERS_PER_CORE = 4  # inference workers a core can hold usefully (they take turns on it)
@@ -351,6 +449,10 @@ class Config(_Strict, Topology):
             if isinstance(src, Picamera2Source):
                 src.check_streams(key)
                 w, h = src.frame_size
+            try:
+                src.roi_box(w, h)  # a pixel region must fit the frame
+            except ValueError as e:
+                raise ValueError(f"{key}.{e}") from None
             if w * h > src.max_frame_pixels:
                 raise ValueError(f"{key}.max_frame_pixels: {w}x{h} frames have {w * h} pixels, "
                                  f"more than the limit {src.max_frame_pixels} (raise "

@@ -75,11 +75,7 @@ class StageProcesses:
         # Consumers connect while the model loads, so they see the first result.
         for i, c in enumerate(self.config.consumers if with_consumers else []):
             cmd = [sys.executable, "-m", "pipeline.cli.attach", "--name", self.config.name,
-                   "--consumer", c.kind, "--port", str(c.port), "--host", c.host]
-            cmd += ["--out", c.out] if c.out else []
-            cmd += ["--fps", str(c.fps)] if c.fps else []
-            cmd += ["--frames"] if c.frames else []
-            cmd += [arg for h in c.allow_hosts for arg in ("--allow-host", h)]
+                   *c.attach_args()]
             self.consumers[f"{c.kind}#{i + 1}"] = subprocess.Popen(
                 cmd, env=env, stdin=subprocess.DEVNULL)
 

@@ -15,6 +15,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.observe.stats import StageMeter
 from pipeline.transport.edge import EdgeReader, EdgeWriter
 from pipeline.transport.messages import FRAME_FIELDS, TensorDescriptor
@@ -51,6 +52,8 @@ class Preprocess:
         if not self.out.wait_for_readers(config.inference.workers, lambda: not ctx.stopping):
             log.warning("not every inference worker has subscribed to the tensors edge yet")
         self.ready_info: dict[str, Any] = {}
+        self.roi_boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # per frame size
+        self.source_key = f"sources[{index}]" if config.sources else "source"
 
     def _reader(self) -> EdgeReader:
         """The frames edge from this source's capture: shared memory, or inline over tcp (into
@@ -84,7 +87,7 @@ class Preprocess:
         prep = self._for_size(ctx.settings.get("input_size", cfg.crop_size))
         if self.delay_s and self.meter.frames_in % cfg.delay_every == 0:
             time.sleep(self.delay_s)  # preprocess.delay_ms: a deliberately slow stage
-        cropped = prep.crop(inp.frame(desc))
+        cropped = prep.crop(self._region(inp.frame(desc)))
         intact = inp.intact(desc)
         inp.release()
         if not intact:
@@ -109,6 +112,19 @@ class Preprocess:
         desc["queue"] = {"preprocess": inp.depth}
         out.publish(slot, seq, desc, ctx.alive)
         self.meter.done((t1 - t0) / 1e6)
+
+    def _region(self, frame: np.ndarray) -> np.ndarray:
+        """The source's region of interest (`source.roi`) as a view of the frame, or the frame."""
+        h, w = frame.shape[:2]
+        box = self.roi_boxes.get((h, w))
+        if box is None:
+            try:
+                box = self.ctx.source.roi_box(w, h) or (0, 0, w, h)
+            except ValueError as e:
+                raise UserError(f"{self.source_key}.{e}") from None
+            self.roi_boxes[(h, w)] = box
+        x0, y0, x1, y1 = box
+        return frame[y0:y1, x0:x1]
 
     def _for_size(self, size: int) -> Preprocessor:
         """The preprocessor for the input size the supervisor asked for (adaptive resolution)."""

@@ -1,4 +1,4 @@
-"""Result consumers: the built-ins (`print`, `jsonl`, `video`, `preview`) and custom ones.
+"""Result consumers: the built-ins (`print`, `jsonl`, `video`, `preview`, `mqtt`) and custom ones.
 
 A consumer is a plain function `fn(result)`, or an object with `on_result(result)` and, if it
 wants them, `on_status(status)` and `close()`. Class attributes `frames = True` / `status = True`
@@ -22,6 +22,7 @@ BUILTIN = {
     "jsonl": "pipeline.client.consumers.text:JsonlConsumer",
     "video": "pipeline.client.consumers.video:VideoConsumer",
     "preview": "pipeline.client.consumers.preview:PreviewConsumer",
+    "mqtt": "pipeline.client.consumers.mqtt:MqttConsumer",
 }
 
 

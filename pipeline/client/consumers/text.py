@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import IO
+from typing import IO, Any
 
+from pipeline.client.states import Tracker
 from pipeline.client.subscription import Result
 
 
@@ -31,15 +32,21 @@ class PrintConsumer:
 
 
 class JsonlConsumer:
-    """Every result as published (see docs/protocol.md), one JSON object per line."""
+    """Every result as published (see docs/protocol.md), one JSON object per line; for a source
+    with state options (`source.state`), the state events a result causes follow it, one line
+    each (`"type": "event"`)."""
 
-    OPTIONS = ("out",)
+    OPTIONS = ("out", "config")
 
-    def __init__(self, out: str | None = None):
+    def __init__(self, out: str | None = None, config: dict[str, Any] | None = None):
         self.file = open(out, "w") if out and out != "-" else sys.stdout
+        self.states = Tracker(config)
 
     def on_result(self, r: Result) -> None:
-        self.file.write(json.dumps(r.raw) + "\n")
+        lines = [json.dumps(r.raw)]
+        if self.states.declared(r.source):
+            lines += [json.dumps(e.to_dict()) for e in self.states.update(r)]
+        self.file.write("\n".join(lines) + "\n")
         self.file.flush()
 
     def close(self) -> None:

@@ -134,7 +134,8 @@ class MqttConsumer:
             self._stop_client()
             raise MqttError(f"the broker at {self.host}:{self.port} refused the connection: "
                             f"{self.refused}")
-        self._say(f"publishing to {self.host}:{self.port} under {self.prefix}/")
+        if self.client.is_connected():
+            self._say(f"publishing to {self.host}:{self.port} under {self.prefix}/")
 
     def _client(self, client_id: str | None, tls: bool, ca: str | None) -> mqtt.Client:
         cid = client_id or f"edge-pipeline-{socket.gethostname()}-{self.name}-{os.getpid()}"

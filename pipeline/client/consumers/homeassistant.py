@@ -17,7 +17,6 @@ from typing import Any
 from pipeline.config import StateConfig
 from pipeline.config.classes import imagenet_classes
 
-
 try:
     __version__ = version("edge-pipeline")
 except PackageNotFoundError:  # run from a source tree that was never installed

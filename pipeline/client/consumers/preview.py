@@ -1,7 +1,18 @@
 """`preview` consumer: a small web page with the live annotated frames (MJPEG), the current label,
 fps, and per-stage latency and queue depth, served on 127.0.0.1 unless told otherwise.
 
-Routes: `/` the page, `/stream.mjpg` the frames, `/status.json` the numbers the page polls.
+Routes (GET; `SOURCE` is a result's `source`, e.g. `video`, `synthetic` or a configured id):
+
+- `/` the page; `/status.json` the numbers the page polls;
+- `/stream.mjpg` the frames of all sources (multipart/x-mixed-replace);
+- `/latest.jpg` the newest frame of any source, one JPEG (for a camera card or a browser);
+- `/SOURCE/latest.jpg` the newest frame of that source;
+- `/SOURCE/stream.mjpeg` (or `.mjpg`) the frames of that source only.
+
+The image routes take `?annotate=0` for the frame as captured (no label band), `annotate=1` (the
+default) for the annotated one. Before a source's first frame, and for an unknown source, they
+answer 404 with one line naming the sources seen so far. The annotated JPEG is encoded once per
+result (it feeds the streams); the raw one only when asked for, once per frame however many ask.
 The HTTP server runs in threads of this consumer process; the pipeline never waits for a viewer.
 
 A request whose Host header names a host other than this machine is refused (403): otherwise a web
@@ -12,6 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import socket
 import sys
 import threading
@@ -19,7 +31,7 @@ import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
@@ -75,16 +87,78 @@ setInterval(refresh, 500); refresh();
 """
 
 
+JPEG_QUALITY = (cv2.IMWRITE_JPEG_QUALITY, 80)
+MAX_SOURCES = 64  # sources tracked for the per-source routes; a stream of odd names cannot grow memory
+SOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")  # what a source id may be (config schema)
+ANNOTATE = {"1": True, "true": True, "yes": True, "on": True,
+            "0": False, "false": False, "no": False, "off": False}
+
+
+class _Source:
+    """One source's newest frame: its annotated JPEG, encoded per result because the streams need
+    it anyway, and a copy of the frame as captured, encoded only when a viewer asks for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.canvas: np.ndarray | None = None  # the consumer thread's alone
+        self.jpeg = b""  # annotated; jpeg and frame_no under _Shared.cond
+        self.frame_no = 0
+        # The raw copy: everything below only under raw_lock. The consumer thread skips a copy
+        # rather than wait for an encode in progress, so it never waits for a viewer.
+        self.raw_lock = threading.Lock()
+        self.raw: np.ndarray | None = None
+        self.raw_no = 0  # good copies so far: the number of the frame in `raw`
+        self.raw_good = False  # False while `raw` holds a copy the ring overwrote meanwhile
+        self.raw_jpeg = b""  # the encoded copy number raw_jpeg_no, shared by every viewer
+        self.raw_jpeg_no = 0
+
+    def take_raw(self, r: Result) -> bool:
+        """Copy the result's frame; True if a new good copy is in place. Called by the consumer
+        thread only; skipped (False) while a viewer's encode holds the copy."""
+        if not self.raw_lock.acquire(blocking=False):
+            return False
+        try:
+            assert r.frame is not None
+            if self.raw is None or self.raw.shape != r.frame.shape:
+                self.raw = np.empty_like(r.frame)
+            np.copyto(self.raw, r.frame)
+            self.raw_good = r.frame_still_valid()
+            if self.raw_good:
+                self.raw_no += 1
+            return self.raw_good
+        finally:
+            self.raw_lock.release()
+
+    def raw_jpeg_now(self) -> bytes:
+        """The newest good raw frame as JPEG (b"" if none yet), encoded at most once per frame."""
+        with self.raw_lock:
+            if self.raw_good and self.raw_no != self.raw_jpeg_no and self.raw is not None:
+                ok, buf = cv2.imencode(".jpg", self.raw, JPEG_QUALITY)
+                if ok:
+                    self.raw_jpeg, self.raw_jpeg_no = buf.tobytes(), self.raw_no
+            return self.raw_jpeg
+
+
 class _Shared:
-    """What the HTTP threads read: the newest JPEG and the newest numbers."""
+    """What the HTTP threads read: the newest JPEGs, per source and of all, and the newest numbers."""
 
     def __init__(self) -> None:
         self.cond = threading.Condition()
-        self.jpeg: bytes = b""
+        self.jpeg: bytes = b""  # annotated, newest of all sources (tracked or not): /stream.mjpg
         self.frame_no = 0
+        self.sources: dict[str, _Source] = {}  # at most MAX_SOURCES, in order of first frame
+        self.newest: _Source | None = None  # the tracked source of the newest annotated frame
+        self.raw_no = 0  # good raw copies of all sources, and the source of the newest one
+        self.raw_newest: _Source | None = None
         self.info: dict[str, Any] = {"result": None, "fps": 0.0, "latency_ms": {}, "stages": {},
                                      "missed": 0}
         self.closed = False
+
+    def no_frame(self, name: str | None) -> bytes:
+        """The 404 body: which source has no frame, and those that have one (call under cond)."""
+        have = ", ".join(n for n, s in self.sources.items() if s.jpeg) or "none"
+        which = f" from source {name[:60]!r}" if name is not None else ""
+        return f"no frame yet{which} (sources so far: {have})\n".encode()
 
 
 FOREIGN_HOST = (b"This preview answers only to this machine's names and addresses "
@@ -136,16 +210,41 @@ def _handler(shared: _Shared, page: bytes, names: set[str]) -> type[BaseHTTPRequ
                     print(f"preview: refused a request for host {str(host)[:80]!r} (not a name of this "
                           "machine); --allow-host NAME accepts one", file=sys.stderr, flush=True)
                 self._send(FOREIGN_HOST, "text/plain; charset=utf-8", HTTPStatus.FORBIDDEN)
-            elif self.path == "/":
+                return
+            url = urlsplit(self.path)
+            path = url.path
+            if path == "/":
                 self._send(page, "text/html; charset=utf-8")
-            elif self.path == "/status.json":
+                return
+            if path == "/status.json":
                 with shared.cond:
                     body = json.dumps(shared.info).encode()
                 self._send(body, "application/json")
-            elif self.path == "/stream.mjpg":
-                self._stream()
+                return
+            parts = path.split("/")  # "/SOURCE/latest.jpg" -> ["", "SOURCE", "latest.jpg"]
+            if path in ("/stream.mjpg", "/latest.jpg"):
+                name, leaf = None, parts[1]
+            elif len(parts) == 3 and parts[2] in ("latest.jpg", "stream.mjpeg", "stream.mjpg"):
+                name, leaf = parts[1], parts[2]
             else:
                 self.send_error(HTTPStatus.NOT_FOUND)
+                return
+            values = parse_qs(url.query).get("annotate", ["1"])
+            annotated = ANNOTATE.get(values[-1].lower())
+            if annotated is None:
+                self._send(b"annotate takes 0 (the frame as captured) or 1 (annotated, the default)\n",
+                           "text/plain; charset=utf-8", HTTPStatus.BAD_REQUEST)
+                return
+            with shared.cond:
+                source = shared.newest if path == "/latest.jpg" else shared.sources.get(name or "")
+                unknown = name is not None and (source is None or not source.jpeg)
+                missing = shared.no_frame(name) if unknown else b""
+            if missing:
+                self._send(missing, "text/plain; charset=utf-8", HTTPStatus.NOT_FOUND)
+            elif leaf == "latest.jpg":
+                self._latest(source, annotated, name)
+            else:
+                self._stream(source, annotated)
 
         def _send(self, body: bytes, ctype: str, status: HTTPStatus = HTTPStatus.OK) -> None:
             self.send_response(status)
@@ -155,19 +254,46 @@ def _handler(shared: _Shared, page: bytes, names: set[str]) -> type[BaseHTTPRequ
             self.end_headers()
             self.wfile.write(body)
 
-        def _stream(self) -> None:
+        def _latest(self, source: _Source | None, annotated: bool, name: str | None) -> None:
+            jpeg = b""
+            if source is not None and annotated:
+                with shared.cond:
+                    jpeg = source.jpeg
+            elif source is not None:
+                jpeg = source.raw_jpeg_now()
+            if jpeg:
+                self._send(jpeg, "image/jpeg")
+            else:
+                with shared.cond:
+                    body = shared.no_frame(name)
+                self._send(body, "text/plain; charset=utf-8", HTTPStatus.NOT_FOUND)
+
+        def _stream(self, source: _Source | None, annotated: bool) -> None:
+            """Each new frame as one part, of one source or (source None) of all; a viewer that
+            falls behind skips to the newest frame."""
+            def number() -> int:
+                if source is None:
+                    return shared.frame_no if annotated else shared.raw_no
+                return source.frame_no if annotated else source.raw_no
+
             self.send_response(HTTPStatus.OK)
             self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
-            seen = -1
+            seen = 0  # frame numbers start at 1: the first part is the first frame
             try:
                 while not shared.closed:
                     with shared.cond:
-                        shared.cond.wait_for(lambda: shared.frame_no != seen or shared.closed, 1.0)
-                        if shared.frame_no == seen:
+                        shared.cond.wait_for(lambda: number() != seen or shared.closed, 1.0)
+                        if number() == seen:
                             continue
-                        seen, jpeg = shared.frame_no, shared.jpeg
+                        seen = number()
+                        jpeg = (source or shared).jpeg if annotated else b""
+                        raw_of = None if annotated else source or shared.raw_newest
+                    if raw_of is not None:  # encoded outside the lock: the results go on meanwhile
+                        jpeg = raw_of.raw_jpeg_now()
+                    if not jpeg:
+                        continue
                     self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: "
                                      + str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
                     self.wfile.flush()
@@ -199,7 +325,7 @@ class PreviewConsumer:
         print(f"preview: open {self.url}", file=sys.stderr, flush=True)
         warn_if_exposed("the preview", host, port, "its frames and status", "--host")
         self.meter = RateMeter()
-        self.canvas: np.ndarray | None = None
+        self.canvas: np.ndarray | None = None  # for the frames of sources not tracked
         self.missed = 0
 
     def on_status(self, status: dict[str, Any]) -> None:
@@ -207,27 +333,54 @@ class PreviewConsumer:
             self.shared.info["stages"] = status.get("stages", {})
             self.shared.info["latency_ms"] = status.get("latency_ms", {})
 
+    def _source(self, name: str) -> _Source | None:
+        """The source's buffers, made on its first frame; None for a name no URL can address or
+        beyond MAX_SOURCES (its frames still reach /stream.mjpg)."""
+        source = self.shared.sources.get(name)  # only this thread adds to it
+        if source is None and len(self.shared.sources) < MAX_SOURCES and SOURCE_ID.fullmatch(name):
+            source = _Source(name)
+            with self.shared.cond:
+                self.shared.sources[name] = source
+        return source
+
     def on_result(self, r: Result) -> None:
         rate = self.meter.tick(time.monotonic())
         self.missed += r.missed_before
         jpeg = None
+        source: _Source | None = None
+        raw = False  # a new good raw copy
         if r.frame is not None:
-            if self.canvas is None or self.canvas.shape != r.frame.shape:
-                self.canvas = np.empty_like(r.frame)
-            annotate(r, rate, self.canvas)
+            source = self._source(r.source)
+            raw = source is not None and source.take_raw(r)
+            canvas = source.canvas if source is not None else self.canvas
+            if canvas is None or canvas.shape != r.frame.shape:
+                canvas = np.empty_like(r.frame)
+                if source is not None:
+                    source.canvas = canvas
+                else:
+                    self.canvas = canvas
+            annotate(r, rate, canvas)
             if r.frame_still_valid():
-                ok, buf = cv2.imencode(".jpg", self.canvas, (cv2.IMWRITE_JPEG_QUALITY, 80))
+                ok, buf = cv2.imencode(".jpg", canvas, JPEG_QUALITY)
                 jpeg = buf.tobytes() if ok else None
         with self.shared.cond:
-            info = self.shared.info
+            shared = self.shared
+            info = shared.info
             info["result"] = {"seq": r.seq, "label": r.label, "prob": r.prob,
                               "latency_ms": r.latency_ms}
             info["fps"] = rate
             info["missed"] = self.missed
             if jpeg is not None:
-                self.shared.jpeg = jpeg
-                self.shared.frame_no += 1
-            self.shared.cond.notify_all()
+                shared.jpeg = jpeg
+                shared.frame_no += 1
+                if source is not None:
+                    source.jpeg = jpeg
+                    source.frame_no += 1
+                    shared.newest = source
+            if raw:
+                shared.raw_no += 1
+                shared.raw_newest = source
+            shared.cond.notify_all()
 
     def close(self) -> None:
         with self.shared.cond:

@@ -1,6 +1,7 @@
-"""Preprocess stage: takes a source's raw BGR frame from the frames ring, resizes, crops and
-normalises it (workers/preprocess/transform.py) straight into a slot of the tensors ring, and
-announces it to the inference workers, with the frame's slot so consumers can still read it.
+"""Preprocess stage: takes a source's raw BGR frame from the frames ring, cuts out its region of
+interest (`source.roi`, a view: no copy) if it has one, resizes, crops and normalises it
+(workers/preprocess/transform.py) straight into a slot of the tensors ring, and announces it to
+the inference workers, with the frame's slot so consumers can still read it.
 
 Adaptive resolution (pipeline/supervisor/adaptive.py) changes the crop size at run time; the
 tensors ring is sized for the largest.

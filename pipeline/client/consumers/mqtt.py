@@ -112,7 +112,7 @@ class MqttConsumer:
         self.stats_interval = stats_interval
         cfg = Config.model_validate(config) if config else None
         self.tracker = Tracker(cfg)
-        self.sources = dict(self.tracker.options) or {}
+        self.sources = dict(self.tracker.options)
         self.model = cfg.model.name if cfg else "unknown"
         self.lock = threading.Lock()  # the states, shared with paho's thread
         self.states: dict[str, State] = {}
@@ -121,8 +121,10 @@ class MqttConsumer:
         self.published: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.connects = 0
+        self.acknowledged = 0
         self.lost_at: float | None = None
         self.refused: str | None = None  # the broker refused us for good: why
+        self.closing = False  # a disconnect from now on is ours
         self.connected = threading.Event()
         self.client = self._client(client_id, tls, ca)
         self.client.connect_async(self.host, self.port, keepalive=30)
@@ -154,6 +156,7 @@ class MqttConsumer:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_publish = self._on_publish
         return client
 
     # -- paho's thread ----------------------------------------------------------------------
@@ -169,8 +172,9 @@ class MqttConsumer:
         self.connects += 1
         if self.lost_at is not None:
             dropped = sum(self.dropped.values())
-            self._say(f"reconnected to {self.host}:{self.port} after "
-                      f"{time.monotonic() - self.lost_at:.1f} s ({dropped} messages dropped so far)")
+            self._say(f"{'re' if self.connects > 1 else ''}connected to {self.host}:{self.port} "
+                      f"after {time.monotonic() - self.lost_at:.1f} s ({dropped} messages dropped "
+                      f"so far)")
             self.lost_at = None
         self._send(f"{self.prefix}/availability", "online", "availability", retain=True)
         if self.discovery:
@@ -198,13 +202,17 @@ class MqttConsumer:
             for source, state in states:
                 self._send_state(source, state)
 
+    def _on_publish(self, *_: Any) -> None:
+        self.acknowledged += 1  # QoS 1/2: the broker has it; QoS 0: it is on the wire
+
     def _lost(self, why: str) -> None:
+        """Once per outage; a broker never reached is reported by the start-up instead."""
         if self.lost_at is None:
             self.lost_at = time.monotonic()
-            self._say(f"lost the broker at {self.host}:{self.port} ({why}); reconnecting with "
-                      f"back-off (events, stats and snapshots are dropped and counted meanwhile)")
-
-    closing = False
+            if self.connects:
+                self._say(f"lost the broker at {self.host}:{self.port} ({why}); reconnecting "
+                          f"with back-off (events, stats and snapshots are dropped and counted "
+                          f"meanwhile)")
 
     # -- the consumer's thread --------------------------------------------------------------
     def on_result(self, r: Result) -> None:
@@ -238,7 +246,8 @@ class MqttConsumer:
             "stages": status.get("stages"), "mqtt": self.counts()}), "stats")
 
     def counts(self) -> dict[str, Any]:
-        return {"published": sum(self.published.values()), "dropped": sum(self.dropped.values()),
+        return {"published": sum(self.published.values()), "acknowledged": self.acknowledged,
+                "dropped": sum(self.dropped.values()),
                 "dropped_by_kind": dict(self.dropped), "connects": self.connects,
                 "connected": self.client.is_connected()}
 
@@ -290,6 +299,7 @@ class MqttConsumer:
         self.closing = True
         if self.client.is_connected():
             info = self.client.publish(f"{self.prefix}/availability", "offline", qos=1, retain=True)
+            self.published["availability"] += 1
             try:
                 info.wait_for_publish(2.0)
             except (RuntimeError, ValueError):
@@ -297,6 +307,7 @@ class MqttConsumer:
         self.client.disconnect()
         self.client.loop_stop()
         c = self.counts()
-        self._say(f"{c['published']} messages published, {c['dropped']} dropped"
+        self._say(f"{c['published']} messages published ({c['acknowledged']} acknowledged by the "
+                  f"broker), {c['dropped']} dropped"
                   + (f" ({', '.join(f'{k} {n}' for k, n in sorted(self.dropped.items()))})"
                      if self.dropped else ""))

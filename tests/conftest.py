@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -59,6 +60,19 @@ def pipeline_cmd(config: str, *args: str) -> list[str]:
     return [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / config), *args]
 
 
+def launch(cmd: list[str], **popen: object) -> subprocess.Popen:
+    """Start `pipeline-up` (stdout and stderr piped) and return once it says `running:`."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **popen)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if line.startswith("running:") or not line:
+            break
+    assert proc.poll() is None, proc.stderr.read()
+    return proc
+
+
 def run_pipeline(config: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(pipeline_cmd(config, *args), cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
@@ -81,3 +95,31 @@ def clean_machine():
     assert not leaked, f"leaked /dev/shm segments: {leaked}"
     strays = {p for p in stage_pids() - before_pids if not _alive(_parent_of(p))}
     assert not strays, f"stage processes left running: {strays}"
+
+
+ACCURACY_MARGIN = 0.04  # 8 of the 200 images: OpenCV's area resize is not PIL's antialiased one
+
+
+@pytest.fixture(scope="session")
+def reference_accuracy() -> float:
+    """Top-1 on the 200 labelled images of the pretrained weights with torchvision's own eval
+    transform (PIL: Resize 256, CenterCrop 224, Normalize), measured here on these assets: what
+    the pipeline's accuracy is held to, rather than a figure measured once elsewhere."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+    from torchvision.models.quantization import mobilenet_v2
+
+    need(WEIGHTS)
+    with open(need(IMAGES) / "labels.csv") as f:
+        labels = {row["file"]: int(row["class_index"]) for row in csv.DictReader(f)}
+    torch.backends.quantized.engine = "qnnpack"
+    model = mobilenet_v2(weights=None, quantize=True)
+    model.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+    model.eval()
+    tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    with torch.no_grad():
+        correct = sum(int(model(tf(Image.open(IMAGES / name).convert("RGB"))[None]).argmax()) == index
+                      for name, index in labels.items())
+    return correct / len(labels)

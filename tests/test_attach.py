@@ -17,7 +17,7 @@ import pytest
 from pipeline import attach
 from pipeline.transport.rundir import NotRunning, find_pipeline, running_pipelines, runtime_root
 
-from .conftest import BOTTLE, ROOT, WEIGHTS, need, pipeline_cmd, run_pipeline, shm_segments
+from .conftest import BOTTLE, ROOT, WEIGHTS, launch, need, pipeline_cmd, run_pipeline, shm_segments
 
 ATTACH = [sys.executable, "-m", "pipeline.cli.attach"]
 
@@ -28,15 +28,7 @@ def start_pipeline(name: str, *sets: str) -> subprocess.Popen:
             "--set", f"model.weights={WEIGHTS}", "--set", "source.loop=true"]
     for s in sets:
         args += ["--set", s]
-    proc = subprocess.Popen(pipeline_cmd("video.toml", *args), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if line.startswith("running:") or not line:
-            break
-    assert proc.poll() is None, proc.stderr.read()
-    return proc
+    return launch(pipeline_cmd("video.toml", *args))
 
 
 def stop_pipeline(proc: subprocess.Popen) -> str:

@@ -23,7 +23,7 @@ from pipeline.client.states import StateMachine
 from pipeline.client.subscription import Result
 from pipeline.config import StateConfig
 
-from .conftest import BOTTLE, ROOT, need, pipeline_cmd, read_jsonl
+from .conftest import BOTTLE, ROOT, launch, need, pipeline_cmd, read_jsonl
 from .mqtt_broker import Broker, Watcher
 
 ATTACH = [sys.executable, "-m", "pipeline.cli.attach"]
@@ -46,16 +46,8 @@ def write_config(path: Path, name: str, *, fast: bool, consumers: list[dict] = (
     return path
 
 
-def start(config: Path, *args: str, **kw) -> subprocess.Popen:
-    proc = subprocess.Popen(pipeline_cmd(str(config), "--quiet", *args), cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if line.startswith("running:") or not line:
-            break
-    assert proc.poll() is None, proc.stderr.read()
-    return proc
+def start(config: Path, *args: str, **popen) -> subprocess.Popen:
+    return launch(pipeline_cmd(str(config), "--quiet", *args), **popen)
 
 
 def stop(proc: subprocess.Popen) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -186,32 +187,36 @@ def test_discovery_payloads_and_rediscovery_when_home_assistant_comes_online(bro
 
 
 def test_reconnects_after_the_broker_restarts_and_publishes_the_newest_state(tmp_path, live):
+    """One consumer refreshes nothing for an hour: after the restart its state can only come
+    from the reconnect. The other sends stats each second: those of the outage are counted."""
     broker = Broker(tmp_path / "restarting")
-    consumer = attach_mqtt("mqttlive", broker.url, "--stats-interval", "1")
-    prefix = "edge-pipeline/mqttlive"
+    quiet = attach_mqtt("mqttlive", broker.url, "--stats-interval", "3600", "--topic-prefix", "quiet")
+    chatty = attach_mqtt("mqttlive", broker.url, "--stats-interval", "1", "--topic-prefix", "chatty")
     try:
         watcher = Watcher(broker.port)
-        watcher.wait_for(lambda: watcher.on(f"{prefix}/video/state"), 20, "a state")
+        for prefix in ("quiet", "chatty"):
+            watcher.wait_for(lambda: watcher.on(f"{prefix}/video/state"), 20, f"{prefix}'s state")
         watcher.close()
         broker.stop()  # retained messages go with it (no persistence)
         time.sleep(3)  # results go on; stats are dropped and counted
         broker.start()
-        watcher = Watcher(broker.port)
         t0 = time.monotonic()
-        watcher.wait_for(lambda: watcher.on(f"{prefix}/availability") == [b"online"], 45,
-                         "online again")
-        state = watcher.wait_for(lambda: watcher.json_on(f"{prefix}/video/state"), 10,
-                                 "the state again")
+        watcher = Watcher(broker.port)
+        watcher.wait_for(lambda: watcher.on("quiet/availability") == [b"online"], 45, "online again")
+        state = watcher.wait_for(lambda: watcher.json_on("quiet/video/state"), 5, "the state again")
         print(f"back {time.monotonic() - t0:.1f} s after the broker restarted")
-        assert state[0]["label"] in ("water bottle", "none")
-        stats = watcher.wait_for(lambda: watcher.json_on(f"{prefix}/stats"), 10, "stats")
-        assert stats[-1]["mqtt"]["connects"] == 2 and stats[-1]["mqtt"]["dropped"] > 0
+        assert state[0]["label"] in ("water bottle", "none") and state[0]["since"] > 0
+        stats = watcher.wait_for(lambda: watcher.json_on("chatty/stats"), 45, "stats")
+        assert stats[-1]["mqtt"]["connects"] == 2 and stats[-1]["mqtt"]["dropped_by_kind"]["stats"] > 0
         watcher.close()
     finally:
-        consumer.send_signal(signal.SIGINT)
-        _, err = consumer.communicate(timeout=15)
+        errs = []
+        for consumer in (quiet, chatty):
+            consumer.send_signal(signal.SIGINT)
+            errs.append(consumer.communicate(timeout=15)[1])
         broker.stop()
-    assert "lost the broker" in err and "reconnected" in err
+    for err in errs:
+        assert "lost the broker" in err and "reconnected" in err and quiet.returncode == 0, err
 
 
 def test_credentials_come_from_the_environment(tmp_path, live):
@@ -256,9 +261,10 @@ def test_mqtts_with_the_brokers_certificate_authority(tmp_path, live):
         _, err = ok.communicate(timeout=30)
         assert ok.returncode == 0 and "publishing to" in err, err
         # Without the CA the broker's certificate is not trusted: never published to.
-        untrusted = attach_mqtt("mqttlive", url, "--duration", "4")
+        untrusted = attach_mqtt("mqttlive", url, "--duration", "4", "--stats-interval", "1")
         _, err = untrusted.communicate(timeout=30)
         assert "cannot reach the broker" in err and "0 messages published" in err
+        assert int(re.search(r"(\d+) dropped", err)[1]) > 0  # its stats, counted
     finally:
         broker.stop()
 

@@ -117,7 +117,7 @@ class MqttConsumer:
         self.lock = threading.Lock()  # the states, shared with paho's thread
         self.states: dict[str, State] = {}
         self.state_sent: dict[str, float] = {}  # monotonic time each source's state was sent
-        self.stats_sent = 0.0
+        self.stats_sent = -math.inf
         self.published: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
         self.connects = 0
@@ -230,7 +230,7 @@ class MqttConsumer:
             self._send_state(r.source, state)
             if self.snapshots:
                 self._send_snapshot(r, events)
-        elif now - self.state_sent.get(r.source, 0.0) >= self.stats_interval:
+        elif now - self.state_sent.get(r.source, -math.inf) >= self.stats_interval:
             self._send_state(r.source, state)  # the probability moves on
 
     def on_status(self, status: dict[str, Any]) -> None:

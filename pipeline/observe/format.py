@@ -43,6 +43,21 @@ def format_status(st: dict[str, Any]) -> list[str]:
     return lines
 
 
+def status_line(st: dict[str, Any]) -> str:
+    """The whole pipeline in one line: results per second, end-to-end latency, drops so far,
+    stages that are not running, the newest top-1 (systemd's STATUS=, a journal line)."""
+    fps = sum(m.get("fps") or 0.0 for m in st.get("sources", {}).values())
+    lat = st.get("latency_ms") or {}
+    drops = sum(n for edge in st.get("totals", {}).get("drops", {}).values() for n in edge.values())
+    parts = [f"{fps:.1f} fps",
+             f"latency {lat['p50']:.1f}/{lat['p99']:.1f} ms" if lat else "no results",
+             f"drops {drops}"]
+    parts += [f"{stage} {m['state']}" for stage, m in st["stages"].items() if m["state"] != "running"]
+    if st.get("top"):
+        parts.append(f"{st['top']['label']} {st['top']['prob']:.2f}")
+    return ", ".join(parts)
+
+
 def format_summary(s: dict[str, Any]) -> str:
     f = s["frames"]
     lines = [

@@ -57,7 +57,8 @@ class StatusPublisher:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # a longer prefix: disconnected
         self.socket.bind(endpoint)
 
-    def publish(self) -> None:
+    def publish(self) -> dict[str, Any]:
+        """Publish, hand to the metrics and print the status; returns it."""
         status = self.report.status()
         self.socket.send(pack(status))
         if self.metrics:
@@ -65,6 +66,7 @@ class StatusPublisher:
         if not self.quiet:
             lines = format_status(status)
             self.say(f"[{status['elapsed_s']:6.1f}s] " + f"\n{'':9}".join(lines))
+        return status
 
     def close(self) -> None:
         self.socket.close(0)

@@ -20,13 +20,14 @@ from typing import IO, Any
 import zmq
 
 from pipeline.config import Config, allowed_cores, keep_off_inference_cores
-from pipeline.observe.format import format_summary
+from pipeline.observe.format import format_summary, status_line
 from pipeline.observe.report import RunReport
 from pipeline.outputs import write_whole
 from pipeline.supervisor import startup
 from pipeline.supervisor.adaptive import AdaptiveInput, SizeController
 from pipeline.supervisor.control import ControlChannel
 from pipeline.supervisor.lifecycle import StageProcesses
+from pipeline.supervisor.notify import SystemdNotifier
 from pipeline.supervisor.reporting import ResultsRecorder, StatusPublisher, ready_line
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.supervisor.shm import all_rings, frame_rings
@@ -68,6 +69,7 @@ class Supervisor:
         self.hub: ResultsHub | None = None
         self.stop_reason: str | None = None
         self.failure: str | None = None
+        self.notifier = SystemdNotifier()  # systemd's Type=notify and watchdog, when under it
 
     def say(self, text: str) -> None:
         try:
@@ -81,6 +83,7 @@ class Supervisor:
             return self._run()
         finally:
             self.name_lock.release()
+            self.notifier.close()
 
     def _run(self) -> int:
         refusal = self._preflight()
@@ -137,8 +140,10 @@ class Supervisor:
 
     def _start_and_monitor(self) -> None:
         self.children.spawn_all(with_consumers=bool(self.workers))
-        self.say(f"starting {len(self.stages)} stage(s): {', '.join(self.stages)}"
-                 + (" (loading the model)" if self.workers else ""))
+        starting = f"starting {len(self.stages)} stage(s): {', '.join(self.stages)}" \
+            + (" (loading the model)" if self.workers else "")
+        self.say(starting)
+        self.notifier.status(starting)
         if self._await_ready():
             self.control.broadcast(START)
             self.report.mark_started()
@@ -146,6 +151,7 @@ class Supervisor:
             where = f"results on {self.paths.endpoint('results')}" if self.workers else \
                 f"capture for host {self.config.inference.host} ({', '.join(self.stages)})"
             self.say(f"running: {where}  (Ctrl-C stops)")
+            self.notifier.started(f"running: {where}")
             self._monitor()
 
     def _finish(self) -> int:
@@ -246,7 +252,8 @@ class Supervisor:
             self.children.check_consumers()
             if now >= next_status:
                 next_status = now + 1.0
-                self.status.publish()
+                status = self.status.publish()
+                self.notifier.tick(status, status_line(status))
 
     def _handle_control(self, eos: set[str]) -> None:
         """Note the stages at the end of the stream; start restarted stages once ready."""
@@ -291,6 +298,7 @@ class Supervisor:
     def _shutdown(self) -> None:
         """Stop every stage within STOP_GRACE_S (escalating to signals), then remove all traces."""
         self.report.stopped = time.monotonic()
+        self.notifier.stopping(self.stop_reason or self.failure or "failure")
         self.control.broadcast(STOP)
         # Ready stages finish in order; one still loading cannot hear STOP: SIGTERM stops it.
         ready = list(self.report.ready)

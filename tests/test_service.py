@@ -1,19 +1,28 @@
 """Running as a systemd service: the sd_notify messages, checked on a unix datagram socket the
 test binds as systemd would (READY only once the model is warm and frames flow, WATCHDOG only
-while every stage is healthy, STATUS each second, STOPPING at the end)."""
+while every stage is healthy, STATUS each second, STOPPING at the end), and the generated unit,
+whose command is run the way systemd would run it."""
 
 from __future__ import annotations
 
+import getpass
 import os
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from pipeline import attach
 
-from .conftest import launch, pipeline_cmd
+from .conftest import ROOT, launch, pipeline_cmd
 
 
 class NotifySocket:
@@ -110,3 +119,93 @@ def test_notifications_follow_readiness_health_and_stop(tmp_path, clean_machine)
             proc.kill()
             proc.communicate()
         notify.close()
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file's sections, each key with all its values (Environment= repeats)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+        else:
+            key, _, value = line.partition("=")
+            current.setdefault(key, []).append(value)
+    return sections
+
+
+def unit_for(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(pipeline_cmd("demo.toml", "--set", "model.runtime=onnxruntime", *args),
+                          cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_the_unit_runs_this_config_with_this_interpreter_as_systemd_would(tmp_path, clean_machine):
+    p = unit_for("--name", "unitlab", "--systemd-unit")
+    assert p.returncode == 0, p.stderr
+    unit = parse_unit(p.stdout)
+    svc = unit["Service"]
+    assert svc["Type"] == ["notify"] and svc["Restart"] == ["on-failure"]
+    assert int(svc["WatchdogSec"][0]) >= 3 and svc["RestartPreventExitStatus"] == ["2"]
+    assert svc["User"] == [getpass.getuser()] and svc["WorkingDirectory"] == [str(ROOT)]
+    assert svc["RuntimeDirectory"] == ["edge-pipeline-unitlab"]
+    assert "XDG_RUNTIME_DIR=%t/edge-pipeline-unitlab" in svc["Environment"]
+    assert unit["Install"]["WantedBy"] == ["multi-user.target"]
+    assert int(unit["Unit"]["StartLimitBurst"][0]) >= 3
+    command = shlex.split(svc["ExecStart"][0].replace("%%", "%"))
+    assert command[0] == sys.executable and str(ROOT / "configs" / "demo.toml") in command
+    assert command[command.index("--set") + 1] == "model.runtime=onnxruntime"
+
+    # Started as systemd starts it: the unit's environment, directory and notify socket.
+    run = Path(tempfile.mkdtemp(prefix="run", dir="/tmp"))  # %t: short, as /run (sun_path)
+    runtime = run / "edge-pipeline-unitlab"
+    runtime.mkdir(mode=0o700)
+    notify = NotifySocket(str(tmp_path / "notify"))
+    env = {"PATH": os.environ["PATH"], "NOTIFY_SOCKET": notify.path, "WATCHDOG_USEC": str(
+        int(svc["WatchdogSec"][0]) * 10**6)}
+    for assignment in svc["Environment"]:
+        key, _, value = assignment.partition("=")
+        env[key] = value.replace("%t", str(run))
+    proc = subprocess.Popen(command, cwd=svc["WorkingDirectory"][0], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        notify.wait_for(lambda: notify.times("WATCHDOG=1") or proc.poll() is not None, 60,
+                        "READY and a watchdog ping")
+        assert proc.poll() is None, proc.communicate()[1]
+        assert list(runtime.iterdir()), "the run's sockets live in the RuntimeDirectory"
+        proc.send_signal(signal.SIGTERM)  # systemctl stop
+        proc.communicate(timeout=30)
+        assert proc.returncode == 0
+        assert notify.times("STOPPING=1")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        notify.close()
+        shutil.rmtree(run)
+
+
+def test_install_writes_a_user_unit_and_says_how_to_start_it(tmp_path):
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)}
+    printed = unit_for("--name", "unitlab", "--user", "--systemd-unit", env=env)
+    p = unit_for("--name", "unitlab", "--user", "--install", env=env)
+    assert p.returncode == 0, p.stderr
+    path = tmp_path / "systemd" / "user" / "edge-pipeline-unitlab.service"
+    assert path.read_text() == printed.stdout
+    assert parse_unit(printed.stdout)["Install"]["WantedBy"] == ["default.target"]
+    assert "User" not in parse_unit(printed.stdout)["Service"]  # a user unit runs as its user
+    assert f"wrote {path}" in p.stdout
+    assert "systemctl --user daemon-reload" in p.stdout
+    assert "systemctl --user enable --now edge-pipeline-unitlab.service" in p.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--user"], "--user goes with --systemd-unit or --install"),
+    (["--systemd-unit", "--duration", "5"], "--duration: a service runs until stopped"),
+    (["--systemd-unit", "--set", "source.fps=-1"], "source.fps"),
+])
+def test_unit_mistakes_are_one_line(args, message):
+    p = unit_for(*args)
+    assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert p.stdout == ""

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import math
+import os
 import sys
+from pathlib import Path
 
-from pipeline.config import ConfigError, input_files, load_config
+from pipeline.config import ConfigError, check_files, input_files, load_config
 from pipeline.outputs import first_problem
 
 EXIT_CONFIG = 2
@@ -31,11 +34,59 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run only the stages placed on host NAME by the topology (default: all)")
     ap.add_argument("--metrics-host", default="127.0.0.1",
                     help="address for --metrics-port (default 127.0.0.1: this machine only)")
+    svc = ap.add_argument_group("running as a systemd service")
+    svc.add_argument("--systemd-unit", action="store_true",
+                     help="print a systemd unit that runs this config as given (this interpreter, "
+                          "user and directory) and exit")
+    svc.add_argument("--install", action="store_true",
+                     help="write that unit to /etc/systemd/system (or, with --user, the user's "
+                          "unit folder) and say how to enable and start it")
+    svc.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
     return ap
+
+
+def _service_options(args: argparse.Namespace) -> list[str]:
+    """The options the service runs with: those given here, but the service's own."""
+    out = [arg for text in args.overrides for arg in ("--set", text)]
+    for flag, value in (("--record", args.record), ("--summary-json", args.summary_json),
+                        ("--host", args.host), ("--metrics-port", args.metrics_port)):
+        if value is not None:
+            out += [flag, str(Path(value).resolve()) if flag in ("--record", "--summary-json")
+                    else str(value)]
+    if args.metrics_port is not None:
+        out += ["--metrics-host", args.metrics_host]
+    return out + (["--quiet"] if args.quiet else [])
+
+
+def _service(args: argparse.Namespace, config: object) -> int:
+    from pipeline.cli.service import install, unit_text
+    from pipeline.errors import UserError
+
+    text = unit_text(config, args.config, _service_options(args), user_unit=args.user)
+    if not args.install:
+        print(text, end="")
+        return 0
+    try:
+        path, commands = install(config, text, args.user)
+    except UserError as e:
+        print(f"pipeline-up: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {path}; enable and start it with:")
+    for command in commands:
+        print(f"  {'' if args.user or os.geteuid() == 0 else 'sudo '}{command}")
+    if args.user:
+        print(f"(and `loginctl enable-linger {getpass.getuser()}` to run it without a login session)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.user and not (args.systemd_unit or args.install):
+        print("pipeline-up: --user goes with --systemd-unit or --install", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.duration is not None and (args.systemd_unit or args.install):
+        print("pipeline-up: --duration: a service runs until stopped; leave it out", file=sys.stderr)
+        return EXIT_CONFIG
     overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         print(f"pipeline-up: --metrics-port must be 0-65535, got {args.metrics_port}", file=sys.stderr)
@@ -44,11 +95,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-up: --duration must be a positive number of seconds, got {args.duration}",
               file=sys.stderr)
         return EXIT_CONFIG
+    service = args.systemd_unit or args.install
     try:
-        config = load_config(args.config, overrides, host=args.host)
+        config = load_config(args.config, overrides, host=args.host, files=not service)
     except ConfigError as e:
         print(f"pipeline-up: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    if service:  # a unit may be written before the camera is plugged in
+        try:
+            check_files(config, args.host)
+        except ConfigError as e:
+            print(f"pipeline-up: warning: {e} (the service will fail to start until it does)",
+                  file=sys.stderr)
     outputs = {"--record": args.record, "--summary-json": args.summary_json,
                **{f"consumers[{i}].out": c.out for i, c in enumerate(config.consumers)
                   if c.out and c.out != "-"}}
@@ -56,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"pipeline-up: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if service:
+        return _service(args, config)
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
     from pipeline.transport.rundir import RuntimeDirError
 

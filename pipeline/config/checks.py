@@ -13,7 +13,9 @@ from .schema import WEIGHTS_SPECIAL, CameraSource, Config, ImagesSource, VideoSo
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def _check_files(config: Config, host: str | None = None) -> None:
+def check_files(config: Config, host: str | None = None) -> None:
+    """The files, devices and keys the stages on `host` (None: all) need exist here; raises
+    ConfigError naming the first that does not."""
     for i, src in enumerate(config.source_list):
         if host is None or src.host == host:  # a source elsewhere is checked on its own host
             _check_source(src, "source" if not config.sources else f"sources[{i}]")

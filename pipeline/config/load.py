@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .checks import _check_files
+from .checks import check_files
 from .errors import ConfigError, _describe
 from .schema import WEIGHTS_SPECIAL, Config
 
@@ -67,9 +67,10 @@ def _resolve_path(tree: dict, base: Path) -> None:
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
-                host: str | None = None) -> Config:
+                host: str | None = None, files: bool = True) -> Config:
     """Read, override and validate a topology; raises ConfigError with one readable line.
-    With `host`, only what runs on that host must exist here (files, keys)."""
+    With `host`, only what runs on that host must exist here (files, keys); `files=False`
+    checks none of them (`check_files` does that on its own)."""
     tree: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -89,10 +90,10 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = (),
                 and value and value not in WEIGHTS_SPECIAL and value != "-":
             value = os.path.normpath(Path.cwd() / os.path.expanduser(value))
         _set(tree, parts, value, f"--set {text}")
-    return validate(tree, host)
+    return validate(tree, host, files)
 
 
-def validate(tree: dict[str, Any], host: str | None = None) -> Config:
+def validate(tree: dict[str, Any], host: str | None = None, files: bool = True) -> Config:
     if "source" in tree and tree.get("sources"):
         raise ConfigError("sources: give either [source] or [[sources]], not both")
     if isinstance(tree.get("source"), dict):
@@ -107,5 +108,6 @@ def validate(tree: dict[str, Any], host: str | None = None) -> Config:
     if host is not None and host not in config.hosts():
         raise ConfigError(f"--host {host}: no stage runs on it (hosts in this config: "
                           f"{', '.join(config.hosts())})")
-    _check_files(config, host)
+    if files:
+        check_files(config, host)
     return config

@@ -18,6 +18,8 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from pipeline import attach
@@ -209,3 +211,55 @@ def test_unit_mistakes_are_one_line(args, message):
     p = unit_for(*args)
     assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert p.stdout == ""
+
+
+def journal_run(tmp_path: Path, name: str, *args: str, during=None) -> tuple[int, list[str]]:
+    """pipeline-up with stderr on a file that JOURNAL_STREAM names, as systemd's journal stream
+    would be: its exit code and its stderr lines."""
+    log = tmp_path / f"{name}.log"
+    with open(log, "w") as err:
+        st = os.fstat(err.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        proc = subprocess.Popen(pipeline_cmd(*args, "--name", name), cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True)
+        try:
+            if during:
+                during(proc, log)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return proc.returncode, log.read_text().splitlines()
+
+
+def test_journal_lines_are_structured_and_carry_priorities(tmp_path, clean_machine):
+    def kill_preprocess(proc: subprocess.Popen, log: Path) -> None:
+        deadline = time.monotonic() + 60
+        while "status=pipeline" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        os.kill(stage_pid(proc.pid, "preprocess"), signal.SIGKILL)
+
+    code, lines = journal_run(tmp_path, "journallab", "demo.toml", "--set", "model.runtime=onnxruntime",
+                              "--set", "preprocess.restart=on-failure", "--duration", "12",
+                              during=kill_preprocess)
+    assert code == 0, lines
+    status = [line for line in lines if line.startswith("status=pipeline ")]
+    assert 2 <= len(status) <= 4, lines  # one every 5 s, not a table every second
+    assert not [line for line in lines if line.startswith("[")]  # no timestamps, no padding
+    fields = dict(f.split("=", 1) for f in status[-1].split() if "=" in f)
+    assert float(fields["fps"]) > 0 and "inference:running" in fields["stages"]
+    assert [line for line in lines if line.startswith("<4>stage 'preprocess' died (killed by SIGKILL)")]
+    assert any(line.startswith("running: ") for line in lines)  # information: no prefix
+
+    # A stage's own warning (an image that cannot be decoded) and the supervisor's error.
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    cv2.imwrite(str(folder / "ok.png"), np.zeros((100, 100, 3), np.uint8))
+    code, lines = journal_run(tmp_path, "journalfail", "images.toml", "--set",
+                              f"source.path={folder}", "--set", "source.roi=[200, 0, 50, 50]",
+                              "--set", "model.runtime=onnxruntime")
+    assert code == 1, lines
+    assert [line for line in lines if line.startswith("<4>capture: skipping image")], lines
+    assert lines[-1].startswith("<3>pipeline-up: ") and "source.roi" in lines[-1], lines

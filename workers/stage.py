@@ -90,12 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     _die_with_parent(args.parent)
     from pipeline.config import Config
+    from pipeline.observe.journal import log_format
     from pipeline.transport.messages import ERROR
     from pipeline.transport.rundir import RunPaths
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the supervisor decides
-    logging.basicConfig(level=logging.INFO, format=f"{args.stage}: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(log_format(args.stage))  # priorities when stderr is the journal
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     run = RunPaths.load(args.run_dir)
     config = Config.model_validate_json(run.config_file.read_text())

@@ -8,6 +8,7 @@ from typing import Any
 
 import zmq
 
+from pipeline.observe.journal import WARNING
 from pipeline.observe.report import RunReport
 from pipeline.transport.messages import BYE, ERROR, FROM_STAGES, SET, START, STATS, pack, unpack
 
@@ -15,7 +16,7 @@ MAX_MESSAGE = 64 * 1024  # bytes; control, stats and descriptors are far smaller
 
 
 class ControlChannel:
-    def __init__(self, zctx: zmq.Context, endpoint: str, report: RunReport, say: Callable[[str], None],
+    def __init__(self, zctx: zmq.Context, endpoint: str, report: RunReport, say: Callable[..., None],
                  on_stats: Callable[[str, dict[str, Any]], None]):
         """`on_stats(stage, msg)` sees every stats message, after `report` has."""
         self.report = report
@@ -77,7 +78,7 @@ class ControlChannel:
         n = self.report.rejected.get(kind, 0)
         self.report.rejected[kind] = n + 1
         if not n:
-            self.say(f"dropped a {kind} (further ones are counted, not logged)")
+            self.say(f"dropped a {kind} (further ones are counted, not logged)", WARNING)
 
     def start(self, stage: str, settings: dict[str, Any]) -> None:
         """Start one stage (a restarted one) with the current run-time settings."""

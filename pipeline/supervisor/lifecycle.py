@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import CORES_ENV, Config, Instance
+from pipeline.observe.journal import WARNING
 from pipeline.observe.report import RunReport
 from pipeline.supervisor.control import ControlChannel
 from pipeline.supervisor.restarts import RestartBudget
@@ -23,7 +24,7 @@ OWN_PAUSE_S = 1.0  # the watchdog looks every 0.1 s: a longer gap means the supe
 
 class StageProcesses:
     def __init__(self, config: Config, stages: dict[str, Instance], paths: RunPaths, cores: list[int],
-                 report: RunReport, control: ControlChannel, say: Callable[[str], None]):
+                 report: RunReport, control: ControlChannel, say: Callable[..., None]):
         """`stages`: this host's stage instances by name; `cores`: the set they all start from."""
         self.config = config
         self.stages = stages
@@ -92,7 +93,7 @@ class StageProcesses:
             if code is not None:
                 del self.consumers[label]
                 how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                self.say(f"consumer {label} ended ({how}); the pipeline runs on")
+                self.say(f"consumer {label} ended ({how}); the pipeline runs on", WARNING)
 
     def check(self, starting: bool) -> str | None:
         """Handle stages that exited on their own: restart them by policy, or return why the
@@ -129,7 +130,7 @@ class StageProcesses:
         self.say(f"stage '{stage}' {why}; restarting in {delay:.1f} s "
                  f"(restart {len(self.budgets[stage].times)} of "
                  f"{self.config.supervision.max_restarts} per "
-                 f"{self.config.supervision.restart_window_s:g} s)")
+                 f"{self.config.supervision.restart_window_s:g} s)", WARNING)
 
     def respawn_due(self, now: float) -> None:
         for stage, due in list(self.respawn_at.items()):
@@ -159,7 +160,8 @@ class StageProcesses:
             seen = max(seen, self._own_pause_end)  # their heartbeats may still be on the way
             if now - seen > limit:
                 self.hung[stage] = now - seen
-                self.say(f"stage '{stage}' sent no heartbeat for {now - seen:.1f} s: killing it")
+                self.say(f"stage '{stage}' sent no heartbeat for {now - seen:.1f} s: killing it",
+                         WARNING)
                 proc.kill()
 
     # -- stopping ---------------------------------------------------------------------------

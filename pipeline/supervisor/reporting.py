@@ -11,6 +11,7 @@ import zmq
 
 from pipeline.config import Config
 from pipeline.observe.format import format_status
+from pipeline.observe.journal import STATUS_EVERY_S, WARNING, journald, logfmt, status_fields
 from pipeline.observe.report import RunReport
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.transport.messages import MAX_SUBSCRIPTION_BYTES, pack, unpack
@@ -46,7 +47,7 @@ class StatusPublisher:
     """The once-a-second status: on the status socket, to the metrics, and printed."""
 
     def __init__(self, zctx: zmq.Context, endpoint: str, report: RunReport, metrics: Any,
-                 quiet: bool, say: Callable[[str], None]):
+                 quiet: bool, say: Callable[..., None]):
         self.report = report
         self.metrics = metrics
         self.quiet = quiet
@@ -56,6 +57,8 @@ class StatusPublisher:
         self.socket.setsockopt(zmq.SNDHWM, 10)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)  # a longer prefix: disconnected
         self.socket.bind(endpoint)
+        self.journal = journald()  # the journal stamps lines: one structured line now and then
+        self.journal_next = 0.0
 
     def publish(self) -> dict[str, Any]:
         """Publish, hand to the metrics and print the status; returns it."""
@@ -63,7 +66,13 @@ class StatusPublisher:
         self.socket.send(pack(status))
         if self.metrics:
             self.metrics.on_status(status)
-        if not self.quiet:
+        if self.quiet:
+            return status
+        if self.journal:
+            if status["elapsed_s"] >= self.journal_next:
+                self.journal_next = status["elapsed_s"] + STATUS_EVERY_S
+                self.say(logfmt(status_fields(status)))
+        else:
             lines = format_status(status)
             self.say(f"[{status['elapsed_s']:6.1f}s] " + f"\n{'':9}".join(lines))
         return status
@@ -78,7 +87,7 @@ class ResultsRecorder:
     `--record`, is written to the record file as a JSON line."""
 
     def __init__(self, zctx: zmq.Context, hub: ResultsHub | None, report: RunReport, metrics: Any,
-                 record_path: str | None, say: Callable[[str], None]):
+                 record_path: str | None, say: Callable[..., None]):
         """`hub`: the results hub (None on a host without workers: nothing to take)."""
         self.say = say
         self.report = report
@@ -118,7 +127,7 @@ class ResultsRecorder:
         except OSError as e:
             self.close_record()
             self.say(f"--record: cannot write any more ({e.strerror}); recording stopped, "
-                     "the pipeline runs on")
+                     "the pipeline runs on", WARNING)
 
     def close_record(self) -> None:
         record, self.record = self.record, None

@@ -21,6 +21,7 @@ import zmq
 
 from pipeline.config import Config, allowed_cores, keep_off_inference_cores
 from pipeline.observe.format import format_summary, status_line
+from pipeline.observe.journal import ERROR, WARNING, prefix
 from pipeline.observe.report import RunReport
 from pipeline.outputs import write_whole
 from pipeline.supervisor import startup
@@ -71,9 +72,10 @@ class Supervisor:
         self.failure: str | None = None
         self.notifier = SystemdNotifier()  # systemd's Type=notify and watchdog, when under it
 
-    def say(self, text: str) -> None:
+    def say(self, text: str, level: int | None = None) -> None:
+        """A line on stderr; `level` (journal.WARNING, ERROR) marks it for the journal."""
         try:
-            print(text, file=self.log, flush=True)
+            print(prefix(level, self.log) + text, file=self.log, flush=True)
         except OSError:  # the terminal is gone (SIGHUP): run and stop without it
             pass
 
@@ -88,14 +90,14 @@ class Supervisor:
     def _run(self) -> int:
         refusal = self._preflight()
         if refusal:
-            self.say(f"pipeline-up: {refusal}")
+            self.say(f"pipeline-up: {refusal}", ERROR)
             return 2
         try:
             plan = self._plan_model()
         except KeyboardInterrupt:
             return 130
         if isinstance(plan, str):
-            self.say(f"pipeline-up: {plan}")
+            self.say(f"pipeline-up: {plan}", ERROR)
             if self.metrics:
                 self.metrics.close()
             return 2
@@ -165,10 +167,11 @@ class Supervisor:
             except OSError:  # no terminal any more
                 pass
         if self.failure:
-            self.say(f"pipeline-up: {self.failure}")
+            self.say(f"pipeline-up: {self.failure}", ERROR)
             return 1
         if self.started_at is None and self.stop_reason in signal.Signals.__members__:
-            self.say(f"pipeline-up: stopped by {self.stop_reason} before every stage was ready")
+            self.say(f"pipeline-up: stopped by {self.stop_reason} before every stage was ready",
+                     WARNING)
             return 128 + signal.Signals[self.stop_reason]
         return 0
 

@@ -24,7 +24,7 @@ import pytest
 
 from pipeline import attach
 
-from .conftest import ROOT, launch, pipeline_cmd
+from .conftest import BOTTLE, ROOT, launch, need, pipeline_cmd
 
 
 class NotifySocket:
@@ -263,3 +263,34 @@ def test_journal_lines_are_structured_and_carry_priorities(tmp_path, clean_machi
     assert code == 1, lines
     assert [line for line in lines if line.startswith("<4>capture: skipping image")], lines
     assert lines[-1].startswith("<3>pipeline-up: ") and "source.roi" in lines[-1], lines
+
+
+def check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(pipeline_cmd(*args, "--check"), cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_check_finds_what_would_stop_a_start_and_starts_nothing(clean_machine):
+    before = set(os.listdir("/dev/shm"))
+    ok = check("video.toml", "--set", f"source.path={need(BOTTLE)}", "--set",
+               "model.runtime=onnxruntime")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = ok.stdout.splitlines()
+    assert lines[-1].startswith("check: OK") and "PROBLEM" not in ok.stdout
+    assert any(x.startswith("source") and "first frame 640x360" in x for x in lines)
+    assert any(x.startswith("model") and "on onnxruntime" in x and "ms a frame" in x for x in lines)
+    assert any(x.startswith("shm") and "MiB free" in x for x in lines)
+    assert set(os.listdir("/dev/shm")) == before  # no ring was made, nothing was started
+
+    bad = check("demo.toml", "--set", "source.kind=\"camera\"", "--set",
+                "source.device=\"/dev/video-none\"", "--set", "model.runtime=onnxruntime")
+    assert bad.returncode == 1 and "PROBLEM: source.device" in bad.stdout
+    assert bad.stdout.splitlines()[-1].startswith("check: 1 problem(s) (files)")
+
+    roi = check("video.toml", "--set", f"source.path={need(BOTTLE)}", "--set",
+                "source.roi=[600, 0, 100, 100]", "--set", "model.runtime=onnxruntime")
+    assert roi.returncode == 1 and "PROBLEM: source.roi: [600, 0, 100, 100] does not fit" in roi.stdout
+
+    config = check("demo.toml", "--set", "inference.workers=0")
+    assert config.returncode == 2 and config.stdout == ""
+    assert len(config.stderr.strip().splitlines()) == 1 and "inference.workers" in config.stderr

@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run only the stages placed on host NAME by the topology (default: all)")
     ap.add_argument("--metrics-host", default="127.0.0.1",
                     help="address for --metrics-port (default 127.0.0.1: this machine only)")
+    ap.add_argument("--check", action="store_true",
+                    help="check the config and this machine (files, devices, the source, cores, "
+                         "/dev/shm, the model), print what would run, start nothing; exit 0 if it "
+                         "would start, 1 if not, 2 for a config error")
     svc = ap.add_argument_group("running as a systemd service")
     svc.add_argument("--systemd-unit", action="store_true",
                      help="print a systemd unit that runs this config as given (this interpreter, "
@@ -97,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     service = args.systemd_unit or args.install
     try:
-        config = load_config(args.config, overrides, host=args.host, files=not service)
+        config = load_config(args.config, overrides, host=args.host,
+                             files=not (service or args.check))
     except ConfigError as e:
         print(f"pipeline-up: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -116,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     if service:
         return _service(args, config)
+    if args.check:
+        from pipeline.supervisor.check import check
+
+        return check(config, args.config, args.host, print)
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
     from pipeline.transport.rundir import RuntimeDirError
 

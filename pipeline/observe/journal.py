@@ -56,7 +56,7 @@ def logfmt(fields: dict[str, Any]) -> str:
     for key, value in fields.items():
         if value is None:
             continue
-        text = f"{value:.1f}" if isinstance(value, float) else str(value)
+        text = str(round(value, 3)) if isinstance(value, float) else str(value)
         out.append(f'{key}="{text}"' if (" " in text or not text) else f"{key}={text}")
     return " ".join(out)
 

@@ -68,6 +68,7 @@ def test_the_documented_keys_are_the_ones_sent(clean_machine):
     assert set().union(*map(set, status["sources"].values())) == \
         documented("### Status: per source (`sources.<id>`)")
     assert set(status["totals"]) == documented("### Status: totals (`totals`)")
+    assert set(status["health"]) <= documented("### Status: health (`health`)")  # what it tells
 
     # `item` comes with an image folder's results only; the timestamps are listed in `t`'s row.
     assert set(result.raw) | {"item"} == documented('### `type = "result"`')

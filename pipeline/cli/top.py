@@ -102,9 +102,24 @@ def _detail_lines(st: dict[str, Any]) -> list[Text]:
         lines.append(Text("per source: " + "; ".join(
             f"{src} {m['fps']:.1f} fps p99 {_ms(m['latency_ms'], 'p99')} ms"
             for src, m in st["sources"].items())))
+    machine = _machine(st.get("health") or {})
+    if machine:
+        hot = bool((st.get("health") or {}).get("throttled_now"))
+        lines.append(Text(f"machine: {machine}", style="bold red" if hot else "dim"))
     if st.get("top"):
         lines.append(Text(f"now: {st['top']['label']} {st['top']['prob']:.2f}", style="green"))
     return lines
+
+
+def _machine(h: dict[str, Any]) -> str:
+    """CPU temperature, clock and throttling, where the machine tells them."""
+    parts = [f"{h['cpu_temperature_c']:.1f} °C" if "cpu_temperature_c" in h else "",
+             f"{h['cpu_frequency_mhz']:.0f} MHz" if "cpu_frequency_mhz" in h else ""]
+    if "throttled" in h:
+        parts.append(f"throttled now: {', '.join(h['throttled_now'])}" if h["throttled_now"] else
+                     "not throttled" + (f" (since boot: {', '.join(h['throttled_since_boot'])})"
+                                        if h["throttled_since_boot"] else ""))
+    return ", ".join(p for p in parts if p)
 
 
 @contextmanager

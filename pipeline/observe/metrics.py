@@ -17,6 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
+from pipeline.observe.health import FLAGS
 from pipeline.observe.http import QuietErrors, warn_if_exposed
 from pipeline.observe.stats import written_slots
 from pipeline.transport.messages import SPANS
@@ -36,6 +37,7 @@ class _StatusCollector(Collector):
             return
         yield from _flow(st)
         yield from _health(st)
+        yield from _machine(st.get("health") or {})
         yield from _sources(st)
 
 
@@ -67,6 +69,27 @@ def _flow(st: dict[str, Any]) -> Iterator[Any]:
         for reason, n in reasons.items():
             drops.add_metric([edge, reason], n)
     yield from (frames, drops, fps, queue, hwm, slots)
+
+
+def _machine(h: dict[str, Any]) -> Iterator[Any]:
+    """The machine's temperature, clock and throttling: only what it tells (absent, not 0)."""
+    if "cpu_temperature_c" in h:
+        yield GaugeMetricFamily("pipeline_cpu_temperature_celsius", "CPU temperature",
+                                value=h["cpu_temperature_c"])
+    if "cpu_frequency_mhz" in h:
+        yield GaugeMetricFamily("pipeline_cpu_frequency_hertz", "Current CPU clock (mean of the CPUs)",
+                                value=h["cpu_frequency_mhz"] * 1e6)
+    if "throttled" in h:
+        yield GaugeMetricFamily("pipeline_throttled", "1 while the Raspberry Pi firmware throttles "
+                                "(under-voltage, capped clock, throttled, soft temperature limit)",
+                                value=1 if h["throttled_now"] else 0)
+        flags = GaugeMetricFamily("pipeline_throttled_flag", "The firmware's get_throttled flags: "
+                                  "1 while set (now) or if set since boot (since_boot)",
+                                  labels=["flag", "when"])
+        for flag in FLAGS.values():
+            flags.add_metric([flag, "now"], 1 if flag in h["throttled_now"] else 0)
+            flags.add_metric([flag, "since_boot"], 1 if flag in h["throttled_since_boot"] else 0)
+        yield flags
 
 
 def _health(st: dict[str, Any]) -> Iterator[Any]:

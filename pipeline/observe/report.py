@@ -10,6 +10,7 @@ import math
 import time
 from typing import Any
 
+from pipeline.observe.health import HealthReader
 from pipeline.observe.stats import Histogram
 
 
@@ -53,6 +54,7 @@ class RunReport:
         self.restarts: dict[str, int] = {stage: 0 for stage in self.kinds}
         self.down: dict[str, str] = {}  # stage -> why it is being restarted
         self.carried: dict[str, dict[str, Any]] = {}  # counters of a stage's earlier lives
+        self.health = HealthReader()  # the machine: temperature, clock, throttling
 
     def mark_started(self) -> None:
         """Frames start flowing now; stages report from here on."""
@@ -179,6 +181,7 @@ class RunReport:
                 "capture_jitter_ms": round(max(jitters), 3) if jitters else None,
                 "sources": sources,
                 "totals": self.totals(),
+                "health": self.health.read(),
                 "top": self.last_top}
 
     def _stage_status(self, stage: str, now: float) -> dict[str, Any]:

@@ -71,6 +71,7 @@ class Supervisor:
         self.stop_reason: str | None = None
         self.failure: str | None = None
         self.notifier = SystemdNotifier()  # systemd's Type=notify and watchdog, when under it
+        self.throttled: tuple[str, ...] = ()  # the firmware's throttling flags set now
 
     def say(self, text: str, level: int | None = None) -> None:
         """A line on stderr; `level` (journal.WARNING, ERROR) marks it for the journal."""
@@ -257,6 +258,22 @@ class Supervisor:
                 next_status = now + 1.0
                 status = self.status.publish()
                 self.notifier.tick(status, status_line(status))
+                self._note_throttling(status.get("health", {}))
+
+    def _note_throttling(self, health: dict[str, Any]) -> None:
+        """One warning when the firmware starts throttling (heat, under-voltage), one line when
+        it stops: the usual reason a Pi got slow."""
+        now = tuple(health.get("throttled_now", ()))
+        if now == self.throttled:
+            return
+        if now:
+            temp = health.get("cpu_temperature_c")
+            self.say(f"throttling: {', '.join(now)} now (firmware flags {health['throttled']:#x}"
+                     + (f", CPU {temp:.1f} °C" if temp is not None else "") + "): expect fewer fps; "
+                     "check the power supply and the cooling", WARNING)
+        else:
+            self.say("throttling: ended")
+        self.throttled = now
 
     def _handle_control(self, eos: set[str]) -> None:
         """Note the stages at the end of the stream; start restarted stages once ready."""

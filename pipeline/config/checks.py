@@ -59,7 +59,8 @@ def _check_source(src: Any, key: str) -> None:
             f"{key}.path: no image files ({', '.join(IMAGE_SUFFIXES)}) at {src.path} "
             "(give a folder or a glob pattern)"
         )
-    if isinstance(src, CameraSource) and isinstance(src.device, str) and src.backend == "v4l2":
+    if isinstance(src, CameraSource) and isinstance(src.device, str) and src.backend == "v4l2" \
+            and not src.stream:
         if not os.path.exists(src.device):
             raise ConfigError(f"{key}.device: no such camera device: {src.device} ({_video_devices()})")
     if isinstance(src, CameraSource) and isinstance(src.device, int):

@@ -142,6 +142,9 @@ class ImagesSource(_SourceBase):
     fps: float = Field(0.0, ge=0, le=1000)  # 0: as fast as possible
 
 
+STREAM_URL = re.compile(r"^(rtsps?|rtmp|https?)://", re.IGNORECASE)
+
+
 class CameraSource(_SourceBase):
     kind: Literal["camera"]
     device: int | str = 0  # index N for /dev/videoN, or a device path
@@ -149,7 +152,17 @@ class CameraSource(_SourceBase):
     height: int = Field(480, ge=16, le=4320)
     fps: float = Field(30.0, gt=0, le=1000)
     fourcc: str = Field("", pattern=r"^([A-Za-z0-9 ]{4})?$")  # e.g. "MJPG"; empty: driver default
-    backend: Literal["v4l2", "any"] = "v4l2"  # "any": let OpenCV choose (RTSP/HTTP URLs, files)
+    backend: Literal["v4l2", "any"] = "v4l2"  # "any": let OpenCV choose (files)
+    # An IP camera (device = "rtsp://...", "http://..."), read through OpenCV's FFmpeg backend:
+    # a stream that does not open or stops delivering within these is a reconnect, not a hang.
+    open_timeout_s: float = Field(5.0, gt=0, le=300)
+    read_timeout_s: float = Field(5.0, gt=0, le=300)
+    rtsp_transport: Literal["tcp", "udp"] = "tcp"  # tcp: no lost packets, no smeared frames
+
+    @property
+    def stream(self) -> bool:
+        """An IP camera's URL rather than a local device."""
+        return isinstance(self.device, str) and STREAM_URL.match(self.device) is not None
 
 
 PICAMERA2_FORMATS = ("RGB888", "BGR888", "XRGB8888", "XBGR8888", "YUV420")

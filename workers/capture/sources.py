@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 from typing import Any, Callable
 
 import cv2
@@ -236,32 +237,35 @@ class Images(Source):
 
 
 class Camera(Source):
-    """A V4L2 camera through OpenCV (a USB webcam; a Pi camera module: picamera2_source.py)."""
+    """A V4L2 camera through OpenCV (a USB webcam; a Pi camera module: picamera2_source.py), or an
+    IP camera's RTSP/HTTP stream through OpenCV's FFmpeg backend (`open_stream`)."""
 
     def __init__(self, cfg: CameraSource):
         from .picamera2_source import not_for_v4l2, pi_hint  # (it imports this module)
 
-        api = cv2.CAP_V4L2 if cfg.backend == "v4l2" else cv2.CAP_ANY
         self.name = f"/dev/video{cfg.device}" if isinstance(cfg.device, int) else cfg.device
-        why = not_for_v4l2(cfg.device, self.name) if cfg.backend == "v4l2" else ""
-        if why:
-            raise SourceError(why)
-        self.cap = cv2.VideoCapture(cfg.device, api)
-        if not self.cap.isOpened():
-            raise SourceError(f"source.device: cannot open camera {self.name} "
-                              f"(backend {cfg.backend}); is it in use or not a capture device?"
-                              f"{pi_hint()}")
-        if cfg.fourcc:
-            self.cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*cfg.fourcc))
-        self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
-        self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
-        self.cap.set(cv2.CAP_PROP_FPS, cfg.fps)
-        self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver keeps the newest frame, not a backlog
+        if cfg.stream:
+            self.name = STREAM_CREDENTIALS.sub("//***@", cfg.device)  # never a password in a log
+            self.cap = open_stream(cfg)
+            if not self.cap.isOpened():
+                raise SourceError(f"source.device: cannot open stream {self.name} within "
+                                  f"{cfg.open_timeout_s:g} s (source.open_timeout_s)")
+        else:
+            api = cv2.CAP_V4L2 if cfg.backend == "v4l2" else cv2.CAP_ANY
+            why = not_for_v4l2(cfg.device, self.name) if cfg.backend == "v4l2" else ""
+            if why:
+                raise SourceError(why)
+            self.cap = cv2.VideoCapture(cfg.device, api)
+            if not self.cap.isOpened():
+                raise SourceError(f"source.device: cannot open camera {self.name} "
+                                  f"(backend {cfg.backend}); is it in use or not a capture device?"
+                                  f"{pi_hint()}")
+        self._configure(cfg)
         probe = self.cap.read()[1]  # the size the driver granted, which may differ from the request
         if probe is None:
             self.cap.release()
             raise SourceError(f"source.device: camera {self.name} opened but delivers no frames"
-                              f"{pi_hint()}")
+                              f"{'' if cfg.stream else pi_hint()}")
         self.shape = probe.shape if probe.ndim == 3 else (*probe.shape, 3)
         h, w = self.shape[:2]
         if w * h > cfg.max_frame_pixels:
@@ -271,6 +275,17 @@ class Camera(Source):
         self.max_frame_bytes = int(np.prod(self.shape))
         self.n = 0
         self.live = True
+
+    def _configure(self, cfg: CameraSource) -> None:
+        """A local camera's format, size and rate (a stream's are the sender's)."""
+        if cfg.stream:
+            return
+        if cfg.fourcc:
+            self.cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*cfg.fourcc))
+        self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, cfg.width)
+        self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, cfg.height)
+        self.cap.set(cv2.CAP_PROP_FPS, cfg.fps)
+        self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver keeps the newest frame, not a backlog
 
     def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
         dst = buffer_for(self.shape)
@@ -284,6 +299,29 @@ class Camera(Source):
 
     def close(self) -> None:
         self.cap.release()
+
+
+STREAM_CREDENTIALS = re.compile(r"//[^/@]*@")
+# FFmpeg's options for a live stream: low-delay decoding, at most 0.5 s of reordering delay, RTSP
+# over TCP unless asked otherwise. OpenCV reads them from the environment when it opens a stream.
+STREAM_OPTIONS = "rtsp_transport;{transport}|flags;low_delay|max_delay;500000"
+
+
+# OpenCV's FFmpeg reader tries a read that timed out twice more before it fails (measured: a
+# hung stream fails a read after 3x CAP_PROP_READ_TIMEOUT_MSEC), so each attempt gets a third.
+READ_ATTEMPTS = 3
+
+
+def open_stream(cfg: CameraSource) -> cv2.VideoCapture:
+    """An IP camera's stream in OpenCV's FFmpeg backend, with open and read timeouts: by default
+    FFmpeg waits 30 s for a dead stream, and after some reconnects forever (opencv#4506,
+    #22677); a read that times out here fails within source.read_timeout_s, and the capture
+    stage reconnects."""
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = os.environ.get(
+        "EDGE_PIPELINE_FFMPEG_OPTIONS", STREAM_OPTIONS.format(transport=cfg.rtsp_transport))
+    return cv2.VideoCapture(cfg.device, cv2.CAP_FFMPEG, [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(100, int(cfg.read_timeout_s * 1000 / READ_ATTEMPTS))])
 
 
 def image_size(file: str | io.BytesIO) -> tuple[int, int] | None:

@@ -1,0 +1,128 @@
+"""An IP camera that never hangs the pipeline: a real RTSP server (GStreamer's gst-rtsp-server,
+from Debian, installed by the test where missing) on loopback plays bottle-detection.mp4 as a
+live camera; the pipeline reads it through OpenCV's FFmpeg backend with open and read timeouts.
+A server that hangs gives `reconnecting` within the read timeout; a new one resumes results;
+frames arrive at the stream's pace, without a backlog."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import attach
+
+from .conftest import BOTTLE, ROOT, launch, need, pipeline_cmd, read_jsonl
+from .mqtt_broker import free_port
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+PACKAGES = "python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-good gstreamer1.0-plugins-bad"
+PROBE = "import gi; gi.require_version('GstRtspServer', '1.0'); from gi.repository import GstRtspServer"
+READ_TIMEOUT_S = 2.0
+
+
+def _server_ready() -> bool:
+    return Path(SYSTEM_PYTHON).exists() and subprocess.run(
+        [SYSTEM_PYTHON, "-c", PROBE], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def rtsp_python() -> str:
+    """The system python3 with GStreamer's RTSP server, installed with apt-get where missing."""
+    if not _server_ready():
+        if shutil.which("apt-get") is None or os.geteuid() != 0:
+            pytest.skip("GStreamer's RTSP server is not installed and this user cannot install it")
+        subprocess.run(f"apt-get update -qq && apt-get install -y -qq {PACKAGES}", shell=True,
+                       capture_output=True, timeout=900)
+        if not _server_ready():
+            pytest.skip("Debian's GStreamer RTSP server packages could not be installed here")
+    return SYSTEM_PYTHON
+
+
+class RtspServer:
+    def __init__(self, python: str, port: int):
+        self.python, self.port = python, port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.python, str(ROOT / "tests" / "rtsp_server.py"),
+                                      str(self.port), str(need(BOTTLE))], text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert self.proc.stdout.readline().strip() == "ready"
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+            self.proc.wait()
+
+
+def capture_state(sub) -> str | None:
+    st = sub.last_status
+    return st["stages"]["capture"]["state"] if st else None
+
+
+def test_a_dead_stream_is_a_reconnect_and_a_restarted_one_resumes(rtsp_python, tmp_path,
+                                                                  clean_machine):
+    server = RtspServer(rtsp_python, free_port())
+    server.start()
+    record = tmp_path / "r.jsonl"
+    proc = launch(pipeline_cmd(
+        "camera.toml", "--name", "rtsplab", "--quiet", "--record", str(record),
+        "--set", f'source.device="rtsp://127.0.0.1:{server.port}/cam"',
+        "--set", f"source.read_timeout_s={READ_TIMEOUT_S}", "--set", "source.open_timeout_s=2",
+        "--set", "capture.cores=[0]", "--set", "preprocess.cores=[0]",
+        "--set", f"inference.cores=[{max(os.sched_getaffinity(0))}]", "--set", "inference.threads=1",
+        "--set", "model.runtime=onnxruntime"))
+    try:
+        with attach("rtsplab", status=True) as sub:
+            assert sub.receive(timeout=20) is not None, "results from the stream"
+            until = time.monotonic() + 4
+            while time.monotonic() < until:
+                assert sub.receive(timeout=5) is not None
+            # A server that hangs keeps the connection open and sends nothing: only the read
+            # timeout can tell (FFmpeg's default waits 30 s, and after some reconnects forever).
+            server.proc.send_signal(signal.SIGSTOP)
+            killed = time.monotonic()
+            while capture_state(sub) != "reconnecting" and time.monotonic() - killed < 30:
+                sub.receive(timeout=0.5)
+            noticed = time.monotonic() - killed
+            assert capture_state(sub) == "reconnecting"
+            assert noticed < READ_TIMEOUT_S + 4, noticed  # the read timeout, then a status
+            server.kill()
+            server.start()
+            restarted = time.monotonic_ns()
+            while True:
+                r = sub.receive(timeout=30)
+                assert r is not None, "no result after the server came back"
+                if r.timestamps["capture"] > restarted:
+                    break
+            back = (time.monotonic_ns() - restarted) / 1e9
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        server.kill()
+    assert proc.returncode == 0, err
+    assert "source failed" in err and "reconnecting" in err
+    results = sorted(read_jsonl(record), key=lambda r: r["seq"])
+    before = [r for r in results if r["t"]["capture"] < killed * 1e9]
+    # The stream's pace, no backlog: after the first second, frame k arrives k/30 s after the
+    # first (the file is 29.83 fps), give or take the network's jitter.
+    t = np.array([r["t"]["capture"] for r in before]) / 1e9
+    k = np.array([r["frame"] for r in before])
+    steady = t[t > t[0] + 1.0]
+    lag = steady - k[t > t[0] + 1.0] / 29.83
+    spread_ms = (np.percentile(lag, 99) - np.percentile(lag, 1)) * 1000
+    age = [(r["t"]["inference_start"] - r["t"]["capture"]) / 1e6 for r in before]
+    print(f"reconnecting {noticed:.1f} s after the server hung; results {back:.1f} s after it came "
+          f"back; frame age at inference p50 {np.percentile(age, 50):.1f} / p99 "
+          f"{np.percentile(age, 99):.1f} ms; arrival lag spread {spread_ms:.0f} ms over "
+          f"{len(lag)} frames")
+    assert len(lag) > 60
+    assert spread_ms < 500, spread_ms  # a growing backlog would spread without bound

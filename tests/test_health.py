@@ -14,8 +14,10 @@ import time
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console
 
 from pipeline import attach
+from pipeline.cli.top import render
 from pipeline.observe.health import ROOT_ENV, THROTTLED_FILE, HealthReader
 
 from .conftest import ROOT, pipeline_cmd
@@ -80,6 +82,10 @@ def test_a_pis_temperature_clock_and_throttling_reach_status_metrics_and_a_warni
         assert health["throttled_now"] == ["under-voltage", "throttled"]
         assert health["throttled_since_boot"] == ["under-voltage"]
         assert health["cpu_temperature_c"] == 48.3
+        console = Console(record=True, width=200)
+        console.print(render(sub.last_status))
+        assert "machine: 48.3 °C, 1050 MHz, throttled now: under-voltage, throttled" in \
+            console.export_text()  # pipeline-top
         families = {f.name: f for f in text_string_to_metric_families(
             urllib.request.urlopen(url, timeout=10).read().decode())}
         assert families["pipeline_cpu_temperature_celsius"].samples[0].value == 48.3

@@ -1,8 +1,8 @@
 """An IP camera that never hangs the pipeline: a real RTSP server (GStreamer's gst-rtsp-server,
 from Debian, installed by the test where missing) on loopback plays bottle-detection.mp4 as a
 live camera; the pipeline reads it through OpenCV's FFmpeg backend with open and read timeouts.
-A server that hangs gives `reconnecting` within the read timeout; a new one resumes results;
-frames arrive at the stream's pace, without a backlog."""
+A server that hangs, or dies, gives `reconnecting` within the read timeout; a new one resumes
+results; frames arrive at the stream's pace, without a backlog."""
 
 from __future__ import annotations
 
@@ -104,6 +104,19 @@ def test_a_dead_stream_is_a_reconnect_and_a_restarted_one_resumes(rtsp_python, t
                 if r.timestamps["capture"] > restarted:
                     break
             back = (time.monotonic_ns() - restarted) / 1e9
+            # A server that dies closes the connection: a reconnect at once.
+            server.kill()
+            died = time.monotonic()
+            while capture_state(sub) != "reconnecting" and time.monotonic() - died < 30:
+                sub.receive(timeout=0.5)
+            assert time.monotonic() - died < READ_TIMEOUT_S + 4
+            server.start()
+            revived = time.monotonic_ns()
+            while True:
+                r = sub.receive(timeout=30)
+                assert r is not None, "no result after the server came back a second time"
+                if r.timestamps["capture"] > revived:
+                    break
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

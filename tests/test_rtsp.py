@@ -68,6 +68,24 @@ def capture_state(sub) -> str | None:
     return st["stages"]["capture"]["state"] if st else None
 
 
+def until_reconnecting(sub, since: float) -> float:
+    """Seconds from `since` until the status shows capture reconnecting."""
+    while capture_state(sub) != "reconnecting" and time.monotonic() - since < 30:
+        sub.receive(timeout=0.5)
+    assert capture_state(sub) == "reconnecting"
+    return time.monotonic() - since
+
+
+def seconds_to_a_new_result(sub) -> float:
+    """Seconds until a result of a frame captured from now on arrives."""
+    now = time.monotonic_ns()
+    while True:
+        r = sub.receive(timeout=30)
+        assert r is not None, "no result after the server came back"
+        if r.timestamps["capture"] > now:
+            return (time.monotonic_ns() - now) / 1e9
+
+
 def test_a_dead_stream_is_a_reconnect_and_a_restarted_one_resumes(rtsp_python, tmp_path,
                                                                   clean_machine):
     server = RtspServer(rtsp_python, free_port())
@@ -90,33 +108,16 @@ def test_a_dead_stream_is_a_reconnect_and_a_restarted_one_resumes(rtsp_python, t
             # timeout can tell (FFmpeg's default waits 30 s, and after some reconnects forever).
             server.proc.send_signal(signal.SIGSTOP)
             killed = time.monotonic()
-            while capture_state(sub) != "reconnecting" and time.monotonic() - killed < 30:
-                sub.receive(timeout=0.5)
-            noticed = time.monotonic() - killed
-            assert capture_state(sub) == "reconnecting"
+            noticed = until_reconnecting(sub, killed)
             assert noticed < READ_TIMEOUT_S + 4, noticed  # the read timeout, then a status
             server.kill()
             server.start()
-            restarted = time.monotonic_ns()
-            while True:
-                r = sub.receive(timeout=30)
-                assert r is not None, "no result after the server came back"
-                if r.timestamps["capture"] > restarted:
-                    break
-            back = (time.monotonic_ns() - restarted) / 1e9
+            back = seconds_to_a_new_result(sub)
             # A server that dies closes the connection: a reconnect at once.
             server.kill()
-            died = time.monotonic()
-            while capture_state(sub) != "reconnecting" and time.monotonic() - died < 30:
-                sub.receive(timeout=0.5)
-            assert time.monotonic() - died < READ_TIMEOUT_S + 4
+            assert until_reconnecting(sub, time.monotonic()) < READ_TIMEOUT_S + 4
             server.start()
-            revived = time.monotonic_ns()
-            while True:
-                r = sub.receive(timeout=30)
-                assert r is not None, "no result after the server came back a second time"
-                if r.timestamps["capture"] > revived:
-                    break
+            seconds_to_a_new_result(sub)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)

@@ -24,7 +24,9 @@ from pipeline.config import CameraSource, Config
 from pipeline.config.schema import Picamera2Source
 from pipeline.errors import UserError
 
-WATCHDOG_S = 30  # the supervisor pings each second while healthy
+# The supervisor pings each second while every stage runs; a stage it restarts (back-off up to
+# 10 s, then a model reload) pauses the pings, so this leaves room for one restart.
+WATCHDOG_S = 60
 START_TIMEOUT_S = 600  # a large torch model loads and warms up before READY on a Pi
 SYSTEM_DIR = Path("/etc/systemd/system")
 

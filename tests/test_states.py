@@ -161,9 +161,11 @@ def test_a_tracker_keeps_one_state_per_source(bottle_results):
     tracker = Tracker({"sources": [{"kind": "synthetic", "id": "a", "state": {"window": 2}},
                                    {"kind": "synthetic", "id": "b"}]})
     assert tracker.declared("a") and not tracker.declared("b")
-    first = bottle_results[0]
-    for source in ("a", "b", "a", "b"):
-        tracker.update(Result.from_message({**first.raw, "source": source}))
+    first, second = bottle_results[:2]
+    assert first.top[0].index == second.top[0].index
+    for r in (first, second):
+        for source in ("a", "b"):
+            tracker.update(Result.from_message({**r.raw, "source": source}))
     # Two agreeing results: enough for a's window of 2, not yet for b's default of 3.
     assert tracker.state("a").index == first.top[0].index and tracker.state("b").index is None
     assert tracker.machines["a"].config.window == 2 and tracker.machines["b"].config.window == 3
@@ -177,3 +179,13 @@ def _groups(values: list) -> list[list]:
         else:
             out.append([v])
     return out
+
+
+def test_a_late_result_of_an_older_frame_does_not_vote(bottle_results):
+    """Several workers finish out of order: the newest frame wins, as everywhere else."""
+    older, newer = next((a, b) for a, b in zip(bottle_results, bottle_results[1:])
+                        if a.top[0].index != b.top[0].index)
+    machine = StateMachine("video", StateConfig(window=1))
+    assert [e.event for e in machine.update(newer)] == ["start"]
+    assert machine.update(older) == []  # it came late: no vote, no flicker
+    assert machine.state.index == newer.top[0].index

@@ -4,7 +4,8 @@ agree, and each change is a pair of events (`end` of the old class, `start` of t
 A camera pointed at one place flickers between classes from frame to frame; what a home
 automation or an alarm wants is "the bottle is there" once, when it appears, and "gone" once.
 A result *votes* for the most probable class in its top-k that is watched (any class, if the
-source watches none) and reaches `min_prob`, or for `none`. The state becomes a vote's class
+source watches none) and reaches `min_prob`, or for `none`; a result of an older frame than one
+already counted (several workers finish out of order) does not vote. The state becomes a vote's class
 when the last `window` votes all agree (`consecutive`) or when more than half of them do
 (`majority`). `window = 1` is the raw top-1, unsmoothed.
 
@@ -71,6 +72,7 @@ class StateMachine:
         self.votes: deque[int | None] = deque(maxlen=self.config.window)
         self.labels: dict[int, str] = {}
         self.state: State | None = None  # None until the first result
+        self.last_seq = 0  # the newest frame voted on: the newest frame wins
 
     def vote(self, r: Result) -> tuple[int | None, float | None]:
         """The class this result stands for, with its probability, or (None, None)."""
@@ -83,6 +85,9 @@ class StateMachine:
         return None, None
 
     def update(self, r: Result) -> list[StateEvent]:
+        if r.seq <= self.last_seq:  # several workers: an older frame's result came late
+            return []
+        self.last_seq = r.seq
         index, prob = self.vote(r)
         if self.state is None:
             self.state = State(None, NONE, None, r.captured_at)

@@ -43,12 +43,21 @@ def format_status(st: dict[str, Any]) -> list[str]:
     return lines
 
 
+def results_per_second(st: dict[str, Any]) -> float:
+    """Results per second over the last second, all sources."""
+    return sum(m.get("fps") or 0.0 for m in st.get("sources", {}).values() if isinstance(m, dict))
+
+
+def total_drops(st: dict[str, Any]) -> int:
+    """Frames dropped since the start, every edge and reason."""
+    return sum(n for edge in st.get("totals", {}).get("drops", {}).values() for n in edge.values())
+
+
 def status_line(st: dict[str, Any]) -> str:
     """The whole pipeline in one line: results per second, end-to-end latency, drops so far,
     stages that are not running, the newest top-1 (systemd's STATUS=, a journal line)."""
-    fps = sum(m.get("fps") or 0.0 for m in st.get("sources", {}).values())
+    fps, drops = results_per_second(st), total_drops(st)
     lat = st.get("latency_ms") or {}
-    drops = sum(n for edge in st.get("totals", {}).get("drops", {}).values() for n in edge.values())
     parts = [f"{fps:.1f} fps",
              f"latency {lat['p50']:.1f}/{lat['p99']:.1f} ms" if lat else "no results",
              f"drops {drops}"]

@@ -14,6 +14,8 @@ import os
 import sys
 from typing import IO, Any
 
+from pipeline.observe.format import results_per_second, total_drops
+
 ERROR, WARNING, NOTICE, INFO = 3, 4, 5, 6  # syslog priorities
 STATUS_EVERY_S = 5.0  # one status line this often in the journal
 
@@ -64,10 +66,10 @@ def logfmt(fields: dict[str, Any]) -> str:
 def status_fields(st: dict[str, Any]) -> dict[str, Any]:
     """The status worth a journal line: throughput, latency, drops, states, the newest class."""
     lat = st.get("latency_ms") or {}
-    drops = sum(n for edge in st.get("totals", {}).get("drops", {}).values() for n in edge.values())
     return {"status": "pipeline", "elapsed_s": float(st.get("elapsed_s", 0.0)),
-            "fps": float(sum(m.get("fps") or 0.0 for m in st.get("sources", {}).values())),
-            "latency_p50_ms": lat.get("p50"), "latency_p99_ms": lat.get("p99"), "drops": drops,
+            "fps": float(results_per_second(st)),
+            "latency_p50_ms": lat.get("p50"), "latency_p99_ms": lat.get("p99"),
+            "drops": total_drops(st),
             "stages": ",".join(f"{s}:{m['state']}" for s, m in st["stages"].items()),
             "top": (st.get("top") or {}).get("label"),
             "prob": float((st.get("top") or {}).get("prob", 0.0)) if st.get("top") else None}

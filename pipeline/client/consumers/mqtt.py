@@ -32,10 +32,11 @@ import cv2
 import paho.mqtt.client as mqtt
 
 from pipeline.client.consumers.homeassistant import discovery_configs
-from pipeline.client.states import State, StateEvent, Tracker
+from pipeline.client.states import State, Tracker
 from pipeline.client.subscription import Result
 from pipeline.config import Config
 from pipeline.errors import UserError
+from pipeline.observe.format import results_per_second
 
 USERNAME_ENV, PASSWORD_ENV = "MQTT_USERNAME", "MQTT_PASSWORD"
 PORTS = {"mqtt": 1883, "mqtts": 8883}
@@ -180,10 +181,7 @@ class MqttConsumer:
         if self.discovery:
             client.subscribe(f"{self.discovery_prefix}/status", qos=1)
             self._send_discovery()
-        with self.lock:
-            states = list(self.states.items())
-        for source, state in states:  # the newest state of each source, kept while away
-            self._send_state(source, state)
+        self._send_states()  # the newest state of each source, kept while away
         self.connected.set()
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
@@ -197,10 +195,7 @@ class MqttConsumer:
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if msg.topic == f"{self.discovery_prefix}/status" and msg.payload == b"online":
             self._send_discovery()  # Home Assistant restarted: it forgot the entities
-            with self.lock:
-                states = list(self.states.items())
-            for source, state in states:
-                self._send_state(source, state)
+            self._send_states()
 
     def _on_publish(self, *_: Any) -> None:
         self.acknowledged += 1  # QoS 1/2: the broker has it; QoS 0: it is on the wire
@@ -229,7 +224,7 @@ class MqttConsumer:
                 self._send(f"{self.prefix}/{r.source}/event", _json(e.to_dict()), "event")
             self._send_state(r.source, state)
             if self.snapshots:
-                self._send_snapshot(r, events)
+                self._send_snapshot(r)
         elif now - self.state_sent.get(r.source, -math.inf) >= self.stats_interval:
             self._send_state(r.source, state)  # the probability moves on
 
@@ -238,11 +233,10 @@ class MqttConsumer:
         if now - self.stats_sent < self.stats_interval:
             return
         self.stats_sent = now
-        sources = status.get("sources") or {}
-        fps = sum(s.get("fps") or 0.0 for s in sources.values() if isinstance(s, dict))
         self._send(f"{self.prefix}/stats", _json({
             "pipeline": status.get("pipeline"), "elapsed_s": status.get("elapsed_s"),
-            "fps": round(fps, 2), "latency_ms": status.get("latency_ms"), "sources": sources,
+            "fps": round(results_per_second(status), 2), "latency_ms": status.get("latency_ms"),
+            "sources": status.get("sources") or {},
             "stages": status.get("stages"), "mqtt": self.counts()}), "stats")
 
     def counts(self) -> dict[str, Any]:
@@ -251,13 +245,20 @@ class MqttConsumer:
                 "dropped_by_kind": dict(self.dropped), "connects": self.connects,
                 "connected": self.client.is_connected()}
 
+    def _send_states(self) -> None:
+        """Every source's newest state (from paho's thread: the copy kept under the lock)."""
+        with self.lock:
+            states = list(self.states.items())
+        for source, state in states:
+            self._send_state(source, state)
+
     def _send_state(self, source: str, state: State | None) -> None:
         if state is None:
             return
         self.state_sent[source] = time.monotonic()
         self._send(f"{self.prefix}/{source}/state", _json(state.to_dict()), "state", retain=True)
 
-    def _send_snapshot(self, r: Result, events: list[StateEvent]) -> None:
+    def _send_snapshot(self, r: Result) -> None:
         if r.frame is None:
             self.dropped["snapshot"] += 1  # overwritten in the ring before it could be read
             return

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from .classes import class_indices
+from .credentials import has_user_info, mask_url
 from .topology import Topology, _core_list, allowed_cores
 
 MODEL_NAMES = (
@@ -158,6 +159,29 @@ class CameraSource(_SourceBase):
     open_timeout_s: float = Field(5.0, gt=0, le=300)
     read_timeout_s: float = Field(5.0, gt=0, le=300)
     rtsp_transport: Literal["tcp", "udp"] = "tcp"  # tcp: no lost packets, no smeared frames
+    # An IP camera's user and password: a file holding one line USER:PASSWORD, mode 0600, or a
+    # bare name: $CREDENTIALS_DIRECTORY/NAME (systemd's LoadCredential=); see credentials.py.
+    # Never in `device`, which shows in ps, the unit and the run directory.
+    credentials: str = Field("", pattern=r"^[^\x00-\x1f]{0,4096}$")
+
+    @field_validator("device")
+    @classmethod
+    def _no_credentials_in_url(cls, device: int | str) -> int | str:
+        if isinstance(device, str) and STREAM_URL.match(device) and has_user_info(device):
+            raise ValueError(f"device: {mask_url(device)}: credentials do not belong in the URL "
+                             "(it shows in ps, the systemd unit and the run directory); put "
+                             "USER:PASSWORD in a file only you can read (chmod 600) and give "
+                             "credentials = \"FILE\"")
+        return device
+
+    @field_validator("credentials")
+    @classmethod
+    def _credentials_for_streams(cls, credentials: str, info: ValidationInfo) -> str:
+        device = info.data.get("device", "")  # absent: the device was refused already
+        if credentials and "device" in info.data and not (isinstance(device, str) and STREAM_URL.match(device)):
+            raise ValueError("credentials: apply to an IP camera only (device = \"rtsp://...\" "
+                             "or \"http://...\")")
+        return credentials
 
     @property
     def stream(self) -> bool:

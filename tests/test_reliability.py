@@ -343,3 +343,62 @@ def test_a_paused_supervisor_does_not_blame_its_stages(tmp_path):
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "killing it" not in err and "restart" not in err.lower(), err
+
+
+def test_a_stage_restarts_with_dev_shm_full(tmp_path):
+    """/dev/shm filled to less than one ring's size, then capture and preprocess SIGKILLed in
+    turn: each takes its old ring over (no new space needed), results resume, and no segment is
+    left after the stop. (A private, small /dev/shm: the machine's is RAM shared by everyone.)"""
+    import pytest
+
+    from pipeline import attach
+
+    from .test_pipeline import stage_pid
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from private_mounts import PrivateMounts, fill
+
+    try:
+        ns = PrivateMounts(shm_bytes=64 * 2**20)
+    except PermissionError as e:
+        pytest.skip(str(e))
+    with ns:
+        shm = ns.path("/dev/shm")
+        proc = subprocess.Popen(
+            ns.prefix(str(ROOT)) + pipeline_cmd(
+                "demo.toml", "--name", "shmfull", "--set", "model.weights=none", "--quiet",
+                "--set", "capture.restart=always", "--set", "preprocess.restart=always"),
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_running(proc)
+            rings = {n: os.stat(os.path.join(shm, n)).st_size for n in os.listdir(shm)
+                     if n.startswith("edge-pipeline-")}
+            assert len(rings) == 2, rings
+            filler = fill(shm, leave=min(rings.values()) // 2)
+            try:
+                with attach("shmfull") as sub:
+                    assert sub.receive(timeout=30) is not None
+                    for stage in ("capture", "preprocess"):
+                        pid = stage_pid(proc.pid, stage)
+                        t_fault = time.time()
+                        os.kill(pid, signal.SIGKILL)
+                        deadline = time.monotonic() + 60
+                        while time.monotonic() < deadline:
+                            r = sub.receive(timeout=1)
+                            if r is not None and r.captured_at > t_fault:
+                                break
+                            assert proc.poll() is None, proc.communicate()[1]
+                        else:
+                            raise AssertionError(f"no results after {stage} was killed")
+                        assert stage_pid(proc.pid, stage) != pid
+                assert {n for n in os.listdir(shm) if n.startswith("edge-pipeline-")} == set(rings)
+            finally:
+                os.unlink(filler)
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "No space left" not in err and "cannot reserve" not in err, err
+        assert err.count("is back after") == 2, err
+        assert not [n for n in os.listdir(shm) if n.startswith("edge-pipeline-")]

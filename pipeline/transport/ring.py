@@ -183,19 +183,24 @@ class Ring:
     def open_for_writing(cls, name: str, slots: int, slot_bytes: int, token: int) -> "Ring":
         """Create the ring, or take over the one a previous run of this stage left (a restart),
         so readers that mapped it carry on with the same segment. Only a segment of ours, private
-        (0600) and stamped with this run's `token` is taken over; anything else: RingRefused."""
+        (0600) and stamped with this run's `token` is taken over; anything else: RingRefused.
+        An existing ring is looked for first, so a restart reserves no new space: it works with
+        /dev/shm full."""
         try:
-            return cls.create(name, slots, slot_bytes, token)
-        except FileExistsError:
             ring = cls.attach(name, private=True)
-            if int(ring._head[_W_TOKEN]) != token:
-                ring.close()
-                raise RingRefused(f"shared memory {shm_path(name)} was not made by this run: "
-                                  "refusing to write into it; remove it") from None
-            if ring.slots != slots or ring.slot_bytes < slot_bytes:
-                ring.close()
-                raise ValueError(f"ring {name} exists with another shape") from None
-            return ring
+        except FileNotFoundError:
+            try:
+                return cls.create(name, slots, slot_bytes, token)
+            except FileExistsError:  # made meanwhile by another writer of this name
+                ring = cls.attach(name, private=True)
+        if int(ring._head[_W_TOKEN]) != token:
+            ring.close()
+            raise RingRefused(f"shared memory {shm_path(name)} was not made by this run: "
+                              "refusing to write into it; remove it")
+        if ring.slots != slots or ring.slot_bytes < slot_bytes:
+            ring.close()
+            raise ValueError(f"ring {name} exists with another shape")
+        return ring
 
     @classmethod
     def attach(cls, name: str, readonly: bool = False, private: bool = False) -> "Ring":

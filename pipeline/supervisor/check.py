@@ -12,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline.config import Config, ConfigError, check_files
+from pipeline.config.credentials import mask_url
 from pipeline.supervisor.shm import SHM_DIR, frame_bytes, free_bytes, preflight, ring_needs
 from pipeline.supervisor.startup import plan_model
 from pipeline.transport.rundir import running_pipelines
@@ -93,6 +94,7 @@ def _check_source(config: Config, index: int, line: Callable[..., None]) -> None
         line("source", f"{'sources[%d]' % index if config.sources else 'source'}.{e}", problem=True)
         return
     where = getattr(src, "path", None) or getattr(src, "device", None)
+    where = mask_url(where) if isinstance(where, str) else where  # never a password
     line("source", f"{sid}: {src.kind}{f' {where}' if where is not None else ''}, first frame {w}x{h}"
          + (f", region of interest {roi[2] - roi[0]}x{roi[3] - roi[1]} at ({roi[0]}, {roi[1]})"
             if roi else ""))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import re
 from typing import Any, Callable
 
 import cv2
@@ -20,8 +19,11 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import CameraSource, ImagesSource, SyntheticSource, VideoSource, image_files
+from pipeline.config.credentials import mask_url, read_credentials, with_credentials
 from pipeline.config.schema import Picamera2Source
 from pipeline.errors import UserError
+
+from .stream_probe import jpeg_size, why_not_open
 
 log = logging.getLogger("capture")
 BufferFor = Callable[[tuple[int, int, int]], np.ndarray]
@@ -245,11 +247,8 @@ class Camera(Source):
 
         self.name = f"/dev/video{cfg.device}" if isinstance(cfg.device, int) else cfg.device
         if cfg.stream:
-            self.name = STREAM_CREDENTIALS.sub("//***@", cfg.device)  # never a password in a log
-            self.cap = open_stream(cfg)
-            if not self.cap.isOpened():
-                raise SourceError(f"source.device: cannot open stream {self.name} within "
-                                  f"{cfg.open_timeout_s:g} s (source.open_timeout_s)")
+            self.name = mask_url(cfg.device)  # never a password in a log
+            self.cap = open_stream(cfg, self.name)
         else:
             api = cv2.CAP_V4L2 if cfg.backend == "v4l2" else cv2.CAP_ANY
             why = not_for_v4l2(cfg.device, self.name) if cfg.backend == "v4l2" else ""
@@ -301,7 +300,6 @@ class Camera(Source):
         self.cap.release()
 
 
-STREAM_CREDENTIALS = re.compile(r"//[^/@]*@")
 # FFmpeg's options for a live stream: low-delay decoding, at most 0.5 s of reordering delay, RTSP
 # over TCP unless asked otherwise. OpenCV reads them from the environment when it opens a stream.
 STREAM_OPTIONS = "rtsp_transport;{transport}|flags;low_delay|max_delay;500000"
@@ -312,16 +310,44 @@ STREAM_OPTIONS = "rtsp_transport;{transport}|flags;low_delay|max_delay;500000"
 READ_ATTEMPTS = 3
 
 
-def open_stream(cfg: CameraSource) -> cv2.VideoCapture:
+def open_stream(cfg: CameraSource, name: str) -> cv2.VideoCapture:
     """An IP camera's stream in OpenCV's FFmpeg backend, with open and read timeouts: by default
     FFmpeg waits 30 s for a dead stream, and after some reconnects forever (opencv#4506,
     #22677); a read that times out here fails within source.read_timeout_s, and the capture
-    stage reconnects."""
+    stage reconnects. Frames larger than source.max_frame_pixels are refused before the first
+    read (an HTTP camera's JPEG header is read before FFmpeg decodes one); a stream that does
+    not open says why, as far as the camera tells (`name`: the URL as shown)."""
+    auth = read_credentials(cfg.credentials) if cfg.credentials else None
+    size = jpeg_size(cfg.device, auth, cfg.open_timeout_s)
+    if size:
+        _refuse_oversize(cfg, name, *size)
     os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = os.environ.get(
         "EDGE_PIPELINE_FFMPEG_OPTIONS", STREAM_OPTIONS.format(transport=cfg.rtsp_transport))
-    return cv2.VideoCapture(cfg.device, cv2.CAP_FFMPEG, [
+    url = with_credentials(cfg.device, *auth) if auth else cfg.device  # for FFmpeg only, never shown
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
         cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(100, int(cfg.read_timeout_s * 1000 / READ_ATTEMPTS))])
+    if not cap.isOpened():
+        why = why_not_open(cfg.device, auth, cfg.open_timeout_s) or \
+            f"it did not open within {cfg.open_timeout_s:g} s (source.open_timeout_s)"
+        raise SourceError(f"source.device: cannot open stream {name}: {why}")
+    try:
+        _refuse_oversize(cfg, name, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                         int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    except FrameTooLarge:
+        cap.release()
+        raise
+    return cap
+
+
+class FrameTooLarge(SourceError):
+    """A source whose frames exceed source.max_frame_pixels: waiting for it changes nothing."""
+
+
+def _refuse_oversize(cfg: CameraSource, name: str, width: int, height: int) -> None:
+    if width * height > cfg.max_frame_pixels:
+        raise FrameTooLarge(f"source.max_frame_pixels: camera {name} sends {width}x{height} frames "
+                            f"({width * height} pixels), more than the limit {cfg.max_frame_pixels}")
 
 
 def image_size(file: str | io.BytesIO) -> tuple[int, int] | None:

@@ -27,7 +27,7 @@ from pipeline.transport.tcp_edge import Curve, TcpEdgeWriter
 from workers.context import StageContext
 
 from .pacing import Pacer, Stall
-from .sources import Source, SourceError, open_source
+from .sources import FrameTooLarge, Source, SourceError, open_source
 
 RECONNECT_FIRST_S = 0.5  # back-off doubles up to RECONNECT_MAX_S between attempts
 RECONNECT_MAX_S = 8.0
@@ -45,7 +45,7 @@ class Capture:
         # A block frames edge means every frame matters: a file with frames that cannot be
         # decoded (skipped, or missing at its end) fails the run.
         self.strict = config.edges.frames.policy == "block"
-        self.source = self._open()
+        self.source = self._open_at_start()
         ctx.owned.callback(lambda: self.source is not None and self.source.close())
         self.lost = {"corrupt": 0, "decode": 0}  # counted by earlier sources (before a reconnect)
         endpoint, ring_name = ctx.edge("frames")
@@ -79,6 +79,31 @@ class Capture:
         source = open_source(self.ctx.source)
         source.strict = self.strict
         return source
+
+    def _open_at_start(self) -> Source:
+        """The source; an IP camera that does not answer yet (still booting, the network not up,
+        a password being fixed) is retried with back-off unless capture.restart is "never",
+        rather than failing the start (and, under systemd, using up its start limit)."""
+        cfg, policy = self.ctx.source, self.ctx.config.capture.restart
+        if policy == "never" or not getattr(cfg, "stream", False):
+            return self._open()
+        started, delay, told = time.monotonic(), RECONNECT_FIRST_S, ""
+        while True:
+            try:
+                source = self._open()
+            except FrameTooLarge:
+                raise
+            except (SourceError, cv2.error) as e:
+                if str(e) != told:  # each new reason once
+                    told = str(e)
+                    log.warning("%s; retrying with back-off up to %g s (capture.restart = \"%s\")",
+                                told, RECONNECT_MAX_S, policy)
+                time.sleep(delay)  # SIGTERM still stops the stage meanwhile
+                delay = min(delay * 2, RECONNECT_MAX_S)
+                continue
+            if told:
+                log.warning("source opened after %.1f s", time.monotonic() - started)
+            return source
 
     def _writer(self, endpoint: str) -> EdgeWriter:
         """The frames edge: shared memory, or inline over tcp when preprocess is elsewhere."""

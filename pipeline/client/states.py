@@ -72,6 +72,7 @@ class StateMachine:
         self.votes: deque[int | None] = deque(maxlen=self.config.window)
         self.labels: dict[int, str] = {}
         self.state: State | None = None  # None until the first result
+        self.decided = False  # the votes have settled on a class (or none) at least once
         self.last_seq = 0  # the newest frame voted on: the newest frame wins
 
     def vote(self, r: Result) -> tuple[int | None, float | None]:
@@ -96,6 +97,7 @@ class StateMachine:
         if index is not None and index == state.index:
             state.probability = prob  # the class holds: its newest probability
         winner = self._winner()
+        self.decided = self.decided or winner is not False
         if winner is False or winner == state.index:
             return []
         events = []

@@ -35,7 +35,8 @@ class RunReport:
         self.sources: dict[str, SourceReport] = {}
         self.latest: dict[str, dict[str, Any]] = {}  # last stats message per stage
         self.ready: dict[str, dict[str, Any]] = {}  # ready message per stage (pid, cores, ...)
-        self.seen: dict[str, float] = {}  # when each stage last reported
+        self.seen: dict[str, float] = {}  # when each stage last reported (ready or stats)
+        self.heard: dict[str, float] = {}  # when each stage's process last sent stats
         self._prev: dict[str, tuple[float, int, int]] = {}
         self.rate: dict[str, tuple[float, float]] = {}  # stage -> (fps in, fps out)
         self._procs: dict[str, Any] = {}  # psutil.Process per stage
@@ -72,6 +73,7 @@ class RunReport:
             c["frames_out"] += int(last.get("frames_out", 0))
             _merge_drops(c["drops"], last.get("drops", {}))
         self._prev.pop(stage, None)
+        self.heard.pop(stage, None)
 
     def counter(self, stage: str, key: str) -> int:
         """A stage's frames_in / frames_out over all its lives."""
@@ -104,7 +106,7 @@ class RunReport:
                 self.rate[stage] = ((n_in - i0) / (at - t0), (n_out - o0) / (at - t0))
         self._prev[stage] = (at, n_in, n_out)
         self.latest[stage] = msg
-        self.seen[stage] = now
+        self.seen[stage] = self.heard[stage] = now
 
     def on_result(self, msg: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -189,6 +191,7 @@ class RunReport:
         m = self.latest.get(stage, {})
         ready = self.ready.get(stage, {})
         age = now - self.seen[stage] if stage in self.seen else None
+        heard = self.heard.get(stage)
         fps_in, fps_out = self.rate.get(stage, (0.0, 0.0))
         return {
             "state": ("restarting" if stage in self.down else
@@ -199,7 +202,9 @@ class RunReport:
             "pid": ready.get("pid"),
             "cores": ready.get("cores"),
             "threads": m.get("threads"),
-            **({"runtime": m["runtime"]} if "runtime" in m else {}),
+            # the ready message tells it too: there before the first stats and while restarting
+            **({"runtime": m.get("runtime") or ready.get("runtime")}
+               if self.kinds[stage] == "inference" else {}),
             **({"on_demand": ready["on_demand"]} if "on_demand" in ready else {}),
             "fps_in": round(fps_in, 2),
             "fps_out": round(fps_out, 2),
@@ -211,7 +216,7 @@ class RunReport:
             "drops": m.get("drops", {}),
             "frames_in": self.counter(stage, "frames_in"),
             "frames_out": self.counter(stage, "frames_out"),
-            "heartbeat_age_s": round(age, 2) if age is not None else None,
+            "heartbeat_age_s": round(now - heard, 2) if heard is not None else None,
             "restarts": self.restarts[stage],
             "last_failure": self.down.get(stage),
             **self._process(stage),

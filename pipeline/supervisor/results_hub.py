@@ -9,8 +9,12 @@ per subscriber. The end-of-stream marker comes only from the supervisor, through
 
 The workers draw `result_seq` from one counter: a number that never reaches the hub is a result
 the pipeline lost (a worker's queue overflowed while the supervisor was stopped, a worker died
-mid-result). The hub counts them and stamps the running count on each result it forwards
-(`dropped`), so a subscriber can tell its own losses from the pipeline's.
+mid-result). Results are published in `result_seq` order: one that overtook an earlier number
+(another worker's, still on its way) waits for it. A number still missing LATE_S after a later
+one came, with nothing else waiting to be read, is given up: counted as lost, and dropped should
+it come after all. So the running count stamped on each result (`dropped`) counts losses only,
+never decreases, and has already risen over every gap a subscriber sees: it tells its own losses
+from the pipeline's.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ RESULTS_HWM = 1000  # results queued per subscriber (about 1 MB) before it start
 RESULTS_SNDBUF = 8 * 1024  # bytes of kernel buffer per subscriber connection
 RECORD_HWM = 20000  # results queued for the supervisor's recorder (its main thread)
 REORDER = 10000  # how far behind the newest a result of another worker may still arrive
+LATE_S = 1.0  # a missing result_seq is given up this long after a later one arrived
+BACKLOG = 100  # results read at once: a backlog (the supervisor was stopped); its gaps wait anew
 END_QUIET_S = 0.02  # no result for this long after the end: the workers' last ones are in
 END_WAIT_S = 0.5
 _STOP = b"stop"
@@ -52,13 +58,16 @@ class ResultsHub:
         a message that is not a result of ours."""
         self.record_endpoint = f"inproc://results-record-{id(self)}"  # the recorder's PULL
         self.issued = 0  # result_seq numbers the workers have drawn, as of the last result
-        self.dropped = 0  # of those, how many never reached the hub
+        self.dropped = 0  # of those, how many were given up (never reached the hub in time)
         self.unrecorded = 0  # results the recorder's queue had no room for
         self._reject = reject
         self._issued = _counter(counter)
-        self._highest = 0
-        self._taken = 0
-        self._missing: set[int] = set()  # below _highest, not (yet) received
+        self._next = 1  # the result_seq to publish next
+        self._highest = 0  # the highest received
+        self._taken = 0  # published
+        self._held: dict[int, dict[str, Any]] = {}  # received ahead of _next, waiting for it
+        self._missing: dict[int, float] = {}  # below _highest, not received: since when (monotonic)
+        self._given_up: set[int] = set()  # recent numbers counted as lost (a late one is dropped)
         self._zctx = zctx
         self._ctl_endpoint = f"inproc://results-hub-{id(self)}"
         self._ended = threading.Event()
@@ -112,32 +121,40 @@ class ResultsHub:
         poller.register(sock_in, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
         while True:
-            events = dict(poller.poll())
-            if sock_in in events:
+            events = dict(poller.poll(int(LATE_S * 250) if self._missing else None))
+            if sock_in in events or self._missing:
                 self._forward(sock_in, out, record, 0.0)
             if ctl in events:
                 end = ctl.recv()
                 if end == _STOP:
                     return
                 self._forward(sock_in, out, record, END_QUIET_S)  # the workers' last results first
-                self._publish(self._end(end), out, record)
+                for data in self._end(end):
+                    self._publish(data, out, record)
                 self._ended.set()
 
     def _forward(self, sock_in: zmq.Socket, out: zmq.Socket, record: zmq.Socket,
                  quiet_s: float) -> None:
         """Every waiting result; with `quiet_s`, until none has come for that long (or for at
-        most END_WAIT_S: a worker that has not stopped does not hold the end back)."""
+        most END_WAIT_S: a worker that has not stopped does not hold the end back). Then, with
+        nothing left to read, the numbers missing for LATE_S are given up."""
         deadline = time.monotonic() + END_WAIT_S
+        read = 0
         while True:
             try:
                 raw = sock_in.recv(zmq.NOBLOCK)
             except zmq.Again:
                 if quiet_s and time.monotonic() < deadline and sock_in.poll(quiet_s * 1000):
                     continue
-                return
-            data = self._take(raw)
-            if data is not None:
+                break
+            read += 1
+            for data in self._take(raw):
                 self._publish(data, out, record)
+        if read >= BACKLOG:  # other workers' queues may still hold the missing ones: wait anew
+            now = time.monotonic()
+            self._missing = dict.fromkeys(self._missing, now)
+        for data in self._give_up(time.monotonic() - LATE_S):
+            self._publish(data, out, record)
 
     def _publish(self, data: bytes, out: zmq.Socket, record: zmq.Socket) -> None:
         out.send(data)  # a PUB never waits: a full subscriber loses it
@@ -146,8 +163,9 @@ class ResultsHub:
         except zmq.Again:
             self.unrecorded += 1
 
-    def _take(self, raw: bytes) -> bytes | None:
-        """The result to forward (stamped), or None for anything that is not one of ours."""
+    def _take(self, raw: bytes) -> list[bytes]:
+        """The results to publish now (stamped, in order): none for anything that is not one of
+        ours, nor while an earlier number is still awaited."""
         try:
             msg = unpack(raw)
         except ValueError:
@@ -158,35 +176,78 @@ class ResultsHub:
         if problem:
             return self._drop(f"malformed result ({problem})")
         rseq = msg["result_seq"]
-        issued = int(self._issued[0])
-        if rseq > issued:
+        self.issued = int(self._issued[0])
+        if rseq > self.issued:
             return self._drop("result with a result_seq no worker drew")
+        if rseq in self._given_up:  # came after all, too late: already counted as lost
+            self._given_up.discard(rseq)
+            return []
         if rseq > self._highest:
-            self._missing.update(range(max(self._highest + 1, rseq - REORDER), rseq))
+            out = self._skip_to(rseq - REORDER)  # memory stays bounded however far ahead
+            now = time.monotonic()
+            for missing in range(max(self._highest + 1, self._next), rseq):
+                self._missing[missing] = now
             self._highest = rseq
-            if len(self._missing) > REORDER:  # long lost: still counted, no longer awaited
-                self._missing = {s for s in self._missing if s > rseq - REORDER // 2}
-        elif rseq in self._missing:
-            self._missing.discard(rseq)
+        elif self._missing.pop(rseq, None) is not None:
+            out = []
         else:
             return self._drop("result with a repeated result_seq")
-        self._taken += 1
-        self.issued, self.dropped = issued, self._highest - self._taken
-        msg["dropped"] = self.dropped
-        msg["t"]["published"] = time.monotonic_ns()
-        return pack(msg)
+        self._held[rseq] = msg
+        return out + self._release()
 
-    def _drop(self, kind: str) -> None:
+    def _release(self) -> list[bytes]:
+        """The held results from _next on, as long as they follow one another."""
+        out = []
+        while self._next in self._held:
+            msg = self._held.pop(self._next)
+            self._next += 1
+            self._taken += 1
+            msg["dropped"] = self.dropped
+            msg["t"]["published"] = time.monotonic_ns()
+            out.append(pack(msg))
+        return out
+
+    def _give_up(self, before: float) -> list[bytes]:
+        """Count as lost the missing numbers at the front that have been missing since `before`
+        (monotonic), and publish the results that waited behind them."""
+        out = []
+        while self._missing.get(self._next, before + 1) <= before:
+            self._lose(self._next)
+            out += self._release()
+        return out
+
+    def _skip_to(self, rseq: int) -> list[bytes]:
+        """Publish or count as lost every number below `rseq`."""
+        out = []
+        while self._next < rseq and self._next <= self._highest:
+            if self._next in self._missing:
+                self._lose(self._next)
+            out += self._release()
+        if self._next < rseq:  # never received, never awaited (beyond the highest)
+            self.dropped += rseq - self._next
+            self._next = rseq
+        return out
+
+    def _lose(self, rseq: int) -> None:
+        del self._missing[rseq]
+        self.dropped += 1
+        self._next += 1
+        self._given_up.add(rseq)
+        if len(self._given_up) > REORDER:  # the oldest can no longer come: forget them
+            self._given_up = {s for s in self._given_up if s > rseq - REORDER // 2}
+
+    def _drop(self, kind: str) -> list[bytes]:
         self._reject(kind)
-        return None
+        return []
 
-    def _end(self, end: bytes) -> bytes:
-        """The supervisor's end marker with the final count: every result_seq up to the last one
-        drawn was either published or is in `dropped`."""
+    def _end(self, end: bytes) -> list[bytes]:
+        """What is still held, then the supervisor's end marker with the final count: every
+        result_seq up to the last one drawn was either published or is in `dropped`."""
+        out = self._give_up(time.monotonic())
         msg = unpack(end)
         self.issued = int(self._issued[0])
         self.dropped = self.issued - self._taken
-        return pack({**msg, "result_seq": self.issued, "dropped": self.dropped})
+        return out + [pack({**msg, "result_seq": self.issued, "dropped": self.dropped})]
 
     def publish_end(self, pipeline: str, reason: str) -> None:
         """Tell every subscriber the stream has ended (after the workers' last results)."""

@@ -175,7 +175,9 @@ class RunPaths:
     pid: int
     dir: Path
     start: int  # the supervisor's start time: with the pid, names it for good
-    token: int  # random, stamped in every ring of the run: only a ring bearing it is taken over
+    # random, stamped in every ring of the run: only a ring bearing it is taken over. Below 2^53,
+    # so a JSON reader that parses numbers as doubles (JavaScript) reads it exactly.
+    token: int
 
     @classmethod
     def for_instance(cls, name: str, pid: int) -> "RunPaths":
@@ -183,7 +185,7 @@ class RunPaths:
         start = process_start(pid)
         if start is None:
             raise ValueError(f"no process {pid}")
-        return cls(name, pid, runtime_root() / f"{name}-{pid}", start, secrets.randbits(64) or 1)
+        return cls(name, pid, runtime_root() / f"{name}-{pid}", start, secrets.randbits(53) or 1)
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike) -> "RunPaths":
@@ -233,7 +235,7 @@ class RunPaths:
         self.config_file.write_text(config_json)
         info = {
             "name": self.name, "pid": self.pid, "start": self.start, "token": self.token,
-            "started_at": time.time(), "host": host,
+            "started_at": time.time(), "host": host, "dir": str(self.dir),
             "endpoints": {w: self.endpoint(w) for w in ("status", "control")},
             "rings": rings, "stages": stages, "model_cores": model_cores,
             "config": json.loads(config_json),

@@ -20,6 +20,7 @@ import pytest
 import tomli_w
 
 from pipeline import attach
+from pipeline.client.consumers.mqtt import host_name
 from pipeline.client.states import StateMachine
 from pipeline.client.subscription import Result
 from pipeline.config import StateConfig
@@ -93,7 +94,7 @@ def test_states_events_snapshots_and_stats_of_the_whole_bottle_video(broker, tmp
     config = write_config(tmp_path / "bottle.toml", "mqttbottle", fast=True, consumers=[
         {"kind": "mqtt", "broker": broker.url, "snapshots": True, "stats_interval": 1.0},
         {"kind": "jsonl", "out": str(events_file)}])
-    prefix = "edge-pipeline/mqttbottle"
+    prefix = f"edge-pipeline/{host_name()}/mqttbottle"
     watcher = Watcher(broker.port, f"{prefix}/#")
     try:
         p = subprocess.run(pipeline_cmd(str(config), "--quiet", "--record", str(record)),
@@ -165,7 +166,7 @@ def test_discovery_payloads_and_rediscovery_when_home_assistant_comes_online(bro
             assert {"unique_id", "name", "device", "availability_topic"} <= set(payload)
             assert payload["availability_topic"] == f"{prefix}/availability"
             assert payload["device"]["identifiers"] and payload["device"]["model"] == "mobilenet_v2"
-            assert topic.startswith(f"homeassistant/{topic.split('/')[1]}/site_shed/")
+            assert re.match(rf"homeassistant/{topic.split('/')[1]}/site_shed_[0-9a-f]{{8}}/", topic)
         assert len({p["unique_id"] for p in by_topic.values()}) == 5
         binary = next(p for t, p in by_topic.items() if "/binary_sensor/" in t)
         assert binary["state_topic"] == f"{prefix}/video/state"
@@ -291,10 +292,10 @@ def test_offline_when_the_pipeline_is_killed(broker, tmp_path, kill, clean_machi
     name = f"mqttkill{kill[:3]}"
     config = write_config(tmp_path / "kill.toml", name, fast=False,
                           consumers=[{"kind": "mqtt", "broker": broker.url}])
-    watcher = Watcher(broker.port, f"edge-pipeline/{name}/#")
+    watcher = Watcher(broker.port, f"edge-pipeline/{host_name()}/{name}/#")
     proc = start(config, start_new_session=True)
     try:
-        topic = f"edge-pipeline/{name}/availability"
+        topic = f"edge-pipeline/{host_name()}/{name}/availability"
         watcher.wait_for(lambda: watcher.on(topic)[-1:] == [b"online"], 30, "online")
         os.killpg(proc.pid, signal.SIGKILL) if kill == "everything" else proc.kill()
         proc.wait(10)

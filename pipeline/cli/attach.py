@@ -9,6 +9,7 @@ import sys
 import time
 
 from pipeline.cli.common import join
+from pipeline.config.strings import control_problem
 from pipeline.outputs import first_problem
 from pipeline.transport.rundir import RuntimeDirError, running_pipelines
 
@@ -89,11 +90,31 @@ def _bad_option(args: argparse.Namespace) -> str | None:
             return f"--{flag.replace('_', '-')} must be a positive number, got {value}"
     if not 0 <= args.port <= 65535:
         return f"--port must be 0-65535, got {args.port}"
+    for flag in ("out", "host", "ca", "broker", "topic_prefix", "discovery_prefix", "client_id"):
+        problem = getattr(args, flag) and control_problem(f"--{flag.replace('_', '-')}",
+                                                          getattr(args, flag))
+        if problem:
+            return problem
+    for host in args.allow_hosts:
+        problem = control_problem("--allow-host", host)
+        if problem:
+            return problem
     return first_problem({"--out": args.out if args.out != "-" else None})
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 def _interrupt(*_: object) -> None:
+    """The first stop signal ends the run like Ctrl-C (the video file gets closed); the shutdown
+    it starts runs to its end, deaf to any further one."""
+    _ignore_stop_signals()
     raise KeyboardInterrupt
+
+
+def _ignore_stop_signals() -> None:
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, ValueError, OSError) as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
         return 2
-    for sig in (signal.SIGTERM, signal.SIGHUP):  # finish like Ctrl-C: the video file gets closed
-        signal.signal(sig, _interrupt)
     sub = Subscription(info["name"], frames=args.frames or getattr(consumer, "frames", False),
                        status=getattr(consumer, "status", False),
                        max_age=args.max_age or getattr(consumer, "max_age", None))
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _interrupt)
     try:
         run(consumer, sub, count=args.count, duration=args.duration)
     except KeyboardInterrupt:
@@ -148,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     finally:
+        _ignore_stop_signals()  # the run is over: nothing left to interrupt
         sub.close()
     gone = f"; stream ended: {sub.ended}" if sub.ended else ""
     print(f"attach: {sub.received} results, {sub.missed} missed (this consumer fell behind), "

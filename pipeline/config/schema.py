@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .classes import class_indices
 from .credentials import has_user_info, mask_url
+from .strings import broker_problem, control_problem, topic_prefix_problem
 from .topology import Topology, _core_list, allowed_cores
 
 MODEL_NAMES = (
@@ -104,14 +105,19 @@ class _SourceBase(_Strict):
 
     def roi_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
         """The region of interest in a width x height frame as (x0, y0, x1, y1) pixels, or None
-        for the whole frame; ValueError when a pixel region does not fit the frame."""
+        for the whole frame; ValueError when a pixel region does not fit the frame, or fractions
+        give it fewer than MIN_ROI_PIXELS either way."""
         if self.roi is None:
             return None
         x, y, w, h = self.roi
         if any(isinstance(v, float) for v in self.roi):
             x0, y0 = min(round(x * width), width - 1), min(round(y * height), height - 1)
-            return x0, y0, max(x0 + 1, min(width, round((x + w) * width))), \
-                max(y0 + 1, min(height, round((y + h) * height)))
+            x1 = max(x0 + 1, min(width, round((x + w) * width)))
+            y1 = max(y0 + 1, min(height, round((y + h) * height)))
+            if x1 - x0 < MIN_ROI_PIXELS or y1 - y0 < MIN_ROI_PIXELS:
+                raise ValueError(f"roi: {self.roi} is {x1 - x0}x{y1 - y0} pixels of the {width}x{height} "
+                                 f"frame; a region needs at least {MIN_ROI_PIXELS}x{MIN_ROI_PIXELS}")
+            return x0, y0, x1, y1
         if x + w > width or y + h > height:
             raise ValueError(f"roi: {self.roi} does not fit in the {width}x{height} frame "
                              f"(x + width <= {width}, y + height <= {height}; or give fractions)")
@@ -391,6 +397,23 @@ class ConsumerConfig(_Strict):
             raise ValueError(f"consumers.kind: {kind!r} is not {', '.join(BUILTIN_CONSUMERS)} "
                              f"or MODULE:NAME")
         return kind
+
+    @field_validator("out", "host", "allow_hosts", "ca", "topic_prefix", "discovery_prefix",
+                     "broker")
+    @classmethod
+    def _usable_string(cls, value: str | list[str] | None, info: ValidationInfo
+                       ) -> str | list[str] | None:
+        """No control characters (a NUL byte cannot even be passed on); a broker URL and topic
+        prefixes the mqtt consumer can use."""
+        for item in value if isinstance(value, list) else [value]:
+            what = f"consumers.{info.field_name}"
+            problem = item is not None and (
+                broker_problem(item) if info.field_name == "broker"
+                else topic_prefix_problem(what, item) if info.field_name.endswith("prefix")
+                else control_problem(what, item))
+            if problem:
+                raise ValueError(problem if problem.startswith("consumers.") else f"consumers.{problem}")
+        return value
 
     @model_validator(mode="after")
     def _video_needs_out(self) -> "ConsumerConfig":

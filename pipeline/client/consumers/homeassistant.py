@@ -10,6 +10,7 @@ https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery for the format.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -28,12 +29,21 @@ def object_id(*parts: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", "_".join(parts)).strip("_")
 
 
+def node_id(host: str, prefix: str) -> str:
+    """The device's id: readable (the prefix's letters) and unique per host and exact prefix
+    (a digest of both), so `home/cam` and `home_cam`, or `café/x` and `cafè/x`, or one prefix
+    on two hosts never share entities."""
+    digest = hashlib.sha256(f"{host}\n{prefix}".encode()).hexdigest()[:8]
+    return object_id(prefix, digest)
+
+
 def discovery_configs(*, pipeline: str, prefix: str, sources: dict[str, StateConfig | None],
-                      model: str, snapshots: bool, discovery_prefix: str = "homeassistant"
-                      ) -> list[tuple[str, dict[str, Any]]]:
-    """(topic, payload) of every entity of the pipeline whose topics start with `prefix`."""
-    node = object_id(prefix)  # unique per broker, as the topics themselves must be
-    device = {"identifiers": [node], "name": f"edge-pipeline {pipeline}",
+                      model: str, snapshots: bool, host: str,
+                      discovery_prefix: str = "homeassistant") -> list[tuple[str, dict[str, Any]]]:
+    """(topic, payload) of every entity of the pipeline on `host` whose topics start with
+    `prefix`."""
+    node = node_id(host, prefix)
+    device = {"identifiers": [node], "name": f"edge-pipeline {pipeline} on {host}",
               "manufacturer": "edge-pipeline", "model": model, "sw_version": __version__}
     common = {"availability_topic": f"{prefix}/availability", "payload_available": "online",
               "payload_not_available": "offline", "device": device,

@@ -7,6 +7,17 @@ event, optionally with a JPEG of the frame behind it. `<prefix>/availability` is
 this consumer is connected, and the broker's last will makes it `offline` when the consumer or
 its host dies; a pipeline that ends or dies makes the consumer say `offline` itself.
 
+A (re)started consumer publishes no state before its state machine has decided: the state the
+broker kept from before stays valid meanwhile. It reads that state back from the broker when it
+connects, and when it decides on the same class the state goes on with its old `since` and no
+event, so a restart changes nothing a user or an automation sees. Ids and the default prefix
+carry the host's name: two hosts running a pipeline of one name do not share topics or entities.
+
+What the broker sends this consumer is bounded: a packet over 64 KiB drops the connection
+before it is read, a topic that is not UTF-8 is ignored and counted, a packet paho cannot
+handle costs a reconnect rather than its network thread, and a flood of Home Assistant's
+`online` sends the discovery configs again at most once every 5 s.
+
 The pipeline never waits for the broker: this is a separate process behind a PUB socket, and
 paho's network thread does the sending. While the broker is unreachable, the consumer
 reconnects with back-off (1 s doubling to 30 s), keeps each source's newest state and publishes
@@ -31,17 +42,20 @@ from urllib.parse import urlsplit
 import cv2
 import paho.mqtt.client as mqtt
 
-from pipeline.client.consumers.homeassistant import discovery_configs
-from pipeline.client.states import State, Tracker
+from pipeline.client.consumers.homeassistant import discovery_configs, object_id
+from pipeline.client.states import State, StateEvent, Tracker
 from pipeline.client.subscription import Result
 from pipeline.config import Config
+from pipeline.config.strings import MQTT_PORTS, broker_problem, topic_prefix_problem
 from pipeline.errors import UserError
 from pipeline.observe.format import results_per_second
 
 USERNAME_ENV, PASSWORD_ENV = "MQTT_USERNAME", "MQTT_PASSWORD"
-PORTS = {"mqtt": 1883, "mqtts": 8883}
 MAX_QUEUED = 200  # QoS 1/2 messages paho may hold for a slow broker; beyond: dropped, counted
 FIRST_CONNECT_S = 3.0  # how long start-up waits for the broker before going on without it
+RECALL_S = 3.0  # how long after connecting the broker's copy of the states may take to come back
+MAX_INCOMING = 64 * 1024  # bytes of a packet from the broker: what this consumer reads is small
+REDISCOVERY_S = 5.0  # Home Assistant's `online` is answered at most this often
 REFUSED_FOR_GOOD = ("Bad user name or password", "Not authorized", "Client identifier not valid")
 
 
@@ -51,28 +65,62 @@ class MqttError(UserError):
 
 def parse_broker(url: str) -> tuple[str, int, bool]:
     """(host, port, tls) of `mqtt://HOST[:PORT]` or `mqtts://HOST[:PORT]`."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise MqttError(f"--broker {url!r}: {e}") from None
-    if parts.scheme not in PORTS or not parts.hostname:
-        raise MqttError(f"--broker {url!r}: use mqtt://HOST[:PORT] or mqtts://HOST[:PORT] (TLS)")
-    if parts.username or parts.password:
-        raise MqttError(f"--broker: credentials do not belong in the URL; set {USERNAME_ENV} and "
-                        f"{PASSWORD_ENV} in the environment")
-    if parts.path not in ("", "/") or parts.query:
-        raise MqttError(f"--broker {url!r}: a broker URL has no path or query")
-    return parts.hostname, port or PORTS[parts.scheme], parts.scheme == "mqtts"
+    problem = broker_problem(url)
+    if problem:
+        raise MqttError(f"--{problem}")
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or MQTT_PORTS[parts.scheme], parts.scheme == "mqtts"
 
 
-def check_prefix(prefix: str) -> str:
+def check_prefix(prefix: str, flag: str) -> str:
     """A topic prefix: no wildcards, no empty levels."""
-    prefix = prefix.strip("/")
-    if not prefix or any(c in prefix for c in "+#\0") or "//" in prefix:
-        raise MqttError(f"--topic-prefix {prefix!r}: give topic levels without wildcards "
-                        f"(+ #) or empty levels, e.g. edge-pipeline/shed")
+    problem = topic_prefix_problem(flag, prefix)
+    if problem:
+        raise MqttError(problem)
     return prefix
+
+
+def host_name() -> str:
+    """This machine's name as a topic level and a part of ids."""
+    return object_id(socket.gethostname()) or "host"
+
+
+class HardenedClient(mqtt.Client):
+    """paho's client, bounded in what a broker (or any client, through it) can do to it: a
+    packet over MAX_INCOMING bytes drops the connection before it is read (paho would hold all
+    of it in memory), and a packet paho cannot handle costs the connection, never the network
+    thread (which would die silently: no publishing, no reconnecting)."""
+
+    fault: str | None = None  # why the connection was dropped here, for the next report
+    on_fault: Any = None  # called with `fault` after a packet broke the network loop
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        size = self._in_packet["remaining_length"]
+        if self._in_packet["have_remaining"] and size > MAX_INCOMING:
+            self.fault = f"it sent a packet of {size} bytes; at most {MAX_INCOMING} are accepted"
+            raise OSError(self.fault)  # paho: connection lost, reconnect
+        return super()._sock_recv(bufsize)
+
+    def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False
+                     ) -> mqtt.MQTTErrorCode:
+        delay = 1.0
+        while True:
+            try:
+                return super().loop_forever(timeout, retry_first_connection)
+            except Exception as e:  # noqa: BLE001 - whatever a broken or hostile broker sent
+                self.fault = f"paho could not handle a packet: {type(e).__name__}: {e}"
+            if self.on_fault:
+                self.on_fault(self.fault)
+            deadline = time.monotonic() + delay
+            delay = min(delay * 2, 30.0)  # a broker that does it again on every connection
+            while time.monotonic() < deadline:
+                if self._thread_terminate:
+                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+                time.sleep(0.05)
+            try:
+                self.reconnect()  # a fresh socket and packet state
+            except OSError:
+                pass  # the loop goes on retrying with back-off
 
 
 def _json(obj: Any) -> str:
@@ -106,8 +154,10 @@ class MqttConsumer:
             raise MqttError(f"--stats-interval must be a positive number, got {stats_interval}")
         if ca and not os.path.isfile(ca):
             raise MqttError(f"--ca {ca}: no such file")
-        self.prefix = check_prefix(topic_prefix or f"edge-pipeline/{name}")
-        self.discovery_prefix = check_prefix(discovery_prefix)
+        self.host_name = host_name()
+        self.prefix = check_prefix(topic_prefix or f"edge-pipeline/{self.host_name}/{name}",
+                                   "--topic-prefix")
+        self.discovery_prefix = check_prefix(discovery_prefix, "--discovery-prefix")
         self.name, self.qos, self.discovery = name, qos, discovery
         self.frames = self.snapshots = snapshots
         self.stats_interval = stats_interval
@@ -116,33 +166,45 @@ class MqttConsumer:
         self.sources = dict(self.tracker.options)
         self.model = cfg.model.name if cfg else "unknown"
         self.lock = threading.Lock()  # the states, shared with paho's thread
-        self.states: dict[str, State] = {}
+        self.states: dict[str, State] = {}  # each source's decided state, as published
         self.state_sent: dict[str, float] = {}  # monotonic time each source's state was sent
         self.stats_sent = -math.inf
+        # The states the broker kept from before (paho's thread writes them before `recalled`).
+        self.kept: dict[str, dict[str, Any]] = {}
+        self.kept_online = False  # the availability the broker kept says online
+        self.recalled = threading.Event()  # this connection has brought the kept states back
+        self.recall_mid: int | None = None  # the subscription that brings them, until they are in
+        self.connected_at = 0.0
+        self.reconciled: set[str] = set()  # sources whose first decision met the kept state
+        self.first_start: dict[str, StateEvent] = {}  # the newest start before reconciling
+        self.rediscover = False  # Home Assistant said `online`: configs and states are due
+        self.rediscovered_at = -math.inf
         self.published: Counter[str] = Counter()
         self.dropped: Counter[str] = Counter()
+        self.ignored: Counter[str] = Counter()  # messages from the broker this consumer ignored
         self.connects = 0
         self.acknowledged = 0
         self.lost_at: float | None = None
-        self.refused: str | None = None  # the broker refused us for good: why
+        self.refused: str | None = None  # why this consumer cannot go on, for good
         self.closing = False  # a disconnect from now on is ours
         self.connected = threading.Event()
         self.client = self._client(client_id, tls, ca)
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
-        if not self.connected.wait(FIRST_CONNECT_S) and self.refused is None:
+        if self.connected.wait(FIRST_CONNECT_S) and self.refused is None:
+            self.recalled.wait(RECALL_S)
+        elif self.refused is None:
             self._say(f"cannot reach the broker at {self.host}:{self.port} yet; retrying with "
                       f"back-off (events, stats and snapshots are dropped and counted meanwhile)")
         if self.refused is not None:
             self._stop_client()
-            raise MqttError(f"the broker at {self.host}:{self.port} refused the connection: "
-                            f"{self.refused}")
+            raise MqttError(self.refused)
         if self.client.is_connected():
             self._say(f"publishing to {self.host}:{self.port} under {self.prefix}/")
 
     def _client(self, client_id: str | None, tls: bool, ca: str | None) -> mqtt.Client:
         cid = client_id or f"edge-pipeline-{socket.gethostname()}-{self.name}-{os.getpid()}"
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
+        client = HardenedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
         user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
         if password and not user:
             raise MqttError(f"{PASSWORD_ENV} is set but {USERNAME_ENV} is not")
@@ -156,15 +218,18 @@ class MqttConsumer:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
+        client.on_fault = self._on_fault
         return client
 
     # -- paho's thread ----------------------------------------------------------------------
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             if str(reason) in REFUSED_FOR_GOOD:
-                self.refused = str(reason)
+                self.refused = f"the broker at {self.host}:{self.port} refused the connection: " \
+                               f"{reason}"
                 self.connected.set()  # wake the start-up wait: it reports and stops
                 client.disconnect()
             else:
@@ -177,28 +242,100 @@ class MqttConsumer:
                       f"after {time.monotonic() - self.lost_at:.1f} s ({dropped} messages dropped "
                       f"so far)")
             self.lost_at = None
+        # The broker's copy of the states, then our own `online` back as the sign that the copy
+        # is complete (the broker handles a client's packets in order).
+        self.recalled.clear()
+        self.kept, self.kept_online = {}, False
+        self.connected_at = time.monotonic()
+        self.recall_mid = client.subscribe(self._recall_topics())[1]
         self._send(f"{self.prefix}/availability", "online", "availability", retain=True)
         if self.discovery:
-            client.subscribe(f"{self.discovery_prefix}/status", qos=1)
+            client.subscribe(f"{self.discovery_prefix}/status", qos=0)
+            self.rediscovered_at = time.monotonic()
             self._send_discovery()
-        self._send_states()  # the newest state of each source, kept while away
         self.connected.set()
+
+    def _recall_topics(self) -> list[tuple[str, int]]:
+        return [(f"{self.prefix}/+/state", 1), (f"{self.prefix}/availability", 1)]
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         self._lost("cannot connect")
 
-    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+    def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
+        why, client.fault = client.fault or str(reason), None
         if not self.closing:
-            self._lost(str(reason))
+            self._lost(why)
+
+    def _on_fault(self, why: str) -> None:
+        self.connected.clear()
+        self.client.fault = None
+        self._lost(why)
+
+    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: list, _p: Any) -> None:
+        if mid == self.recall_mid and any(r.is_failure for r in reasons):
+            self._recall_done()  # not allowed to read our own topics back: nothing to wait for
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == f"{self.discovery_prefix}/status" and msg.payload == b"online":
-            self._send_discovery()  # Home Assistant restarted: it forgot the entities
+        try:
+            topic = msg.topic
+        except UnicodeDecodeError:
+            self._ignore("topic not UTF-8", f"a message whose topic is not UTF-8 ({msg._topic[:40]!r})")
+            return
+        if topic == f"{self.discovery_prefix}/status":
+            if msg.payload == b"online":  # Home Assistant restarted: it forgot the entities
+                with self.lock:
+                    self.rediscover = True
+                self._maybe_rediscover()
+        elif topic == f"{self.prefix}/availability":
+            if msg.retain:
+                self.kept_online = msg.payload == b"online"
+            elif msg.payload == b"online":
+                self._recall_done()
+        elif msg.retain and topic.startswith(f"{self.prefix}/") and topic.endswith("/state"):
+            self._keep(topic[len(self.prefix) + 1:-len("/state")], msg.payload)
+
+    def _keep(self, source: str, payload: bytes) -> None:
+        """The state the broker kept for `source`, when it is one this consumer could have sent."""
+        try:
+            kept = json.loads(payload)
+            valid = (isinstance(kept, dict) and isinstance(kept.get("label"), str)
+                     and (kept.get("index") is None or type(kept.get("index")) is int)
+                     and isinstance(kept.get("since"), (int, float)) and math.isfinite(kept["since"]))
+        except ValueError:  # not JSON, or not UTF-8
+            valid = False
+        if valid:
+            self.kept[source] = kept
+        else:
+            self._ignore("state not understood", f"a retained state on {self.prefix}/{source}/state "
+                                                 f"that this consumer did not send")
+
+    def _recall_done(self) -> None:
+        """The kept states are in: refuse a prefix another host is using, else send the states."""
+        with self.lock:
+            if self.recalled.is_set() or self.recall_mid is None:
+                return
+            self.recall_mid = None  # once per connection
+        self.client.unsubscribe([topic for topic, _ in self._recall_topics()])
+        others = sorted({str(s["host"]) for s in self.kept.values() if "host" in s}
+                        - {self.host_name})
+        if others and self.kept_online:
+            self.refused = (f"topic prefix {self.prefix}/ is in use by host {others[0]} (it is "
+                            f"online); give each host its own --topic-prefix (topic_prefix)")
+            self.closing = True
+            self.client.disconnect()
+        self.recalled.set()
+        if self.refused is None:
             self._send_states()
 
     def _on_publish(self, *_: Any) -> None:
         self.acknowledged += 1  # QoS 1/2: the broker has it; QoS 0: it is on the wire
+
+    def _ignore(self, kind: str, what: str) -> None:
+        """A message from the broker this consumer cannot use: said once per kind, counted."""
+        if not self.ignored[kind]:
+            self._say(f"ignored {what} (counted as ignored in the stats)")
+        self.ignored[kind] += 1
 
     def _lost(self, why: str) -> None:
         """Once per outage; a broker never reached is reported by the start-up instead."""
@@ -212,12 +349,19 @@ class MqttConsumer:
     # -- the consumer's thread --------------------------------------------------------------
     def on_result(self, r: Result) -> None:
         if self.refused is not None:
-            raise MqttError(f"the broker at {self.host}:{self.port} refused the connection: "
-                            f"{self.refused}")
+            raise MqttError(self.refused)
         events = self.tracker.update(r)
-        state = self.tracker.state(r.source)
+        machine = self.tracker.machines[r.source]
+        if not machine.decided:
+            return  # nothing to say yet: the state the broker kept stays valid meanwhile
+        state = machine.state
+        if r.source not in self.reconciled:
+            events = self._reconcile(r, state, events)
+            if events is None:
+                return
         with self.lock:
             self.states[r.source] = state
+        self._maybe_rediscover()
         now = time.monotonic()
         if events:
             for e in events:
@@ -228,7 +372,39 @@ class MqttConsumer:
         elif now - self.state_sent.get(r.source, -math.inf) >= self.stats_interval:
             self._send_state(r.source, state)  # the probability moves on
 
+    def _reconcile(self, r: Result, state: State, events: list[StateEvent]
+                   ) -> list[StateEvent] | None:
+        """The events of a source's first decision as seen from the state the broker kept
+        (None: that state is not back yet). The same class goes on with its old `since`."""
+        starts = [e for e in events if e.event == "start"]
+        if starts:
+            self.first_start[r.source] = starts[-1]
+        if not self.recalled.is_set():
+            if not (self.client.is_connected()
+                    and time.monotonic() - self.connected_at > RECALL_S):
+                return None
+            self._recall_done()  # the broker never answered: go on without its copy
+            if self.refused is not None:
+                raise MqttError(self.refused)
+        self.reconciled.add(r.source)
+        kept = self.kept.get(r.source)
+        start = self.first_start.pop(r.source, None)
+        started = [start] if start is not None and state.index is not None else []
+        if kept is None:
+            return started
+        if kept["index"] == state.index:
+            state.since = kept["since"]  # no change: the state began when the kept one did
+            return []
+        if kept["index"] is None:
+            return started
+        prob = kept.get("probability")
+        end = StateEvent("end", r.source, kept["index"], kept["label"],
+                         prob if isinstance(prob, (int, float)) else 0.0, r.captured_at,
+                         r.frame_index, r.seq, kept["since"])
+        return [end, *started]
+
     def on_status(self, status: dict[str, Any]) -> None:
+        self._maybe_rediscover()
         now = time.monotonic()
         if now - self.stats_sent < self.stats_interval:
             return
@@ -242,11 +418,23 @@ class MqttConsumer:
     def counts(self) -> dict[str, Any]:
         return {"published": sum(self.published.values()), "acknowledged": self.acknowledged,
                 "dropped": sum(self.dropped.values()),
-                "dropped_by_kind": dict(self.dropped), "connects": self.connects,
-                "connected": self.client.is_connected()}
+                "dropped_by_kind": dict(self.dropped), "ignored": sum(self.ignored.values()),
+                "connects": self.connects, "connected": self.client.is_connected()}
+
+    # -- either thread ----------------------------------------------------------------------
+    def _maybe_rediscover(self) -> None:
+        """Configs and states again for Home Assistant, at most once every REDISCOVERY_S however
+        often it says `online` (many announcements coalesce into one)."""
+        now = time.monotonic()
+        with self.lock:
+            if not self.rediscover or now - self.rediscovered_at < REDISCOVERY_S:
+                return
+            self.rediscover, self.rediscovered_at = False, now
+        self._send_discovery()
+        self._send_states()
 
     def _send_states(self) -> None:
-        """Every source's newest state (from paho's thread: the copy kept under the lock)."""
+        """Every source's decided state (from paho's thread: the copy kept under the lock)."""
         with self.lock:
             states = list(self.states.items())
         for source, state in states:
@@ -256,7 +444,8 @@ class MqttConsumer:
         if state is None:
             return
         self.state_sent[source] = time.monotonic()
-        self._send(f"{self.prefix}/{source}/state", _json(state.to_dict()), "state", retain=True)
+        self._send(f"{self.prefix}/{source}/state", _json({**state.to_dict(), "host": self.host_name}),
+                   "state", retain=True)
 
     def _send_snapshot(self, r: Result) -> None:
         if r.frame is None:
@@ -271,7 +460,8 @@ class MqttConsumer:
     def _send_discovery(self) -> None:
         for topic, payload in discovery_configs(
                 pipeline=self.name, prefix=self.prefix, sources=self.sources, model=self.model,
-                snapshots=self.snapshots, discovery_prefix=self.discovery_prefix):
+                snapshots=self.snapshots, host=self.host_name,
+                discovery_prefix=self.discovery_prefix):
             self._send(topic, _json(payload), "discovery", retain=True)
 
     def _send(self, topic: str, payload: str | bytes, kind: str, retain: bool = False) -> bool:
@@ -311,4 +501,5 @@ class MqttConsumer:
         self._say(f"{c['published']} messages published ({c['acknowledged']} acknowledged by the "
                   f"broker), {c['dropped']} dropped"
                   + (f" ({', '.join(f'{k} {n}' for k, n in sorted(self.dropped.items()))})"
-                     if self.dropped else ""))
+                     if self.dropped else "")
+                  + (f", {c['ignored']} received messages ignored" if self.ignored else ""))

@@ -1,5 +1,6 @@
 """Classification as a state: the region of interest classified on real photographs, the state
-options' one-line errors, and the state machine's smoothing on a real video's results."""
+options' one-line errors, and the state machine's smoothing on a real video's results and on
+any sequence of results."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.client.states import StateMachine, Tracker
-from pipeline.client.subscription import Result
+from pipeline.client.subscription import Prediction, Result
 from pipeline.config import ConfigError, StateConfig, load_config
 from pipeline.config.classes import CLASSES_FILE, imagenet_classes
 from workers.preprocess.transform import Preprocessor
@@ -126,20 +129,86 @@ def run_machine(results: list[Result], **options) -> tuple[list, list[int | None
     return events, states
 
 
+def changes(states: list[int | None]) -> list[int]:
+    """The results at which the state changed (it starts as `none`)."""
+    return [t for t, s in enumerate(states) if s != (states[t - 1] if t else None)]
+
+
+def needed(window: int, smoothing: str) -> int:
+    """How many votes of the window a class needs to become the state."""
+    return window if smoothing == "consecutive" else window // 2 + 1
+
+
+def check_smoothing(votes: list[int | None], states: list[int | None], window: int,
+                    smoothing: str) -> None:
+    """What smoothing promises for any sequence of votes, checked against the raw votes."""
+    changed, raw = changes(states), changes(votes)
+    # A state just entered holds for a whole window: never two changes within `window` results.
+    assert all(b - a >= window for a, b in zip(changed, changed[1:])), (changed, votes)
+    # Each change is the rule's verdict on the last `window` votes.
+    for t in changed:
+        assert votes[max(0, t + 1 - window):t + 1].count(states[t]) >= needed(window, smoothing)
+    # Never more changes than the votes themselves make, and fewer when they flicker: a run of
+    # votes between two of their changes shorter than the rule needs is smoothed away.
+    assert len(changed) <= len(raw)
+    if any(b - a < needed(window, smoothing) for a, b in zip(raw, raw[1:])):
+        assert len(changed) < len(raw)
+    # It follows the votes: after 2 windows of one class, that class is the state.
+    for t in range(2 * window - 1, len(votes)):
+        if len(set(votes[t + 1 - 2 * window:t + 1])) == 1:
+            assert states[t] == votes[t]
+
+
 @pytest.mark.parametrize("smoothing", ["consecutive", "majority"])
 def test_smoothing_removes_flickers_on_real_frames(bottle_results, smoothing):
+    """Checked against this run's own top-1 sequence, whatever this CPU's kernels made of it."""
     raw_events, raw_states = run_machine(bottle_results, window=1)
     events, states = run_machine(bottle_results, window=7, smoothing=smoothing)
-    assert len(events) < len(raw_events)
     # Unsmoothed, the state is each result's top-1.
-    assert raw_states == [r.top[0].index for r in bottle_results]
-    # Smoothed, a state lasts as long as the rule needs to leave it.
-    runs = [len(list(g)) for g in _groups(states)]
-    assert min(runs[1:-1], default=7) >= (7 if smoothing == "consecutive" else 4)
+    votes = [r.top[0].index for r in bottle_results]
+    assert raw_states == votes
+    check_smoothing(votes, states, 7, smoothing)
+    assert 0 < len(events) <= len(raw_events)
     # Each change is an end of the old class and a start of the new one, at the same frame.
+    assert events[0].event == "start"
     for end, start in zip(events[1::2], events[2::2]):
         assert (end.event, start.event, end.frame) == ("end", "start", start.frame)
         assert end.index != start.index
+
+
+X, Y = 1, 2  # two classes of synthetic results
+
+
+def synthetic(votes: list[int | None]) -> list[Result]:
+    """A result per vote, one per frame at 30 fps: the class at probability 0.9, or for None a
+    class at 0.1 (below a `min_prob` of 0.5: a vote for `none`)."""
+    return [Result(pipeline="p", seq=i, result_seq=i, source="s", frame_index=i, item=None,
+                   captured_at=1e9 + i / 30, latency_ms=1.0, model="m",
+                   top=[Prediction(3 if v is None else v, f"class {v}", 0.1 if v is None else 0.9)],
+                   timestamps={}) for i, v in enumerate(votes, 1)]
+
+
+def test_a_majority_just_reached_does_not_flip_back_on_one_vote():
+    """[X,Y,Y,Y,X,X,X] makes X the state; one more Y is again 4 of 7 for Y, but X holds until Y
+    has won from seven votes all cast after X began."""
+    _, states = run_machine(synthetic([X, Y, Y, Y, X, X, X, Y]), window=7, smoothing="majority")
+    assert states == [None] * 6 + [X, X]
+    events, states = run_machine(synthetic([X, Y, Y, Y, X, X, X] + [Y] * 7), window=7,
+                                 smoothing="majority")
+    assert states == [None] * 6 + [X] * 7 + [Y]
+    assert [(e.event, e.index, e.frame) for e in events] == [("start", X, 7), ("end", X, 14),
+                                                             ("start", Y, 14)]
+    # The first state is not held back: four votes of seven decide it, as before.
+    _, states = run_machine(synthetic([X] * 4), window=7, smoothing="majority")
+    assert states == [None] * 3 + [X]
+
+
+@settings(max_examples=400, deadline=None)
+@given(votes=st.lists(st.sampled_from([X, Y, 3, None]), max_size=80), window=st.integers(1, 9),
+       smoothing=st.sampled_from(["consecutive", "majority"]))
+def test_smoothing_keeps_its_promises_on_any_sequence(votes, window, smoothing):
+    _, states = run_machine(synthetic(votes), window=window, smoothing=smoothing, min_prob=0.5)
+    check_smoothing(votes, states, window, smoothing)
 
 
 def test_watching_one_class_turns_everything_else_into_none(bottle_results):
@@ -169,16 +238,6 @@ def test_a_tracker_keeps_one_state_per_source(bottle_results):
     # Two agreeing results: enough for a's window of 2, not yet for b's default of 3.
     assert tracker.state("a").index == first.top[0].index and tracker.state("b").index is None
     assert tracker.machines["a"].config.window == 2 and tracker.machines["b"].config.window == 3
-
-
-def _groups(values: list) -> list[list]:
-    out: list[list] = []
-    for v in values:
-        if out and out[-1][0] == v:
-            out[-1].append(v)
-        else:
-            out.append([v])
-    return out
 
 
 def test_a_late_result_of_an_older_frame_does_not_vote(bottle_results):

@@ -9,6 +9,11 @@ already counted (several workers finish out of order) does not vote. The state b
 when the last `window` votes all agree (`consecutive`) or when more than half of them do
 (`majority`). `window = 1` is the raw top-1, unsmoothed.
 
+A state just entered holds for `window` results: the next change is decided by the same rule from
+a window of votes all cast after the state began, never from votes that elected the old one. So a
+state never changes twice within `window` results: a majority of 7 that has just become X does not
+flip back to Y on a single Y vote (`consecutive` has this by its rule alone).
+
 Any consumer may use it: `Tracker` keeps one `StateMachine` per source, built from the
 pipeline's config (`source.state`); `attach(..., states=True)` puts the events on each result.
 """
@@ -74,6 +79,7 @@ class StateMachine:
         self.state: State | None = None  # None until the first result
         self.decided = False  # the votes have settled on a class (or none) at least once
         self.last_seq = 0  # the newest frame voted on: the newest frame wins
+        self.held: int | None = None  # votes since the state last changed (None: not yet changed)
 
     def vote(self, r: Result) -> tuple[int | None, float | None]:
         """The class this result stands for, with its probability, or (None, None)."""
@@ -96,10 +102,15 @@ class StateMachine:
         state = self.state
         if index is not None and index == state.index:
             state.probability = prob  # the class holds: its newest probability
+        if self.held is not None:
+            self.held += 1
+            if self.held < self.config.window:  # just entered: it holds for a whole window
+                return []
         winner = self._winner()
         self.decided = self.decided or winner is not False
         if winner is False or winner == state.index:
             return []
+        self.held = 0
         events = []
         if state.index is not None:
             events.append(self._event("end", state.index, state.probability or 0.0, r,

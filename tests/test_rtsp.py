@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipeline import attach
+from workers.capture.stream_probe import why_not_open
 
 from .conftest import BOTTLE, ROOT, launch, need, pipeline_cmd, read_jsonl
 from .mqtt_broker import free_port
@@ -46,13 +47,14 @@ def rtsp_python() -> str:
 
 
 class RtspServer:
-    def __init__(self, python: str, port: int):
-        self.python, self.port = python, port
+    def __init__(self, python: str, port: int, auth: str = ""):
+        self.python, self.port, self.auth = python, port, auth  # auth: USER:PASSWORD (Digest)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.proc = subprocess.Popen([self.python, str(ROOT / "tests" / "rtsp_server.py"),
-                                      str(self.port), str(need(BOTTLE))], text=True,
+                                      str(self.port), str(need(BOTTLE)),
+                                      *([self.auth] if self.auth else [])], text=True,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         assert self.proc.stdout.readline().strip() == "ready"
 
@@ -140,3 +142,43 @@ def test_a_dead_stream_is_a_reconnect_and_a_restarted_one_resumes(rtsp_python, t
           f"{len(lag)} frames")
     assert len(lag) > 60
     assert spread_ms < 500, spread_ms  # a growing backlog would spread without bound
+
+
+PASSWORD = "Se@c/r:et?#%"  # characters a URL parser splits on
+CORES = ("--set", "capture.cores=[0]", "--set", "preprocess.cores=[0]",
+         "--set", f"inference.cores=[{max(os.sched_getaffinity(0))}]", "--set", "inference.threads=1")
+
+
+def test_a_camera_asking_for_a_password_gets_it_from_the_credentials_file(rtsp_python, tmp_path):
+    """A camera with Digest authentication (as most ask): the password, from a 0600 file, opens
+    it whatever characters it holds; a wrong or missing one is reported as refused (401), not
+    as a timeout; the password shows nowhere."""
+    server = RtspServer(rtsp_python, free_port(), auth=f"viewer:{PASSWORD}")
+    server.start()
+    url = f"rtsp://127.0.0.1:{server.port}/cam"
+    right, wrong = tmp_path / "right.cred", tmp_path / "wrong.cred"
+    for path, text in ((right, f"viewer:{PASSWORD}\n"), (wrong, "viewer:nope\n")):
+        path.write_text(text)
+        path.chmod(0o600)
+    try:
+        def check(*more: str) -> subprocess.CompletedProcess:
+            return subprocess.run(pipeline_cmd("camera.toml", "--set", f'source.device="{url}"',
+                                               "--set", "source.open_timeout_s=3",
+                                               "--set", "model.runtime=onnxruntime", *CORES, *more,
+                                               "--check"),
+                                  cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+        ok = check("--set", f"source.credentials={right}")
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        assert f"camera {url}, first frame 640x360" in ok.stdout
+        refused = check("--set", f"source.credentials={wrong}")
+        assert refused.returncode == 1
+        assert "401 Unauthorized: it refused the user and password" in refused.stdout
+        missing = check()
+        assert "401 Unauthorized: it wants a user and password" in missing.stdout
+        for out in (ok, refused, missing):
+            assert PASSWORD not in out.stdout + out.stderr and "Traceback" not in out.stderr
+        # The probe's own Digest answer is right: with the right password it finds nothing wrong.
+        assert why_not_open(url, ("viewer", PASSWORD), 3.0) == ""
+    finally:
+        server.kill()

@@ -12,7 +12,8 @@ from __future__ import annotations
 import io
 import logging
 import os
-from typing import Any, Callable
+import stat
+from typing import Any, BinaryIO, Callable, NamedTuple
 
 import cv2
 import numpy as np
@@ -42,6 +43,7 @@ class Source:
     max_frame_bytes: int = 0
     fps: float = 0.0  # pacing for the capture loop; 0: no pacing (as fast as possible / device-paced)
     corrupt = 0  # items skipped because they could not be decoded
+    roi = 0  # images skipped because source.roi does not fit them
     decode = 0  # video frames skipped mid-file or missing at its end because they cannot be decoded
     damage = ""  # the first frames the file could not deliver, for the user ("": none)
     gap = 0  # undecodable frames skipped just before the last one read (they keep their time)
@@ -174,68 +176,74 @@ class Video(Source):
 class Images(Source):
     """Still images from a folder or glob, EXIF orientation applied, grayscale made BGR.
 
-    Files that cannot be decoded, were deleted or made unreadable since the folder was listed, or
-    are larger than source.max_frame_pixels (told from the header, before any decoding) are
-    skipped, counted and logged once each.
+    A file is read only once its size on disk and its header say it is an image the source can
+    deliver (within source.max_frame_pixels, the ring's slot and source.roi), so a huge file or
+    image is never read whole. Files that cannot be, or were deleted or made unreadable since
+    the folder was listed, are skipped, counted and logged once each; a skipped file is tried
+    again once it has changed (a photo caught while being written).
     """
 
     def __init__(self, cfg: ImagesSource):
+        self.cfg = cfg
         self.files = image_files(cfg.path)
         self.loop = cfg.loop
         self.fps = cfg.fps
-        self.limit = cfg.max_frame_pixels
         self.i = 0
-        self._bad: set[str] = set()
-        biggest, oversized = largest_image(self.files, self.limit)
-        if not biggest and oversized:
-            raise SourceError(f"source.max_frame_pixels: every image at {cfg.path} is larger than "
-                              f"{self.limit} pixels (e.g. {oversized})")
-        if not biggest:
-            raise SourceError(f"source.path: none of the {len(self.files)} image files at {cfg.path} "
-                              "can be read")
-        self.max_frame_bytes = biggest * 3
+        self._skipped: dict[str, tuple[int, ...] | None] = {}  # path -> its stat when skipped
+        self._told: set[str] = set()  # paths whose skip was logged
+        self.survey = Survey(self.files, cfg)
+        self.survey.refuse_none_usable(cfg, len(self.files))
+        self.max_frame_bytes = self.survey.biggest * 3
 
     def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
-        while True:
+        for _ in range(len(self.files)):  # a whole pass without a frame: nothing left to read
             if self.i >= len(self.files):
-                if not self.loop or len(self._bad) == len(self.files):
+                if not self.loop:
                     return None
                 self.i = 0
             path = self.files[self.i]
             self.i += 1
-            if path in self._bad:
-                continue
-            img, why = self._load(path)
+            stamp = _stamp(path)
+            if path in self._skipped and self._skipped[path] == stamp:
+                continue  # skipped before and unchanged since
+            img, skip = self._load(path)
             if img is None:
-                self._bad.add(path)
-                self.corrupt += 1
-                log.warning("skipping image %s: %s", why, path)
+                self._skipped[path] = stamp
+                if skip.kind == ROI:
+                    self.roi += 1
+                else:
+                    self.corrupt += 1
+                if path not in self._told:
+                    self._told.add(path)
+                    log.warning("skipping image %s: %s", skip.why, path)
                 continue
+            self._skipped.pop(path, None)
             np.copyto(buffer_for(img.shape), img)
             return {"frame": self.i - 1, "item": os.path.basename(path)}
+        return None
 
-    def _load(self, path: str) -> tuple[np.ndarray | None, str]:
-        """The decoded image, or None and why not. The size is read from the header first, so
-        an image too large for the ring is never decoded."""
+    def _load(self, path: str) -> tuple[np.ndarray | None, Skip]:
+        """The decoded image, or None and why not. The file's size and header are checked first,
+        then it is read once (so what is decoded is what was checked) and decoded."""
         try:
-            data = np.fromfile(path, dtype=np.uint8)
-        except OSError:  # gone or unreadable since listed
-            return None, "that cannot be read"
-        size = image_size(io.BytesIO(data))
-        if size is None:
-            return None, "that cannot be decoded"
-        w, h = size
-        if w * h > self.limit:
-            return None, f"of {w}x{h}, more pixels than source.max_frame_pixels ({self.limit}) allows"
-        if w * h * 3 > self.max_frame_bytes:
-            return None, f"of {w}x{h}, larger than every image at start (the ring is sized for those)"
+            with open_regular(path) as f:
+                size = check_image(f, self.cfg, self.max_frame_bytes // 3)
+                if isinstance(size, Skip):
+                    return None, size
+                f.seek(0)
+                nbytes = os.fstat(f.fileno()).st_size
+                data = f.read(nbytes + 1)
+        except OSError:  # gone, unreadable, or no longer a regular file since listed
+            return None, Skip(UNREADABLE, "that cannot be read")
+        if len(data) > nbytes or image_size(io.BytesIO(data)) != size:  # (shares data: no copy)
+            return None, Skip(UNREADABLE, "that changed while it was read")
         try:
-            img = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         except cv2.error:
             img = None
         if img is None or img.size == 0 or img.nbytes > self.max_frame_bytes:
-            return None, "that cannot be decoded"
-        return img, ""
+            return None, Skip(UNREADABLE, "that cannot be decoded")
+        return img, NOT_SKIPPED
 
 
 class Camera(Source):
@@ -324,9 +332,14 @@ def open_stream(cfg: CameraSource, name: str) -> cv2.VideoCapture:
     os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = os.environ.get(
         "EDGE_PIPELINE_FFMPEG_OPTIONS", STREAM_OPTIONS.format(transport=cfg.rtsp_transport))
     url = with_credentials(cfg.device, *auth) if auth else cfg.device  # for FFmpeg only, never shown
-    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [
-        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
-        cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(100, int(cfg.read_timeout_s * 1000 / READ_ATTEMPTS))])
+    level = cv2.utils.logging.getLogLevel()  # a failed open is said below, once, in words
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    try:
+        cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(cfg.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, max(100, int(cfg.read_timeout_s * 1000 / READ_ATTEMPTS))])
+    finally:
+        cv2.utils.logging.setLogLevel(level)
     if not cap.isOpened():
         why = why_not_open(cfg.device, auth, cfg.open_timeout_s) or \
             f"it did not open within {cfg.open_timeout_s:g} s (source.open_timeout_s)"
@@ -350,7 +363,51 @@ def _refuse_oversize(cfg: CameraSource, name: str, width: int, height: int) -> N
                             f"({width * height} pixels), more than the limit {cfg.max_frame_pixels}")
 
 
-def image_size(file: str | io.BytesIO) -> tuple[int, int] | None:
+MIB = 2 ** 20
+# An image file holds at most 8 bytes a pixel (16-bit RGBA stored uncompressed) and its metadata
+# (EXIF, ICC profile, XMP, thumbnails: 16 MiB is plenty). A larger file is not an image that size.
+IMAGE_BYTES_PER_PIXEL = 8
+IMAGE_METADATA_BYTES = 16 * MIB
+# Why an image file is skipped; all but ROI count as the `source` edge's drop reason `corrupt`.
+OVERSIZED, UNREADABLE, ROI = "oversized", "unreadable", "roi"
+
+
+def image_file_limit(pixels: int) -> int:
+    """The most bytes an image file of `pixels` pixels takes."""
+    return IMAGE_BYTES_PER_PIXEL * pixels + IMAGE_METADATA_BYTES
+
+
+class Skip(NamedTuple):
+    """Why an image file is skipped: the kind of reason, and words for the log."""
+
+    kind: str
+    why: str
+    size: str = ""  # "WxH" where the header told it
+
+
+NOT_SKIPPED = Skip("", "")
+
+
+def open_regular(path: str) -> BinaryIO:
+    """`path` opened for reading, if it is a regular file (a FIFO put in its place would block
+    a plain open, a device would never end)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
+def _stamp(path: str) -> tuple[int, ...] | None:
+    """What changes when a file is written or replaced (None: it cannot be looked at)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def image_size(file: str | BinaryIO) -> tuple[int, int] | None:
     """(width, height) from the image's header alone, without decoding it; None if unreadable."""
     try:
         with Image.open(file) as im:
@@ -359,19 +416,73 @@ def image_size(file: str | io.BytesIO) -> tuple[int, int] | None:
         return None
 
 
-def largest_image(files: list[str], limit: int) -> tuple[int, str]:
-    """Pixels of the largest image within `limit` (sizes the ring slot) and the first one beyond
-    it ("" if none), from the file headers only."""
-    biggest, oversized = 0, ""
-    for f in files:
-        size = image_size(f)
-        if size is None:
-            continue
-        if size[0] * size[1] > limit:
-            oversized = oversized or f"{f}: {size[0]}x{size[1]}"
-        else:
-            biggest = max(biggest, size[0] * size[1])
-    return biggest, oversized
+def check_image(f: BinaryIO, cfg: ImagesSource, ring_pixels: int = 0) -> tuple[int, int] | Skip:
+    """(width, height) of an open image file the source can deliver, or why not, from the file's
+    size on disk and its header alone (only the header is read): larger than
+    source.max_frame_pixels or than the ring's slot (`ring_pixels`, 0: not sized yet), larger on
+    disk than such an image can be, no image header, or too small for source.roi."""
+    limit = min(cfg.max_frame_pixels, ring_pixels or cfg.max_frame_pixels)
+    nbytes = os.fstat(f.fileno()).st_size
+    if nbytes > image_file_limit(limit):
+        return Skip(UNREADABLE, f"of {nbytes / MIB:.0f} MiB, more than an image of at most {limit} "
+                                f"pixels takes ({image_file_limit(limit) / MIB:.0f} MiB)")
+    size = image_size(f)
+    if size is None:
+        return Skip(UNREADABLE, "that cannot be decoded")
+    w, h = size
+    if w * h > cfg.max_frame_pixels:
+        return Skip(OVERSIZED, f"of {w}x{h}, more pixels than source.max_frame_pixels "
+                               f"({cfg.max_frame_pixels}) allows", f"{w}x{h}")
+    if ring_pixels and w * h > ring_pixels:
+        return Skip(OVERSIZED, f"of {w}x{h}, larger than every image at start (the ring is "
+                               "sized for those)", f"{w}x{h}")
+    if nbytes > image_file_limit(w * h):
+        return Skip(UNREADABLE, f"of {w}x{h} in {nbytes / MIB:.0f} MiB, more than an image that "
+                                "size takes", f"{w}x{h}")
+    try:
+        cfg.roi_box(w, h)
+    except ValueError as e:
+        return Skip(ROI, f"of {w}x{h}: source.{e}", f"{w}x{h}")
+    return size
+
+
+class Survey:
+    """What the sizes and headers of a folder's images tell before any is decoded: the largest
+    the source can deliver (its ring slot is sized for that one) and those it will skip."""
+
+    def __init__(self, files: list[str], cfg: ImagesSource):
+        self.biggest = 0  # pixels
+        self.skips: dict[str, list] = {}  # kind -> [count, first "path: WxH"]
+        for path in files:
+            try:
+                with open_regular(path) as f:
+                    size = check_image(f, cfg)
+            except OSError:
+                size = Skip(UNREADABLE, "that cannot be read")
+            if isinstance(size, Skip):
+                example = f"{path}: {size.size}" if size.size else path
+                self.skips.setdefault(size.kind, [0, example])[0] += 1
+            else:
+                self.biggest = max(self.biggest, size[0] * size[1])
+
+    def refuse_none_usable(self, cfg: ImagesSource, files: int) -> None:
+        """SourceError, saying why, when no image can be delivered."""
+        if self.biggest:
+            return
+        if ROI in self.skips:
+            raise SourceError(f"source.roi: {cfg.roi} fits none of the images at {cfg.path} that "
+                              f"could be read (e.g. {self.skips[ROI][1]})")
+        if OVERSIZED in self.skips:
+            raise SourceError(f"source.max_frame_pixels: every image at {cfg.path} is larger than "
+                              f"{cfg.max_frame_pixels} pixels (e.g. {self.skips[OVERSIZED][1]})")
+        raise SourceError(f"source.path: none of the {files} image files at {cfg.path} can be read")
+
+    def note(self) -> str:
+        """The files that will be skipped, for --check ("": none)."""
+        what = {ROI: "source.roi does not fit them", OVERSIZED: "larger than source.max_frame_pixels",
+                UNREADABLE: "they cannot be read or decoded"}
+        return "; ".join(f"{n} image(s) will be skipped: {what[kind]} (e.g. {example})"
+                         for kind, (n, example) in self.skips.items())
 
 
 AnySource = SyntheticSource | VideoSource | ImagesSource | CameraSource | Picamera2Source
@@ -386,7 +497,7 @@ def frame_bytes_estimate(cfg: AnySource) -> int:
     if isinstance(cfg, Picamera2Source):
         return cfg.frame_size[0] * cfg.frame_size[1] * 3
     if isinstance(cfg, ImagesSource):
-        return largest_image(image_files(cfg.path), cfg.max_frame_pixels)[0] * 3
+        return Survey(image_files(cfg.path), cfg).biggest * 3
     cap = cv2.VideoCapture(cfg.path)
     try:
         pixels = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) * int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))

@@ -47,7 +47,7 @@ class Capture:
         self.strict = config.edges.frames.policy == "block"
         self.source = self._open_at_start()
         ctx.owned.callback(lambda: self.source is not None and self.source.close())
-        self.lost = {"corrupt": 0, "decode": 0}  # counted by earlier sources (before a reconnect)
+        self.lost = {"corrupt": 0, "roi": 0, "decode": 0}  # counted by earlier sources (before a reconnect)
         endpoint, ring_name = ctx.edge("frames")
         self.ring = Ring.open_for_writing(ring_name, config.edges.frames.slots,
                                           self.source.max_frame_bytes, ctx.run.token)
@@ -209,7 +209,7 @@ class Capture:
         self.source_state = "reconnecting"
         log.warning("source failed: %s; reconnecting", failure)
         started = time.monotonic()
-        delay = RECONNECT_FIRST_S
+        delay, told = RECONNECT_FIRST_S, ""
         while True:
             until = time.monotonic() + delay
             while time.monotonic() < until:
@@ -220,7 +220,9 @@ class Capture:
                 fresh = self._open()
             except (SourceError, cv2.error) as e:
                 delay = min(delay * 2, RECONNECT_MAX_S)
-                log.debug("reopen failed: %s", e)
+                if str(e) != told:  # why it stays down (a changed password, say), once each
+                    told = str(e)
+                    log.warning("reopening failed: %s; retrying with back-off", told)
                 continue
             if fresh.max_frame_bytes > self.ring.slot_bytes:
                 fresh.close()

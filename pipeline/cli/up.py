@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="write that unit to /etc/systemd/system (or, with --user, the user's "
                           "unit folder) and say how to enable and start it")
     svc.add_argument("--user", action="store_true", help="a user unit (systemctl --user)")
+    svc.add_argument("--force", action="store_true",
+                     help="with --install: replace a unit there that differs (e.g. edited by hand)")
     return ap
 
 
@@ -66,16 +68,25 @@ def _service(args: argparse.Namespace, config: object) -> int:
     from pipeline.cli.service import install, unit_text
     from pipeline.errors import UserError
 
-    text = unit_text(config, args.config, _service_options(args), user_unit=args.user)
+    try:
+        text = unit_text(config, args.config, _service_options(args), user_unit=args.user)
+    except UserError as e:
+        print(f"pipeline-up: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:  # a unit may be written before the camera is plugged in
+        check_files(config, args.host)
+    except ConfigError as e:
+        print(f"pipeline-up: warning: {e} (the service will fail to start until it does)",
+              file=sys.stderr)
     if not args.install:
         print(text, end="")
         return 0
     try:
-        path, commands = install(config, text, args.user)
+        path, commands, changed = install(config, text, args.user, force=args.force)
     except UserError as e:
         print(f"pipeline-up: {e}", file=sys.stderr)
         return 1
-    print(f"wrote {path}; enable and start it with:")
+    print(f"{'wrote' if changed else 'unchanged:'} {path}; enable and start it with:")
     for command in commands:
         print(f"  {'' if args.user or os.geteuid() == 0 else 'sudo '}{command}")
     if args.user:
@@ -87,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.user and not (args.systemd_unit or args.install):
         print("pipeline-up: --user goes with --systemd-unit or --install", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.force and not args.install:
+        print("pipeline-up: --force goes with --install", file=sys.stderr)
         return EXIT_CONFIG
     if args.duration is not None and (args.systemd_unit or args.install):
         print("pipeline-up: --duration: a service runs until stopped; leave it out", file=sys.stderr)
@@ -106,12 +120,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"pipeline-up: config error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    if service:  # a unit may be written before the camera is plugged in
-        try:
-            check_files(config, args.host)
-        except ConfigError as e:
-            print(f"pipeline-up: warning: {e} (the service will fail to start until it does)",
-                  file=sys.stderr)
     outputs = {"--record": args.record, "--summary-json": args.summary_json,
                **{f"consumers[{i}].out": c.out for i, c in enumerate(config.consumers)
                   if c.out and c.out != "-"}}

@@ -27,6 +27,7 @@ from pipeline.errors import UserError
 
 SOCKET_PATH_MAX = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 RESULTS_IN = "results-in"  # inference workers publish here; the supervisor's hub republishes
+SERVICE_DIR_PREFIX = "edge-pipeline-"  # a systemd unit's RuntimeDirectory: this and the name
 
 
 class NotRunning(LookupError):
@@ -72,8 +73,7 @@ def running_pipelines() -> list[dict[str, Any]]:
     """Discovery entries of the pipelines running now, oldest first. Entries whose supervisor
     is gone are stale: they are removed on sight."""
     found = []
-    root = runtime_root()
-    for entry in sorted(root.glob("*/run.json")) if root.is_dir() else []:
+    for entry in sorted(e for root in runtime_roots() for e in root.glob("*/run.json")):
         try:
             info = json.loads(entry.read_text())
         except (OSError, ValueError):
@@ -116,19 +116,43 @@ def runtime_root(create: bool = False) -> Path:
             root.mkdir(mode=0o700, parents=True)
         except FileExistsError:
             pass  # checked below: whoever made it
-    try:
-        st = os.lstat(root)
-    except FileNotFoundError:
-        return root
-    me = os.geteuid()
-    problem = ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else
-               "is not a directory" if not stat.S_ISDIR(st.st_mode) else
-               f"is owned by uid {st.st_uid}, not you (uid {me})" if st.st_uid != me else
-               f"is open to other users (mode {stat.S_IMODE(st.st_mode):04o}, not 0700)"
-               if st.st_mode & 0o077 else None)
+    problem = _not_private(root)
     if problem:
         raise RuntimeDirError(f"runtime directory {root} {problem}: remove it or set XDG_RUNTIME_DIR")
     return root
+
+
+def _not_private(root: Path) -> str | None:
+    """Why `root` is not a private directory of ours (None if it is, or if it does not exist)."""
+    try:
+        st = os.lstat(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    me = os.geteuid()
+    return ("is a symbolic link" if stat.S_ISLNK(st.st_mode) else
+            "is not a directory" if not stat.S_ISDIR(st.st_mode) else
+            f"is owned by uid {st.st_uid}, not you (uid {me})" if st.st_uid != me else
+            f"is open to other users (mode {stat.S_IMODE(st.st_mode):04o}, not 0700)"
+            if st.st_mode & 0o077 else None)
+
+
+def service_roots() -> list[Path]:
+    """The runtime roots of this user's pipelines run by the project's systemd units: each unit
+    runs its pipeline in its own RuntimeDirectory, `%t/edge-pipeline-NAME` (cli/service.py), where
+    %t is /run for a system unit and the user manager's $XDG_RUNTIME_DIR (/run/user/UID) for a
+    user unit. Only private directories of ours count, as for runtime_root."""
+    uid = os.getuid()
+    bases = {"/run", f"/run/user/{uid}", os.environ.get("XDG_RUNTIME_DIR") or "/run"}
+    found = [root for base in sorted(bases)
+             for root in Path(base).glob(f"{SERVICE_DIR_PREFIX}*/edge-pipeline-{uid}")]
+    return sorted(root for root in found if _not_private(root) is None and root.is_dir())
+
+
+def runtime_roots() -> list[Path]:
+    """Every runtime root where a pipeline of this user may run: this environment's
+    (runtime_root) and the services' (service_roots); RuntimeDirError as runtime_root."""
+    roots = {str(root): root for root in [runtime_root(), *service_roots()]}
+    return [root for root in roots.values() if root.is_dir()]
 
 
 class NameLock:

@@ -60,9 +60,10 @@ def stop(proc: subprocess.Popen) -> str:
     return proc.stderr.read()
 
 
-def attach_preview(name: str, *args: str) -> tuple[subprocess.Popen, int]:
+def attach_preview(name: str, *args: str, **popen) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen([*ATTACH, "--name", name, "--consumer", "preview", "--port", "0", *args],
-                            cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            cwd=ROOT, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            **popen)
     first = proc.stderr.readline()
     if not first.startswith("preview: open "):
         proc.kill()

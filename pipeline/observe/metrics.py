@@ -18,7 +18,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from pipeline.observe.health import FLAGS
-from pipeline.observe.http import QuietErrors, warn_if_exposed
+from pipeline.observe.http import BoundedConnections, QuietErrors, TimedRequests, warn_if_exposed
 from pipeline.observe.stats import written_slots
 from pipeline.transport.messages import SPANS
 
@@ -148,11 +148,14 @@ def _sources(st: dict[str, Any]) -> Iterator[Any]:
     yield from (jitter, reconnects, results, source_fps, source_latency)
 
 
-class _MetricsServer(QuietErrors, ThreadingWSGIServer):
+class _MetricsServer(QuietErrors, BoundedConnections, ThreadingWSGIServer):
+    """Few connections (scrapers): the supervisor's file descriptors are for its stages."""
+
     label = "metrics endpoint"
+    max_connections = 32
 
 
-class _Handler(WSGIRequestHandler):
+class _Handler(TimedRequests, WSGIRequestHandler):
     def log_message(self, *args: Any) -> None:  # no per-request logging
         pass
 
@@ -175,7 +178,7 @@ def _guarded(app: Callable, server: _MetricsServer) -> Callable:
 def serve_metrics(registry: CollectorRegistry, host: str,
                   port: int) -> tuple[_MetricsServer, threading.Thread]:
     """prometheus_client's start_http_server, with QuietErrors (it prints a traceback per client
-    that resets its connection)."""
+    that resets its connection) and BoundedConnections (it takes connections without limit)."""
     family, *_, sockaddr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                               flags=socket.AI_PASSIVE)[0]
 

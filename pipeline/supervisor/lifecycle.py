@@ -136,7 +136,10 @@ class StageProcesses:
         for stage, due in list(self.respawn_at.items()):
             if now >= due:
                 del self.respawn_at[stage]
-                self.spawn(stage)
+                try:
+                    self.spawn(stage)
+                except OSError as e:  # e.g. no file descriptor left: `check` retries by the policy
+                    self.control.errors[stage] = f"could not be restarted ({e.strerror})"
 
     def rejoin(self, stage: str, msg: dict[str, Any], settings: dict[str, Any]) -> None:
         """A restarted stage is ready: it starts at once, the others never stopped."""

@@ -38,7 +38,7 @@ import numpy as np
 
 from pipeline.client.consumers.annotate import RateMeter, annotate
 from pipeline.client.subscription import Result
-from pipeline.observe.http import QuietErrors, warn_if_exposed
+from pipeline.observe.http import BoundedConnections, QuietErrors, TimedRequests, warn_if_exposed
 
 PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{name} - live preview</title>
@@ -191,15 +191,18 @@ def host_allowed(header: str | None, names: set[str]) -> bool:
         return name.rstrip(".") in names
 
 
-class _Server(QuietErrors, ThreadingHTTPServer):
+class _Server(QuietErrors, BoundedConnections, ThreadingHTTPServer):
+    """Room for a hundred and more viewers of the streams, far below the process's descriptors."""
+
     label = "preview"
     daemon_threads = True
+    max_connections = 256
 
 
 def _handler(shared: _Shared, page: bytes, names: set[str]) -> type[BaseHTTPRequestHandler]:
     refused_once = threading.Lock()  # taken by the first refusal, never released: one line
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(TimedRequests, BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # no per-request logging
             pass
 

@@ -91,8 +91,9 @@ def test_the_documented_keys_are_the_ones_sent(clean_machine):
     assert 1 <= on_disk["token"] < 2**53  # exact in a JavaScript number
     assert on_disk["stages"] == ["inference", "preprocess", "capture"]
     # the config's layout: the config file's sections, defaults filled in
-    assert {"name", "source", "model", "preprocess", "inference", "edges", "supervision"} <= \
-        set(on_disk["config"])
+    assert {"name", "source", "sources", "capture", "preprocess", "inference", "model", "edges",
+            "supervision", "adaptive", "curve", "consumers"} <= set(on_disk["config"])
+    assert on_disk["config"]["sources"] == [] and on_disk["config"]["source"]["kind"] == "synthetic"
     assert on_disk["config"]["edges"]["frames"]["policy"] == "latest"
 
 

@@ -14,9 +14,9 @@ event, so a restart changes nothing a user or an automation sees. Ids and the de
 carry the host's name: two hosts running a pipeline of one name do not share topics or entities.
 
 What the broker sends this consumer is bounded: a packet over 64 KiB drops the connection
-before it is read, a topic that is not UTF-8 is ignored and counted, a packet paho cannot
-handle costs a reconnect rather than its network thread, and a flood of Home Assistant's
-`online` sends the discovery configs again at most once every 5 s.
+before it is read, a message that cannot be handled (a topic that is not UTF-8) is ignored and
+counted rather than ending paho's network thread, and a flood of Home Assistant's `online` sends
+the discovery configs again at most once every 5 s.
 
 The pipeline never waits for the broker: this is a separate process behind a PUB socket, and
 paho's network thread does the sending. While the broker is unreachable, the consumer
@@ -85,14 +85,12 @@ def host_name() -> str:
     return object_id(socket.gethostname()) or "host"
 
 
-class HardenedClient(mqtt.Client):
-    """paho's client, bounded in what a broker (or any client, through it) can do to it: a
-    packet over MAX_INCOMING bytes drops the connection before it is read (paho would hold all
-    of it in memory), and a packet paho cannot handle costs the connection, never the network
-    thread (which would die silently: no publishing, no reconnecting)."""
+class BoundedClient(mqtt.Client):
+    """paho's client, bounded in what a broker (or any client, through it) can make it hold: a
+    packet over MAX_INCOMING bytes drops the connection before it is read (paho would read all
+    of it into memory first)."""
 
     fault: str | None = None  # why the connection was dropped here, for the next report
-    on_fault: Any = None  # called with `fault` after a packet broke the network loop
 
     def _sock_recv(self, bufsize: int) -> bytes:
         size = self._in_packet["remaining_length"]
@@ -100,27 +98,6 @@ class HardenedClient(mqtt.Client):
             self.fault = f"it sent a packet of {size} bytes; at most {MAX_INCOMING} are accepted"
             raise OSError(self.fault)  # paho: connection lost, reconnect
         return super()._sock_recv(bufsize)
-
-    def loop_forever(self, timeout: float = 1.0, retry_first_connection: bool = False
-                     ) -> mqtt.MQTTErrorCode:
-        delay = 1.0
-        while True:
-            try:
-                return super().loop_forever(timeout, retry_first_connection)
-            except Exception as e:  # noqa: BLE001 - whatever a broken or hostile broker sent
-                self.fault = f"paho could not handle a packet: {type(e).__name__}: {e}"
-            if self.on_fault:
-                self.on_fault(self.fault)
-            deadline = time.monotonic() + delay
-            delay = min(delay * 2, 30.0)  # a broker that does it again on every connection
-            while time.monotonic() < deadline:
-                if self._thread_terminate:
-                    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-                time.sleep(0.05)
-            try:
-                self.reconnect()  # a fresh socket and packet state
-            except OSError:
-                pass  # the loop goes on retrying with back-off
 
 
 def _json(obj: Any) -> str:
@@ -204,7 +181,7 @@ class MqttConsumer:
 
     def _client(self, client_id: str | None, tls: bool, ca: str | None) -> mqtt.Client:
         cid = client_id or f"edge-pipeline-{socket.gethostname()}-{self.name}-{os.getpid()}"
-        client = HardenedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
+        client = BoundedClient(mqtt.CallbackAPIVersion.VERSION2, client_id=cid)
         user, password = os.environ.get(USERNAME_ENV), os.environ.get(PASSWORD_ENV)
         if password and not user:
             raise MqttError(f"{PASSWORD_ENV} is set but {USERNAME_ENV} is not")
@@ -221,7 +198,6 @@ class MqttConsumer:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
-        client.on_fault = self._on_fault
         return client
 
     # -- paho's thread ----------------------------------------------------------------------
@@ -267,21 +243,24 @@ class MqttConsumer:
         if not self.closing:
             self._lost(why)
 
-    def _on_fault(self, why: str) -> None:
-        self.connected.clear()
-        self.client.fault = None
-        self._lost(why)
-
     def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: list, _p: Any) -> None:
         if mid == self.recall_mid and any(r.is_failure for r in reasons):
             self._recall_done()  # not allowed to read our own topics back: nothing to wait for
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """Whatever arrives: an exception here would end paho's network thread (no more
+        publishing or reconnecting, silently), so a message that raises is ignored instead."""
         try:
-            topic = msg.topic
-        except UnicodeDecodeError:
-            self._ignore("topic not UTF-8", f"a message whose topic is not UTF-8 ({msg._topic[:40]!r})")
-            return
+            self._handle(msg)
+        except Exception as e:  # noqa: BLE001 - a message nobody here meant to receive
+            try:
+                topic = repr(msg.topic)
+            except UnicodeDecodeError:
+                topic = f"{msg._topic[:40]!r} (not UTF-8)"
+            self._ignore(type(e).__name__, f"a message on {topic} ({type(e).__name__})")
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> None:
+        topic = msg.topic
         if topic == f"{self.discovery_prefix}/status":
             if msg.payload == b"online":  # Home Assistant restarted: it forgot the entities
                 with self.lock:

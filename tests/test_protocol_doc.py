@@ -18,6 +18,8 @@ import pytest
 import zmq
 
 from pipeline import attach
+from pipeline.observe.format import format_status
+from pipeline.observe.report import RunReport
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.transport.rundir import NotRunning, find_pipeline
 from pipeline.transport.workqueue import SharedCounter
@@ -318,3 +320,14 @@ def test_presence_rules_hold_in_every_status_with_two_workers_and_a_restart(tmp_
         passed_over = max(r["queue"]["preprocess"] for r in results[stopped_at:])
         after = statuses[-1]["stages"]["preprocess"]["drops"]["frames"]["latest"]
         assert passed_over > 0 and after - before >= passed_over
+
+
+def test_a_stage_silent_since_it_started_is_stalled_with_no_heartbeat_age():
+    """A stage whose process became ready and never sent stats: `stalled` after 3 s, with
+    `heartbeat_age_s` null (no stats from this process), and the status lines say so."""
+    report = RunReport("silent", {"capture": ("capture", "synthetic")})
+    report.on_ready("capture", {"pid": os.getpid(), "cores": [0], "on_demand": False})
+    report.seen["capture"] -= RunReport.STALLED_AFTER_S + 1  # ready that long ago, silent since
+    m = report.status()["stages"]["capture"]
+    assert m["state"] == "stalled" and m["heartbeat_age_s"] is None and m["threads"] is None
+    assert "STALLED (no report since it started)" in format_status(report.status())[0]

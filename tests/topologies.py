@@ -4,6 +4,7 @@ wait for something to happen."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -65,3 +66,19 @@ def lines(path: Path) -> int:
     except FileNotFoundError:
         return 0
 
+
+
+def model_ms(config: Path) -> float:
+    """The model's time a frame on this machine, as `pipeline-up CONFIG --check` measures it (with
+    the config's runtime and threads)."""
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(config), "--check"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return float(re.search(r"([0-9.]+) ms a frame here", p.stdout)[1])
+
+
+def busy_delay_ms(model: float, frame_interval_ms: float) -> float:
+    """An `inference.delay_ms` that makes a worker spend three frame intervals on each frame, the
+    model's measured time included (two at least, however wrong the measurement): one worker
+    cannot keep up with the frames whatever this machine's speed."""
+    return round(max(2 * frame_interval_ms, 3 * frame_interval_ms - model), 1)

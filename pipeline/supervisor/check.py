@@ -63,7 +63,8 @@ def check(config: Config, path: str, host: str | None, say: Callable[[str], None
 
 
 def _check_source(config: Config, index: int, line: Callable[..., None]) -> None:
-    """Open the source and read one frame, as capture would."""
+    """Open the source and read one frame, as capture would; an image folder also says which
+    images it will skip (from every file's header)."""
     from workers.capture.sources import open_source
 
     sid = config.source_ids()[index]
@@ -95,9 +96,11 @@ def _check_source(config: Config, index: int, line: Callable[..., None]) -> None
         return
     where = getattr(src, "path", None) or getattr(src, "device", None)
     where = mask_url(where) if isinstance(where, str) else where  # never a password
+    survey = getattr(source, "survey", None)  # an image folder: what its headers said
+    skips = survey.note() if survey is not None else ""
     line("source", f"{sid}: {src.kind}{f' {where}' if where is not None else ''}, first frame {w}x{h}"
          + (f", region of interest {roi[2] - roi[0]}x{roi[3] - roi[1]} at ({roi[0]}, {roi[1]})"
-            if roi else ""))
+            if roi else "") + (f"; {skips}" if skips else ""))
 
 
 def _check_model(config: Config, worker: object, line: Callable[..., None],

@@ -13,6 +13,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -259,3 +260,38 @@ def test_stop_signals_during_the_preview_shutdown_leave_no_traceback(pipeline):
         assert preview.returncode == 0, (i, err)
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, (i, err)
         assert err.strip().splitlines()[-1].startswith("attach: "), (i, err)
+
+
+def test_a_stage_restart_without_descriptors_is_one_line_and_retried_by_its_policy(tmp_path,
+                                                                                    clean_machine):
+    """The supervisor out of descriptors (its limit lowered below those it holds) when a stage
+    must be restarted: one line per attempt, retried by the restart policy, and the stage is back
+    once descriptors are free again."""
+    record = tmp_path / "r.jsonl"
+    proc = subprocess.Popen(
+        pipeline_cmd("demo.toml", "--name", "nofds", "--set", "model.weights=none", "--quiet",
+                     "--set", "preprocess.restart=always", "--record", str(record)),
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(proc.stderr), daemon=True)
+    try:
+        wait_running(proc)
+        reader.start()
+        soft, hard = resource.prlimit(proc.pid, resource.RLIMIT_NOFILE)
+        [victim] = children(proc.pid, "preprocess")
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (3, hard))  # 0-2 are open: no new one
+        os.kill(victim, signal.SIGKILL)
+        failed = "stage 'preprocess' failed: could not be restarted (Too many open files); restarting in"
+        wait_for(lambda: sum(line.startswith(failed) for line in said) >= 2, 60, "two failed restarts")
+        resource.prlimit(proc.pid, resource.RLIMIT_NOFILE, (soft, hard))
+        wait_for(lambda: any(line.startswith("stage 'preprocess' is back after") for line in said), 60,
+                 "preprocess to be back")
+        before = lines(record)
+        wait_for(lambda: lines(record) > before + 30, 60, "results after the restart")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+        reader.join(timeout=10)
+    err = "".join(said)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err, err

@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import attach
-from pipeline.config.credentials import mask_url, with_credentials
+from pipeline.config.credentials import has_user_info, mask_url, with_credentials
 from pipeline.transport.rundir import runtime_root
 
 from .conftest import ROOT, pipeline_cmd, read_jsonl
@@ -47,6 +47,7 @@ SCHEMES = st.sampled_from(["rtsp", "rtsps", "http", "https", "rtmp"])
 def test_masking_hides_any_user_info(scheme, user, password, host, port, path):
     url = f"{scheme}://{user}:{password}@{host}{port}{path}"
     assert mask_url(url) == f"{scheme}://***@{host}{port}{path}"
+    assert has_user_info(url)  # refused in the config, whatever the password holds
     assert mask_url(f"{scheme}://{host}{port}{path}") == f"{scheme}://{host}{port}{path}"
 
 

@@ -49,8 +49,9 @@ def mask_url(url: str) -> str:
 
 
 def has_user_info(url: str) -> bool:
-    """Whether a URL carries a user (and maybe a password) before its host."""
-    return "@" in url.partition("://")[2].split("?", 1)[0].split("#", 1)[0]
+    """Whether a URL may carry a user or password: an `@` anywhere after `://` (a password may
+    hold `/`, `?` or `#`, so no part of the URL is above suspicion; `mask_url` hides up to it)."""
+    return "@" in url.partition("://")[2]
 
 
 def credentials_path(setting: str) -> str:

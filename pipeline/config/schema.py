@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
+                      model_validator)
 
 from .classes import class_indices
 from .credentials import has_user_info, mask_url
@@ -183,8 +184,10 @@ class CameraSource(_SourceBase):
     @field_validator("credentials")
     @classmethod
     def _credentials_for_streams(cls, credentials: str, info: ValidationInfo) -> str:
-        device = info.data.get("device", "")  # absent: the device was refused already
-        if credentials and "device" in info.data and not (isinstance(device, str) and STREAM_URL.match(device)):
+        if "device" not in info.data:  # the device was refused already
+            return credentials
+        device = info.data["device"]
+        if credentials and not (isinstance(device, str) and STREAM_URL.match(device)):
             raise ValueError("credentials: apply to an IP camera only (device = \"rtsp://...\" "
                              "or \"http://...\")")
         return credentials

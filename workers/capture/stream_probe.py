@@ -28,14 +28,21 @@ RTSP_PORTS = {"rtsp": 554, "rtsps": 322}
 def _http(url: str, auth: tuple[str, str] | None, timeout: float):
     """An open HTTP(S) response (headers read, body not), answering Basic or Digest challenges;
     raises urllib's errors. TLS is not verified, as FFmpeg does not by default."""
-    handlers: list[urllib.request.BaseHandler] = [
-        urllib.request.HTTPSHandler(context=ssl._create_unverified_context())]
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPSHandler(context=_unverified())]
     if auth:
         passwords = urllib.request.HTTPPasswordMgrWithDefaultRealm()
         passwords.add_password(None, url, *auth)
         handlers += [urllib.request.HTTPBasicAuthHandler(passwords),
                      urllib.request.HTTPDigestAuthHandler(passwords)]
     return urllib.request.build_opener(*handlers).open(url, timeout=timeout)
+
+
+def _unverified() -> ssl.SSLContext:
+    """TLS as FFmpeg speaks it by default: encrypted, the camera's (self-signed) certificate unchecked."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def why_not_open(url: str, auth: tuple[str, str] | None, timeout: float) -> str:
@@ -83,8 +90,7 @@ def _rtsp_describe(url: str, auth: tuple[str, str] | None, timeout: float) -> st
     plain = parts.scheme.lower() == "rtsp"
     with socket.create_connection((parts.hostname, parts.port or RTSP_PORTS[parts.scheme.lower()]),
                                   timeout=timeout) as raw:
-        sock = raw if plain else ssl._create_unverified_context().wrap_socket(
-            raw, server_hostname=parts.hostname)
+        sock = raw if plain else _unverified().wrap_socket(raw, server_hostname=parts.hostname)
         status, reason, challenge = _describe(sock, url, 1, "")
         if status == 401 and auth and challenge:
             status, reason, _ = _describe(sock, url, 2, _authorization(challenge, url, *auth))

@@ -254,16 +254,20 @@ def test_journal_lines_are_structured_and_carry_priorities(tmp_path, clean_machi
     assert [line for line in lines if line.startswith("<4>stage 'preprocess' died (killed by SIGKILL)")]
     assert any(line.startswith("running: ") for line in lines)  # information: no prefix
 
-    # A stage's own warning (an image that cannot be decoded) and the supervisor's error.
+    # A stage's own warning (an image that cannot be decoded) and the supervisor's error (a
+    # region of interest outside the video's frames).
     folder = tmp_path / "images"
     folder.mkdir()
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
     cv2.imwrite(str(folder / "ok.png"), np.zeros((100, 100, 3), np.uint8))
-    code, lines = journal_run(tmp_path, "journalfail", "images.toml", "--set",
-                              f"source.path={folder}", "--set", "source.roi=[200, 0, 50, 50]",
+    code, lines = journal_run(tmp_path, "journalwarn", "images.toml", "--set",
+                              f"source.path={folder}", "--set", "model.runtime=onnxruntime")
+    assert code == 0, lines
+    assert [line for line in lines if line.startswith("<4>capture: skipping image")], lines
+    code, lines = journal_run(tmp_path, "journalfail", "video.toml", "--set",
+                              f"source.path={need(BOTTLE)}", "--set", "source.roi=[600, 0, 100, 100]",
                               "--set", "model.runtime=onnxruntime")
     assert code == 1, lines
-    assert [line for line in lines if line.startswith("<4>capture: skipping image")], lines
     assert lines[-1].startswith("<3>pipeline-up: ") and "source.roi" in lines[-1], lines
 
 
@@ -475,3 +479,101 @@ def test_install_keeps_a_unit_edited_by_hand_and_follows_no_link(tmp_path):
     assert not unit.is_symlink() and unit.read_text() == printed
     assert victim.read_text() == "not a unit\n"
     assert sorted(os.listdir(folder)) == sorted([unit.name, f"{unit.name}.new"])
+
+
+# --- Finding a pipeline run by the unit --------------------------------------------------------
+
+def _runtime_base(kind: str) -> tuple[Path, bool]:
+    """%t of a system unit (/run) or of a user unit (the user manager's /run/user/UID), and
+    whether the test made it (as logind would: only where none is, as root)."""
+    if kind == "system":
+        if os.geteuid() != 0:
+            pytest.skip("a system unit's RuntimeDirectory is made in /run by systemd as root")
+        return Path("/run"), False
+    base = Path(f"/run/user/{os.getuid()}")
+    if base.is_dir():
+        return base, False
+    if os.geteuid() != 0:
+        pytest.skip(f"{base} (made by logind at login) does not exist here")
+    base.mkdir(mode=0o700, parents=True)
+    return base, True
+
+
+@pytest.mark.parametrize("kind", ["system", "user"])
+def test_a_pipeline_run_by_the_unit_is_found_from_an_ordinary_shell(kind, tmp_path, monkeypatch,
+                                                                    clean_machine):
+    """pipeline-top, pipeline-attach (and --list), pipeline-trace and attach() find it with
+    nothing exported, from a shell with or without a login's XDG_RUNTIME_DIR."""
+    name = f"svcfind{kind}"
+    p = unit_for("--name", name, "--quiet", "--systemd-unit", *(["--user"] if kind == "user" else []))
+    assert p.returncode == 0, p.stderr
+    svc = parse_unit(p.stdout)["Service"]
+    command = shlex.split(svc["ExecStart"][0].replace("%%", "%"))
+    base, made = _runtime_base(kind)
+    runtime = base / svc["RuntimeDirectory"][0]
+    runtime.mkdir(mode=0o700)  # RuntimeDirectory=, RuntimeDirectoryMode=0700, as systemd does
+    notify = NotifySocket(str(tmp_path / "notify"))
+    env = {"PATH": os.environ["PATH"], "NOTIFY_SOCKET": notify.path}
+    for assignment in svc["Environment"]:
+        key, _, value = assignment.partition("=")
+        env[key] = value.replace("%t", str(base))
+    planted = Path("/run/edge-pipeline-planted")
+    log = open(tmp_path / "service.log", "w")
+    proc = subprocess.Popen(command, cwd=svc["WorkingDirectory"][0], env=env, stdout=log, stderr=log)
+    try:
+        notify.wait_for(lambda: notify.times("READY=1") or proc.poll() is not None, 120, "READY=1")
+        assert proc.poll() is None, (tmp_path / "service.log").read_text()
+
+        plain = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+        shells = [plain] + ([{**plain, "XDG_RUNTIME_DIR": str(base)}] if kind == "user" else [])
+        for shell in shells:
+            def run(module: str, *args: str) -> subprocess.CompletedProcess:
+                return subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path, env=shell,
+                                      capture_output=True, text=True, timeout=120)
+
+            top = run("pipeline.cli.top", "--name", name, "--once", "--json")
+            assert top.returncode == 0, top.stderr
+            assert json.loads(top.stdout)["stages"]
+            listing = run("pipeline.cli.attach", "--list")
+            assert listing.returncode == 0 and name in listing.stdout, listing.stdout
+            assert f"status: ipc://{runtime}/" in listing.stdout
+            got = run("pipeline.cli.attach", "--name", name, "--format", "jsonl", "--count", "3")
+            assert got.returncode == 0, got.stderr
+            assert [json.loads(line)["seq"] >= 0 for line in got.stdout.splitlines()] == [True] * 3
+            trace = run("pipeline.cli.trace", "--name", name, "--seconds", "2", "--out",
+                        str(tmp_path / "trace.json"))
+            assert trace.returncode == 0, trace.stderr
+            assert json.loads((tmp_path / "trace.json").read_text())["traceEvents"]
+        monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+        with attach(name) as sub:
+            assert sub.receive(timeout=10) is not None
+
+        if kind == "system":  # only a private directory of ours is trusted there
+            entry = json.loads(next(runtime.glob("*/*/run.json")).read_text())
+            (planted / f"edge-pipeline-{os.getuid()}" / "planted-1").mkdir(parents=True, mode=0o700)
+            (planted / f"edge-pipeline-{os.getuid()}" / "planted-1" / "run.json").write_text(
+                json.dumps({**entry, "name": "planted"}))
+            for mode, owner in ((0o755, os.getuid()), (0o700, 65534)):
+                os.chown(planted / f"edge-pipeline-{os.getuid()}", owner, -1)
+                os.chmod(planted / f"edge-pipeline-{os.getuid()}", mode)
+                listing = subprocess.run([sys.executable, "-m", "pipeline.cli.attach", "--list"],
+                                         env=plain, capture_output=True, text=True, timeout=60)
+                assert name in listing.stdout and "planted" not in listing.stdout, listing.stdout
+
+        proc.send_signal(signal.SIGTERM)  # systemctl stop
+        proc.wait(timeout=30)
+        assert proc.returncode == 0, (tmp_path / "service.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # the supervisor stops its stages
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        notify.close()
+        shutil.rmtree(runtime, ignore_errors=True)  # systemd removes it when the service stops
+        shutil.rmtree(planted, ignore_errors=True)
+        if made:
+            shutil.rmtree(base, ignore_errors=True)

@@ -7,6 +7,8 @@ whether that supervisor still runs (pids are reused), so the supervisor's start 
 
 The runtime directory is used only if it is a private directory of ours (like ssh-agent's and
 tmux's): another user who made it first would otherwise see, or for root control, a live run.
+Pipelines are looked for there and in the run directories of the project's systemd units (their
+environment differs from a shell's), under the same rule.
 """
 
 from __future__ import annotations

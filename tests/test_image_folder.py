@@ -262,6 +262,28 @@ def test_a_region_that_fits_no_photo_is_refused_at_start_with_one_line(tmp_path,
         f"at {d} that could be read (e.g. {d / 'b.JPEG'}: 86x108)")
 
 
+def test_the_region_is_fitted_to_a_photo_as_turned_by_its_exif_orientation(tmp_path):
+    """A 500x375 photo whose EXIF says "turn 90 degrees" is decoded 375x500: a region fits
+    that or not, whatever its header's width and height."""
+    from PIL import Image
+
+    d = tmp_path / "imgs"
+    d.mkdir()
+    copy_photos(d, **{"a.JPEG": BIG})
+    with Image.open(d / "a.JPEG") as photo:
+        exif = photo.getexif()
+        exif[0x0112] = 6
+        photo.save(d / "b_turned.jpg", exif=exif, quality=95)
+    for roi, delivered in (("[0, 0, 370, 450]", ["b_turned.jpg"]), ("[0, 0, 450, 370]", ["a.JPEG"])):
+        src = Images(load_config(None, ["model.weights=none", "source.kind=images", f"source.path={d}",
+                                        f"source.roi={roi}"]).source)
+        frames = {}
+        items = [m["item"] for m in iter(lambda: src.read(lambda s: frames.setdefault(
+            len(frames), np.empty(s, np.uint8))), None)]
+        assert items == delivered and src.roi == 1, roi
+        assert frames[0].shape == ((500, 375, 3) if items == ["b_turned.jpg"] else (375, 500, 3))
+
+
 TINY = "source.roi=[0.0, 0.0, 1e-300, 1e-300]"
 
 

@@ -243,6 +243,11 @@ class Images(Source):
             img = None
         if img is None or img.size == 0 or img.nbytes > self.max_frame_bytes:
             return None, Skip(UNREADABLE, "that cannot be decoded")
+        h, w = img.shape[:2]
+        try:
+            self.cfg.roi_box(w, h)  # (where OpenCV turned it otherwise than its header said)
+        except ValueError as e:
+            return None, Skip(ROI, f"of {w}x{h}: source.{e}", f"{w}x{h}")
         return img, NOT_SKIPPED
 
 
@@ -408,12 +413,25 @@ def _stamp(path: str) -> tuple[int, ...] | None:
 
 
 def image_size(file: str | BinaryIO) -> tuple[int, int] | None:
-    """(width, height) from the image's header alone, without decoding it; None if unreadable."""
+    """(width, height) as decoded, from the image's header alone, without decoding it; None if
+    unreadable. OpenCV turns an image by its EXIF orientation: 5-8 swap width and height."""
     try:
         with Image.open(file) as im:
-            return im.size
+            w, h = im.size
+            exif = im.info.get("exif")  # read with the header (Image.getexif() may decode a PNG)
     except Exception:  # not an image, or gone or unreadable
         return None
+    return (h, w) if exif and exif_orientation(exif) in (5, 6, 7, 8) else (w, h)
+
+
+def exif_orientation(exif: bytes) -> int:
+    """The EXIF orientation tag (1: upright; 0 where absent or unreadable)."""
+    tags = Image.Exif()
+    try:
+        tags.load(exif)
+        return int(tags.get(0x0112, 0))
+    except Exception:  # a damaged EXIF block: taken as upright
+        return 0
 
 
 def check_image(f: BinaryIO, cfg: ImagesSource, ring_pixels: int = 0) -> tuple[int, int] | Skip:

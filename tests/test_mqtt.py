@@ -20,6 +20,7 @@ import pytest
 import tomli_w
 
 from pipeline import attach
+from pipeline.client.consumers.homeassistant import discovery_configs
 from pipeline.client.consumers.mqtt import host_name
 from pipeline.client.states import StateMachine
 from pipeline.client.subscription import Result
@@ -310,3 +311,116 @@ def test_offline_when_the_pipeline_is_killed(broker, tmp_path, kill, clean_machi
         time.sleep(1)  # the stages follow their supervisor (parent-death signal)
         subprocess.run([sys.executable, "-m", "pipeline.cli.clean"], cwd=ROOT,
                        capture_output=True, timeout=30)
+
+
+def test_a_restarted_consumer_changes_nothing_a_user_sees(broker, live):
+    """Stopped and started again, the consumer publishes no state before its state machine has
+    decided, and then the same state with the same `since` and no event: the broker's retained
+    state stays what it was throughout. A reference consumer that stays attached tells whether
+    the video itself changed state meanwhile (then the next restart is the test)."""
+    watcher = Watcher(broker.port, [("restart/#", 1), ("ref/#", 1)])
+    ref = attach_mqtt("mqttlive", broker.url, "--topic-prefix", "ref")
+    consumer = attach_mqtt("mqttlive", broker.url, "--topic-prefix", "restart")
+    errs = []
+    try:
+        watcher.wait_for(lambda: watcher.on("restart/video/state"), 60, "the first state")
+        for _attempt in range(4):
+            before = watcher.json_on("restart/video/state")[-1]
+            stopped_at = time.monotonic()
+            consumer.send_signal(signal.SIGINT)
+            errs.append(consumer.communicate(timeout=30)[1])
+            assert consumer.returncode == 0, errs[-1]
+            consumer = attach_mqtt("mqttlive", broker.url, "--topic-prefix", "restart")
+
+            def since_restart(topic: str) -> list[tuple[dict, float]]:
+                return [(json.loads(p), t) for top, p, _, t in watcher.messages
+                        if top == topic and t > stopped_at]  # noqa: B023
+
+            first_at = watcher.wait_for(lambda: since_restart("restart/video/state"), 60,
+                                        "a state after the restart")[0][1]
+            if [t for _, t in since_restart("ref/video/event") if t <= first_at + 0.5]:
+                continue  # the video changed state while the consumer restarted: again
+            states = [s for s, t in since_restart("restart/video/state") if t <= first_at]
+            print(f"before the restart {before}; after {states}")
+            assert [(s["label"], s["since"]) for s in states] == [(before["label"], before["since"])]
+            assert not [e for e, t in since_restart("restart/video/event") if t <= first_at + 0.5]
+            break
+        else:
+            pytest.fail("the video changed state during each of 4 restarts")
+    finally:
+        for proc in (consumer, ref):
+            proc.send_signal(signal.SIGINT)
+            errs.append(proc.communicate(timeout=30)[1])
+        watcher.close()
+    assert "Traceback" not in "".join(errs), errs
+
+
+def test_two_hosts_running_a_pipeline_of_one_name_share_no_topic_or_entity(broker, live):
+    """The other host is this one in a UTS namespace of its own (another hostname): each
+    consumer's default prefix and Home Assistant ids carry its host; one going offline leaves the
+    other online; the other host taking this one's prefix while it is online is refused."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "--uts", "true"]).returncode != 0:
+        pytest.skip("needs root and unshare(1) to give a process another hostname")
+
+    def elsewhere(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(["unshare", "--uts", "sh", "-c", 'hostname otherhost && exec "$@"',
+                                 "sh", *ATTACH, "--name", "mqttlive", "--consumer", "mqtt",
+                                 "--broker", broker.url, *args], cwd=ROOT, text=True,
+                                stderr=subprocess.PIPE)
+
+    here_prefix = f"edge-pipeline/{host_name()}/mqttlive"
+    there_prefix = "edge-pipeline/otherhost/mqttlive"
+    assert here_prefix != there_prefix
+    watcher = Watcher(broker.port, [("homeassistant/#", 1), ("edge-pipeline/#", 1)])
+    here = attach_mqtt("mqttlive", broker.url, "--discovery")
+    there = elsewhere("--discovery")
+    try:
+        for prefix in (here_prefix, there_prefix):
+            watcher.wait_for(lambda: watcher.on(f"{prefix}/availability")[-1:] == [b"online"], 30,
+                             f"{prefix} online")
+            watcher.wait_for(lambda: watcher.on(f"{prefix}/video/state"), 60, f"{prefix}'s state")
+        def ours() -> dict[str, dict]:  # (the broker keeps other tests' configs too)
+            configs = {t: json.loads(p) for t, p, _, _ in watcher.messages if t.endswith("/config")}
+            return {t: c for t, c in configs.items()
+                    if c["availability_topic"] in (f"{here_prefix}/availability",
+                                                   f"{there_prefix}/availability")}
+
+        configs = watcher.wait_for(lambda: len(ours()) >= 8 and ours(), 30, "8 discovery configs")
+        by_host = {prefix: [c for c in configs.values() if c["availability_topic"] ==
+                            f"{prefix}/availability"] for prefix in (here_prefix, there_prefix)}
+        assert [len(v) for v in by_host.values()] == [4, 4]  # class, probability, bottle, fps
+        assert len({c["unique_id"] for c in configs.values()}) == 8
+        assert len({c["device"]["identifiers"][0] for c in configs.values()}) == 2
+        assert by_host[there_prefix][0]["device"]["name"] == "edge-pipeline mqttlive on otherhost"
+        # The other host stops: its entities go offline, this host's stay online.
+        there.send_signal(signal.SIGINT)
+        assert there.communicate(timeout=30) and there.returncode == 0
+        watcher.wait_for(lambda: watcher.on(f"{there_prefix}/availability")[-1:] == [b"offline"],
+                         15, "the other host offline")
+        assert watcher.on(f"{here_prefix}/availability")[-1:] == [b"online"]
+        # The other host given this host's prefix while this one is online: refused.
+        taker = elsewhere("--topic-prefix", here_prefix, "--duration", "5")
+        _, err = taker.communicate(timeout=60)
+        assert taker.returncode == 2, err
+        assert err.strip().splitlines()[-1] == (
+            f"pipeline-attach: topic prefix {here_prefix}/ is in use by host {host_name()} (it is "
+            f"online); give each host its own --topic-prefix (topic_prefix)")
+        assert watcher.on(f"{here_prefix}/availability")[-1:] == [b"online"]
+    finally:
+        for proc in (here, there):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=30)
+        watcher.close()
+
+
+@pytest.mark.parametrize("a, b", [("home/cam", "home_cam"), ("café/x", "cafè/x")])
+def test_prefixes_that_read_alike_get_distinct_home_assistant_ids(a, b):
+    def ids(prefix: str) -> set[str]:
+        return {p["unique_id"] for _, p in discovery_configs(
+            pipeline="camera", prefix=prefix, sources={"video": None}, model="mobilenet_v2",
+            snapshots=False, host="pi")} | {t for t, _ in discovery_configs(
+                pipeline="camera", prefix=prefix, sources={"video": None}, model="mobilenet_v2",
+                snapshots=False, host="pi")}
+    assert not ids(a) & ids(b)
+    assert ids(a) == ids(a)  # stable across restarts

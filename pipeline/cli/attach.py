@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for TLS (default "
                          "mqtt://localhost:1883)")
     mq.add_argument("--topic-prefix", metavar="PREFIX",
-                    help="topics start with this (default edge-pipeline/<pipeline name>)")
+                    help="topics start with this (default edge-pipeline/<hostname>/<pipeline name>)")
     mq.add_argument("--client-id", metavar="ID", help="MQTT client id (default: unique per process)")
     mq.add_argument("--qos", type=int, default=1, choices=(0, 1, 2), help="QoS of every message (default 1)")
     mq.add_argument("--discovery", action="store_true",

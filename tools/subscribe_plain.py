@@ -18,12 +18,21 @@ import zmq
 
 
 def find_endpoint(name):
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    for path in sorted(glob.glob(os.path.join(base, f"edge-pipeline-{os.getuid()}", "*", "run.json"))):
-        with open(path) as f:
-            info = json.load(f)
-        if (name is None or info["name"] == name) and os.path.exists(f"/proc/{info['pid']}"):
-            return info["endpoints"]["results"]
+    """The results endpoint of a running pipeline: in this user's runtime directory or in a
+    systemd service's (docs/protocol.md, "Finding a pipeline")."""
+    uid = os.getuid()
+    bases = [os.path.join(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir(), f"edge-pipeline-{uid}")]
+    for run in ("/run", f"/run/user/{uid}"):
+        bases += glob.glob(os.path.join(run, "edge-pipeline-*", f"edge-pipeline-{uid}"))
+    for path in sorted(p for base in bases for p in glob.glob(os.path.join(base, "*", "run.json"))):
+        try:
+            with open(path) as f:
+                info = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if (name is None or info["name"] == name) and "results" in info["endpoints"] \
+                and os.path.exists(f"/proc/{info['pid']}"):
+            return info["endpoints"]["results"]  # a split pipeline's other hosts have none
     sys.exit(f"no running pipeline{' named ' + name if name else ''}")
 
 
@@ -35,7 +44,7 @@ def main():
     sock = zmq.Context().socket(zmq.SUB)
     sock.connect(find_endpoint(args.name))
     sock.setsockopt(zmq.SUBSCRIBE, b"")
-    seen, last = 0, None
+    seen, last, dropped = 0, None, None
     while not args.count or seen < args.count:
         msg = msgpack.unpackb(sock.recv(), raw=False)
         if msg.get("schema") != 1:
@@ -43,9 +52,11 @@ def main():
         if msg["type"] == "eos":
             break
         if msg["type"] == "result":
-            if last is not None and msg["result_seq"] != last + 1:
-                print(f"missed {msg['result_seq'] - last - 1} results", file=sys.stderr)
-            last = msg["result_seq"]
+            if last is not None and msg["result_seq"] != last + 1:  # published in order
+                lost = msg["dropped"] - dropped  # the pipeline's share of the gap
+                print(f"missed {msg['result_seq'] - last - 1} results ({lost} lost by the pipeline)",
+                      file=sys.stderr)
+            last, dropped = msg["result_seq"], msg["dropped"]
             best = msg["top"][0]
             print(f'seq {msg["seq"]}  {best["label"]} {best["prob"]:.2f}  ({msg["latency_ms"]:.0f} ms)',
                   flush=True)

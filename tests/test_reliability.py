@@ -402,3 +402,54 @@ def test_a_stage_restarts_with_dev_shm_full(tmp_path):
         assert "No space left" not in err and "cannot reserve" not in err, err
         assert err.count("is back after") == 2, err
         assert not [n for n in os.listdir(shm) if n.startswith("edge-pipeline-")]
+
+
+def test_a_worker_killed_while_its_model_runs_leaves_a_counted_gap(tmp_path):
+    """The inference worker SIGKILLed three times while frames come faster than the model takes
+    them (rate from a measurement), so it is nearly always running the model, its frame already
+    let go: each result lost that way is a gap in `result_seq` counted in `dropped`, and every
+    number issued is recorded or counted."""
+    import json
+
+    from pipeline import attach
+
+    from .conftest import read_jsonl
+    from .test_pipeline import stage_pid
+
+    sets = ["--set", "model.weights=none", "--set", "model.name=resnet18", "--set",
+            "model.runtime=onnxruntime", "--set", "inference.restart=always", "--quiet"]
+    probe = tmp_path / "probe.json"
+    p = run_pipeline("demo.toml", "--name", "busyprobe", *sets, "--set", "source.frames=60",
+                     "--summary-json", str(probe), timeout=600)
+    assert p.returncode == 0, p.stderr
+    model_s = json.loads(probe.read_text())["service_ms"]["inference"]["p50"] / 1000
+    fps = min(1000.0, max(30.0, 3 / model_s))  # three frames arrive while the model runs once
+    record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
+    proc = start("demo.toml", "--name", "busykill", *sets, "--set", f"source.fps={fps:.1f}",
+                 "--record", str(record), "--summary-json", str(summary))
+    try:
+        wait_running(proc)
+        with attach("busykill") as sub:
+            t_fault = 0.0
+            for _ in range(4):
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:  # the worker (back) at work
+                    r = sub.receive(timeout=1)
+                    if r is not None and r.captured_at > t_fault:
+                        break
+                else:
+                    raise AssertionError("no results from the restarted worker")
+                if _ == 3:
+                    break
+                pid = stage_pid(proc.pid, "inference")
+                t_fault = time.time()
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    s = json.loads(summary.read_text())
+    assert s["restarts"]["inference"] == 3, s["restarts"]
+    assert 1 <= s["results_dropped"] <= 3, s["results_dropped"]  # at most one per kill
+    recorded = {r["result_seq"] for r in read_jsonl(record) if r.get("type") == "result"}
+    assert s["results_issued"] == len(recorded) + s["results_dropped"] + s["results_unrecorded"]

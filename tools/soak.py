@@ -35,18 +35,24 @@ CONSUMERS = (["--consumer", "print"], ["--format", "jsonl", "--out", os.devnull]
              ["--consumer", "video", "--out", "{tmp}/soak.mp4"], ["--consumer", "preview", "--port", "0"])
 
 
-def shm_bytes(pid: int) -> tuple[int, int]:
-    """(bytes of this pipeline's segments, bytes used in /dev/shm overall)."""
-    mine = sum(os.stat(f"/dev/shm/{n}").st_blocks * 512 for n in os.listdir("/dev/shm")
+def shm_bytes(pid: int, shm_dir: str = "/dev/shm") -> tuple[int, int]:
+    """(bytes of this pipeline's segments, bytes used in `shm_dir` overall)."""
+    mine = sum(os.stat(f"{shm_dir}/{n}").st_blocks * 512 for n in os.listdir(shm_dir)
                if f"-{pid}-" in n and n.startswith("edge-pipeline-"))
-    st = os.statvfs("/dev/shm")
+    st = os.statvfs(shm_dir)
     return mine, (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
-def sample(supervisor: psutil.Process, status: dict[str, Any] | None, t: float) -> dict[str, Any]:
-    procs = {"supervisor": supervisor}
+def sample(supervisor: psutil.Process, status: dict[str, Any] | None, t: float,
+           shm_dir: str = "/dev/shm", others: dict[str, psutil.Process] | None = None) -> dict[str, Any]:
+    """RSS and fds of the supervisor, its stages and `others` (consumers), shared memory in
+    `shm_dir` (seen from here), and the status's counts."""
+    procs = {"supervisor": supervisor, **(others or {})}
     for child in supervisor.children():
-        cmd = child.cmdline()
+        try:
+            cmd = child.cmdline()
+        except psutil.Error:  # ended meanwhile (a stage being restarted)
+            continue
         if "--stage" in cmd:
             procs[cmd[cmd.index("--stage") + 1]] = child
     row: dict[str, Any] = {"t": round(t, 1), "rss_mb": {}, "fds": {}}
@@ -56,7 +62,8 @@ def sample(supervisor: psutil.Process, status: dict[str, Any] | None, t: float) 
             row["fds"][name] = p.num_fds()
         except psutil.Error:
             pass
-    row["shm_mine_mb"], row["shm_used_mb"] = (round(b / 2**20, 1) for b in shm_bytes(supervisor.pid))
+    row["shm_mine_mb"], row["shm_used_mb"] = (round(b / 2**20, 1)
+                                              for b in shm_bytes(supervisor.pid, shm_dir))
     if status:
         tot = status["totals"]
         row.update(results=tot["results"], restarts=sum(tot["restarts"].values()),

@@ -84,19 +84,22 @@ class Inference:
             time.sleep(self.delay_s)  # inference.delay_ms: a deliberately slow stage
         x = self.inputs.load(inp.frame(desc))
         intact = inp.intact(desc)
+        # The result's number is drawn before the frame is let go: a worker that dies while the
+        # model runs leaves a gap the supervisor counts as a dropped result (no frame goes uncounted).
+        result_seq = self.result_seq.next() if intact and x is not None else 0
         inp.release()
         t = desc["t"]
         self.credits.took(self.source_of[inp], t["capture_start"], t["preprocess_end"],
                           time.monotonic_ns())
-        if not intact or x is None:
+        if not result_seq:
             return
         idx, p = top_k(self.model.logits(x), self.k)
         t1 = time.monotonic_ns()
-        self.pub.send(pack(self._result(desc, inp.depth, x.shape[-1], idx, p, t0, t1)))
+        self.pub.send(pack(self._result(desc, result_seq, inp.depth, x.shape[-1], idx, p, t0, t1)))
         self.meter.done((t1 - t0) / 1e6)
         self.credits.done(time.monotonic_ns() - t0)
 
-    def _result(self, desc: TensorDescriptor, depth: int, size: int, idx: list[int],
+    def _result(self, desc: TensorDescriptor, result_seq: int, depth: int, size: int, idx: list[int],
                 p: list[float], t0: int, t1: int) -> dict[str, Any]:
         """The public result (docs/protocol.md): the descriptor's fields under the same names,
         completed with the inference times and the prediction."""
@@ -105,7 +108,7 @@ class Inference:
         desc["queue"]["inference"] = depth
         result = {
             "schema": SCHEMA, "type": "result", "pipeline": self.ctx.config.name,
-            "result_seq": self.result_seq.next(), "worker": self.ctx.stage,
+            "result_seq": result_seq, "worker": self.ctx.stage,
             "source": desc["source"], "seq": desc["seq"], "frame": desc.get("frame"),
             "frame_slot": desc["frame_slot"], "frame_shape": desc["frame_shape"],
             "captured_at": desc["captured_at"], "t": desc["t"], "queue": desc["queue"],

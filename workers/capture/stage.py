@@ -5,7 +5,8 @@ the reader take the newest, with `drop_new` it decodes into a scratch buffer whe
 (a camera must still be read, or its driver queue fills with stale frames). A source without a
 clock is read on demand instead (pipeline/transport/credits.py): a frame is decoded only when a
 worker will want it. A live source that fails is reopened with back-off while the rest of the
-pipeline stays up.
+pipeline stays up; an IP camera that does not answer at start is waited for the same way, unless
+capture.restart is "never".
 """
 
 from __future__ import annotations
@@ -87,17 +88,17 @@ class Capture:
         cfg, policy = self.ctx.source, self.ctx.config.capture.restart
         if policy == "never" or not getattr(cfg, "stream", False):
             return self._open()
-        started, delay, told = time.monotonic(), RECONNECT_FIRST_S, ""
+        started, delay, told = time.monotonic(), RECONNECT_FIRST_S, set()
         while True:
             try:
                 source = self._open()
             except FrameTooLarge:
                 raise
             except (SourceError, cv2.error) as e:
-                if str(e) != told:  # each new reason once
-                    told = str(e)
+                if str(e) not in told:  # each reason once
+                    told.add(str(e))
                     log.warning("%s; retrying with back-off up to %g s (capture.restart = \"%s\")",
-                                told, RECONNECT_MAX_S, policy)
+                                e, RECONNECT_MAX_S, policy)
                 time.sleep(delay)  # SIGTERM still stops the stage meanwhile
                 delay = min(delay * 2, RECONNECT_MAX_S)
                 continue
@@ -209,7 +210,7 @@ class Capture:
         self.source_state = "reconnecting"
         log.warning("source failed: %s; reconnecting", failure)
         started = time.monotonic()
-        delay, told = RECONNECT_FIRST_S, ""
+        delay, told = RECONNECT_FIRST_S, set()
         while True:
             until = time.monotonic() + delay
             while time.monotonic() < until:
@@ -220,9 +221,9 @@ class Capture:
                 fresh = self._open()
             except (SourceError, cv2.error) as e:
                 delay = min(delay * 2, RECONNECT_MAX_S)
-                if str(e) != told:  # why it stays down (a changed password, say), once each
-                    told = str(e)
-                    log.warning("reopening failed: %s; retrying with back-off", told)
+                if str(e) not in told:  # why it stays down (a changed password, say), once each
+                    told.add(str(e))
+                    log.warning("reopening failed: %s; retrying with back-off", e)
                 continue
             if fresh.max_frame_bytes > self.ring.slot_bytes:
                 fresh.close()

@@ -238,6 +238,7 @@ def test_presence_rules_hold_in_every_status_with_two_workers_and_a_restart(tmp_
     cfg = write_config(tmp_path / "c.toml", [{"kind": "synthetic", "width": 320, "height": 240}],
                        name=name, model={"name": "mobilenet_v2", "weights": "none"},
                        inference={"workers": 2, "restart": "on-failure"},
+                       capture={"restart": "on-failure"},
                        supervision={"backoff_s": 3.0},
                        edges__frames={"policy": policy}, edges__tensors={"policy": policy})
     proc = up(cfg, "--quiet")
@@ -278,12 +279,12 @@ def test_presence_rules_hold_in_every_status_with_two_workers_and_a_restart(tmp_
                     into.append(msgpack.unpackb(sock.recv()))
 
         pump(lambda: _settled(statuses[-1] if statuses else None), 120, "every stage's stats")
-        # a worker killed: restarted after the backoff
-        os.kill(_stage_pid(statuses[-1], "inference.1"), signal.SIGKILL)
-        pump(lambda: statuses[-1]["stages"]["inference.1"]["state"] == "restarting", 30,
-             "inference.1 restarting")
-        pump(lambda: _settled(statuses[-1]) and statuses[-1]["stages"]["inference.1"]["restarts"],
-             120, "inference.1 back")
+        for victim in ("inference.1", "capture"):  # killed: restarted after the backoff
+            os.kill(_stage_pid(statuses[-1], victim), signal.SIGKILL)
+            pump(lambda v=victim: statuses[-1]["stages"][v]["state"] == "restarting", 30,
+                 f"{victim} restarting")
+            pump(lambda v=victim: _settled(statuses[-1]) and statuses[-1]["stages"][v]["restarts"],
+                 120, f"{victim} back")
         # preprocess stopped for a while: frames pile up on its `latest` frames edge
         before = statuses[-1]["stages"]["preprocess"]["drops"]["frames"]["latest"]
         stopped_at = len(results)
@@ -307,7 +308,8 @@ def test_presence_rules_hold_in_every_status_with_two_workers_and_a_restart(tmp_
     totals = documented("### Status: totals (`totals`)")
     for status in statuses:
         _check_status(status, info["stages"], message, per_stage, per_source, totals)
-    assert any(s["stages"]["inference.1"]["state"] == "restarting" for s in statuses)
+    for victim in ("inference.1", "capture"):
+        assert any(s["stages"][victim]["state"] == "restarting" for s in statuses)
 
     seqs = [r["result_seq"] for r in results]
     dropped = [r["dropped"] for r in results]

@@ -50,20 +50,39 @@ def first_problem(outputs: dict[str, str | None], inputs: Iterable[str] = ()) ->
     return None
 
 
+class Replacement:
+    """A temporary `path` beside `target` (same suffix, for writers that go by it): `commit`
+    renames it over `target`, `discard` removes it. A special target (stdout, a pipe) is written
+    as it is."""
+
+    def __init__(self, target: str):
+        self.target = target
+        self.temporary = not _special(target)
+        if self.temporary:
+            t = Path(target)
+            self.path = str(t.with_name(f".{t.stem}.part-{os.getpid()}{t.suffix}"))
+        else:
+            self.path = target
+
+    def commit(self) -> None:
+        if self.temporary:
+            os.replace(self.path, self.target)
+
+    def discard(self) -> None:
+        if self.temporary:
+            Path(self.path).unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def replacing(path: str) -> Iterator[str]:
-    """A temporary path beside `path` (same suffix, for writers that go by it), renamed over
-    `path` when the block ends without an exception and removed when it raises."""
-    if _special(path):
-        yield path
-        return
-    target = Path(path)
-    tmp = target.with_name(f".{target.stem}.part-{os.getpid()}{target.suffix}")
+    """A Replacement's temporary path, renamed over `path` when the block ends without an
+    exception and removed when it raises."""
+    replacement = Replacement(path)
     try:
-        yield str(tmp)
-        os.replace(tmp, target)
+        yield replacement.path
+        replacement.commit()
     finally:
-        tmp.unlink(missing_ok=True)
+        replacement.discard()
 
 
 def write_whole(path: str, text: str) -> None:

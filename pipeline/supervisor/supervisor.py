@@ -162,7 +162,11 @@ class Supervisor:
         if self.started_at is not None:
             summary = self.report.summary(self.stop_reason or "failure", self.failure)
             if self.summary_path:
-                write_whole(self.summary_path, json.dumps(summary, indent=2) + "\n")
+                try:
+                    write_whole(self.summary_path, json.dumps(summary, indent=2) + "\n")
+                except OSError as e:  # a full disk: like --record, one line, and the summary below
+                    self.say(f"--summary-json: cannot write {self.summary_path} ({e.strerror}); "
+                             "the summary is only below", WARNING)
             try:
                 print(format_summary(summary), flush=True)
             except OSError:  # no terminal any more

@@ -8,6 +8,7 @@ from typing import IO, Any
 
 from pipeline.client.states import Tracker
 from pipeline.client.subscription import Result
+from pipeline.errors import UserError
 
 
 class PrintConsumer:
@@ -34,11 +35,13 @@ class PrintConsumer:
 class JsonlConsumer:
     """Every result as published (see docs/protocol.md), one JSON object per line; for a source
     with state options (`source.state`), the state events a result causes follow it, one line
-    each (`"type": "event"`)."""
+    each (`"type": "event"`). A file that can no longer be written (a full disk) ends the
+    consumer with one line (exit code 1 from pipeline-attach); what was written stays."""
 
     OPTIONS = ("out", "config")
 
     def __init__(self, out: str | None = None, config: dict[str, Any] | None = None):
+        self.out = out
         self.file = open(out, "w") if out and out != "-" else sys.stdout
         self.states = Tracker(config)
 
@@ -46,9 +49,19 @@ class JsonlConsumer:
         lines = [json.dumps(r.raw)]
         if self.states.declared(r.source):
             lines += [json.dumps(e.to_dict()) for e in self.states.update(r)]
-        self.file.write("\n".join(lines) + "\n")
-        self.file.flush()
+        try:
+            self.file.write("\n".join(lines) + "\n")
+            self.file.flush()
+        except OSError as e:
+            if self.file is sys.stdout:  # a closed pipe: pipeline-attach ends quietly
+                raise
+            self.close()
+            raise UserError(f"jsonl: cannot write {self.out} any more ({e.strerror}); stopped") from None
 
     def close(self) -> None:
-        if self.file is not sys.stdout:
-            self.file.close()
+        file, self.file = self.file, sys.stdout
+        if file is not sys.stdout:
+            try:
+                file.close()
+            except OSError:  # what was buffered cannot be written either
+                pass

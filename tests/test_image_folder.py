@@ -182,6 +182,19 @@ def test_a_photo_caught_while_being_written_is_read_on_a_later_pass(tmp_path, ca
     assert line == f"skipping image that cannot be decoded: {d / 'b.JPEG'}"
 
 
+def recorded(path: Path) -> list[dict]:
+    """The whole lines a running pipeline's record holds so far (it is written in blocks)."""
+    text = path.read_text() if path.exists() else ""
+    return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
+def wait_for(what: str, done, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 def test_pipeline_classifies_a_rewritten_photo_again(tmp_path, clean_machine):
     """A looping folder, one photo cut short while the pipeline runs, then written whole."""
     d = tmp_path / "imgs"
@@ -196,17 +209,20 @@ def test_pipeline_classifies_a_rewritten_photo_again(tmp_path, clean_machine):
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
     reader.start()
+
+    def items_since(t: float) -> list[str]:
+        return [r["item"] for r in recorded(record) if r["captured_at"] > t]
+
     try:
-        time.sleep(1)
-        (d / "b.JPEG").write_bytes(whole[:64])
-        deadline = time.monotonic() + 60
-        while not any("skipping image" in line for line in lines) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert any("skipping image" in line for line in lines), lines
-        time.sleep(1)  # several more passes skip it
+        wait_for("b.JPEG classified", lambda: "b.JPEG" in items_since(0))
+        (d / "b.JPEG").write_bytes(whole[:64])  # caught while being rewritten
+        wait_for("the skip", lambda: any("skipping image" in line for line in lines))
+        skipped = time.time()
+        wait_for("two passes without it", lambda: items_since(skipped).count("c.JPEG") >= 2)
+        assert "b.JPEG" not in items_since(skipped)
         rewritten = time.time()
         (d / "b.JPEG").write_bytes(whole)
-        time.sleep(2)
+        wait_for("b.JPEG classified again", lambda: "b.JPEG" in items_since(rewritten))
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:
@@ -215,8 +231,8 @@ def test_pipeline_classifies_a_rewritten_photo_again(tmp_path, clean_machine):
             proc.wait()
     reader.join(timeout=10)
     assert proc.returncode == 0, lines
-    results = read_jsonl(record)
-    assert [r for r in results if r["item"] == "b.JPEG" and r["captured_at"] > rewritten]
+    assert [line.rstrip() for line in lines if "skipping image" in line] == [
+        f"capture: skipping image that cannot be decoded: {d / 'b.JPEG'}"]
     assert json.loads(summary.read_text())["drops"]["source"]["corrupt"] >= 1
 
 

@@ -215,6 +215,13 @@ def test_unit_mistakes_are_one_line(args, message):
     assert p.stdout == ""
 
 
+# video.toml pins its stages to cores 0 and 1: these are the cores this test may use (one, under
+# taskset -c N, or a container's cpuset).
+THESE_CORES = ("--set", f"capture.cores=[{min(os.sched_getaffinity(0))}]",
+               "--set", f"preprocess.cores=[{min(os.sched_getaffinity(0))}]",
+               "--set", f"inference.cores=[{max(os.sched_getaffinity(0))}]")
+
+
 def journal_run(tmp_path: Path, name: str, *args: str, during=None) -> tuple[int, list[str]]:
     """pipeline-up with stderr on a file that JOURNAL_STREAM names, as systemd's journal stream
     would be: its exit code and its stderr lines."""
@@ -264,7 +271,7 @@ def test_journal_lines_are_structured_and_carry_priorities(tmp_path, clean_machi
                               f"source.path={folder}", "--set", "model.runtime=onnxruntime")
     assert code == 0, lines
     assert [line for line in lines if line.startswith("<4>capture: skipping image")], lines
-    code, lines = journal_run(tmp_path, "journalfail", "video.toml", "--set",
+    code, lines = journal_run(tmp_path, "journalfail", "video.toml", *THESE_CORES, "--set",
                               f"source.path={need(BOTTLE)}", "--set", "source.roi=[600, 0, 100, 100]",
                               "--set", "model.runtime=onnxruntime")
     assert code == 1, lines
@@ -278,8 +285,8 @@ def check(*args: str) -> subprocess.CompletedProcess:
 
 def test_check_finds_what_would_stop_a_start_and_starts_nothing(clean_machine):
     before = set(os.listdir("/dev/shm"))
-    ok = check("video.toml", "--set", f"source.path={need(BOTTLE)}", "--set",
-               "model.runtime=onnxruntime")
+    ok = check("video.toml", "--name", "checklab", *THESE_CORES, "--set", f"source.path={need(BOTTLE)}",
+               "--set", "model.runtime=onnxruntime")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     lines = ok.stdout.splitlines()
     assert lines[-1].startswith("check: OK") and "PROBLEM" not in ok.stdout
@@ -293,7 +300,7 @@ def test_check_finds_what_would_stop_a_start_and_starts_nothing(clean_machine):
     assert bad.returncode == 1 and "PROBLEM: source.device" in bad.stdout
     assert bad.stdout.splitlines()[-1].startswith("check: 1 problem(s) (files)")
 
-    roi = check("video.toml", "--set", f"source.path={need(BOTTLE)}", "--set",
+    roi = check("video.toml", *THESE_CORES, "--set", f"source.path={need(BOTTLE)}", "--set",
                 "source.roi=[600, 0, 100, 100]", "--set", "model.runtime=onnxruntime")
     assert roi.returncode == 1 and "PROBLEM: source.roi: [600, 0, 100, 100] does not fit" in roi.stdout
 

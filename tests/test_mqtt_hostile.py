@@ -156,7 +156,7 @@ def test_a_message_that_cannot_be_handled_does_not_silence_the_consumer(pipeline
     consumer's own topic that no JSON parser can take, is ignored and counted: stats go on
     reaching the broker on the same connection, and the process says what it ignored."""
     bad = publish(b"homeassistant/\xff\xfe", b"online") if attack == "topic not UTF-8" \
-        else publish(b"hostile/video/state", b"[" * 60_000, retain=True)
+        else publish(b"hostile/synthetic/state", b"[" * 60_000, retain=True)
     broker = HostileBroker(bad)
     consumer = attach_mqtt(broker.port, "--discovery", "--topic-prefix", "hostile",
                            "--stats-interval", "0.5")
@@ -174,7 +174,7 @@ def test_a_message_that_cannot_be_handled_does_not_silence_the_consumer(pipeline
         broker.close()
     assert consumer.returncode == 0 and "Traceback" not in err, err
     assert "(not UTF-8) (UnicodeDecodeError)" in err if attack == "topic not UTF-8" else \
-        "ignored a message on 'hostile/video/state' (RecursionError)" in err
+        "ignored a message on 'hostile/synthetic/state' (RecursionError)" in err
     assert "1 received messages ignored" in err
     assert {n for n, _, _ in after} == {1}  # the same connection went on
 

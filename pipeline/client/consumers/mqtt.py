@@ -272,7 +272,9 @@ class MqttConsumer:
             elif msg.payload == b"online":
                 self._recall_done()
         elif msg.retain and topic.startswith(f"{self.prefix}/") and topic.endswith("/state"):
-            self._keep(topic[len(self.prefix) + 1:-len("/state")], msg.payload)
+            source = topic[len(self.prefix) + 1:-len("/state")]
+            if source in self.sources or not self.sources:  # (not: any client's invention)
+                self._keep(source, msg.payload)
 
     def _keep(self, source: str, payload: bytes) -> None:
         """The state the broker kept for `source`, when it is one this consumer could have sent."""

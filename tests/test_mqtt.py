@@ -424,3 +424,26 @@ def test_prefixes_that_read_alike_get_distinct_home_assistant_ids(a, b):
                 snapshots=False, host="pi")}
     assert not ids(a) & ids(b)
     assert ids(a) == ids(a)  # stable across restarts
+
+
+def test_a_kept_state_of_another_class_ends_when_the_consumer_decides(broker, live):
+    """The broker kept `tench` from an earlier run (the consumer was stopped while it showed):
+    the consumer's first decision is another state, so `tench` gets its `end`, with its own
+    `since`, and the new state its own."""
+    kept = {"label": "tench", "index": 0, "probability": 0.9, "since": 1000.0, "host": host_name()}
+    watcher = Watcher(broker.port, "differ/#")
+    watcher.publish("differ/video/state", json.dumps(kept), retain=True)
+    consumer = attach_mqtt("mqttlive", broker.url, "--topic-prefix", "differ")
+    try:
+        states = watcher.wait_for(lambda: watcher.json_on("differ/video/state")[1:], 60,
+                                  "the decided state")
+        events = watcher.json_on("differ/video/event")
+    finally:
+        consumer.send_signal(signal.SIGINT)
+        _, err = consumer.communicate(timeout=30)
+        watcher.close()
+    assert consumer.returncode == 0, err
+    assert states[0]["label"] in ("water bottle", "none") and states[0]["since"] > 1000.0
+    assert events[0]["event"] == "end" and events[0]["index"] == 0 and events[0]["since"] == 1000.0
+    assert events[0]["duration_s"] == round(events[0]["time"] - 1000.0, 3)
+    assert [e["event"] for e in events[1:]] == (["start"] if states[0]["index"] else [])

@@ -223,10 +223,11 @@ def test_pipeline_classifies_a_rewritten_photo_again(tmp_path, clean_machine):
         rewritten = time.time()
         (d / "b.JPEG").write_bytes(whole)
         wait_for("b.JPEG classified again", lambda: "b.JPEG" in items_since(rewritten))
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # stopped as a user would, so it cleans up after itself
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
     reader.join(timeout=10)

@@ -228,12 +228,11 @@ def _stage_pid(status: dict[str, Any], stage: str) -> int:
 @pytest.mark.parametrize("policy", ["latest", "block"])
 def test_presence_rules_hold_in_every_status_with_two_workers_and_a_restart(tmp_path, clean_machine,
                                                                             policy):
-    """From the very first status on, through a worker's and the capture's restarts and a stopped
-    preprocess,
-    every status has the keys the doc says, the nulls it says (with `block` edges the capture
-    waits while preprocess is stopped: no jitter measured); results come in result_seq order
-    with `dropped` covering every gap, and a `latest` edge's `queue` counts the frames passed
-    over."""
+    """From the very first status on, through a worker's and the capture's restarts and a
+    stopped preprocess, every status has the keys the doc says, the nulls it says (with `block`
+    edges the capture waits while preprocess is stopped: no jitter measured); results come in
+    result_seq order with `dropped` covering every gap, and a `latest` edge's `queue` counts the
+    frames passed over."""
     name = f"docrules-{policy}"
     # backoff: a restarted stage is down for several status periods, whatever this machine's speed
     cfg = write_config(tmp_path / "c.toml", [{"kind": "synthetic", "width": 320, "height": 240}],

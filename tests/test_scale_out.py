@@ -22,6 +22,9 @@ from .topologies import (WATER_BOTTLE, busy_delay_ms, finish, lines, model_ms, u
                          write_config)
 
 CAR = ASSETS / "video" / "car-detection.mp4"
+# The workers' cores: the last two this process may use, or the one there is (taskset, a 1-core
+# machine): two workers take turns on one core, and the tests hold there too.
+CORES = sorted(os.sched_getaffinity(0))[-2:]
 
 
 # -- several sources, several workers ----------------------------------------------------------
@@ -30,7 +33,8 @@ CAR = ASSETS / "video" / "car-detection.mp4"
 def model_time(tmp_path_factory) -> float:
     """The model's time a frame here, one thread, as the pipeline's own `--check` measures it."""
     cfg = write_config(tmp_path_factory.mktemp("model") / "m.toml", [{"kind": "synthetic"}],
-                       inference={"threads": 1}, model={"weights": str(need(WEIGHTS))})
+                       name=f"model-time-{os.getpid()}", inference={"threads": 1},
+                       model={"weights": str(need(WEIGHTS))})
     return model_ms(cfg)
 
 
@@ -46,7 +50,7 @@ def test_two_sources_two_busy_workers_share_the_work_and_no_source_starves(tmp_p
         tmp_path / "two.toml",
         [{"kind": "video", "id": "bottle", "path": str(need(BOTTLE)), "loop": True, "fps": 30},
          {"kind": "video", "id": "car", "path": str(need(CAR)), "loop": True, "fps": 30}],
-        inference={"cores": [0, 1], "workers": 2, "threads": 1, "delay_ms": delay},
+        inference={"cores": CORES, "workers": 2, "threads": 1, "delay_ms": delay},
         model={"weights": str(WEIGHTS)},
         edges__frames={"policy": policy}, edges__tensors={"policy": policy})
     record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
@@ -95,7 +99,7 @@ def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_ma
     Bound: 1.3x."""
     delay = busy_delay_ms(model_time, 1000 / 60)
     fps = {}
-    for workers, cores in ((1, [1]), (2, [0, 1])):
+    for workers, cores in ((1, CORES[-1:]), (2, CORES)):
         cfg = write_config(tmp_path / f"w{workers}.toml",
                            [{"kind": "synthetic", "id": "a", "fps": 30},
                             {"kind": "synthetic", "id": "b", "fps": 30}],
@@ -126,7 +130,7 @@ def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clea
         tmp_path / "block.toml",
         [{"kind": "images", "id": "a", "path": patterns[0]},
          {"kind": "images", "id": "b", "path": patterns[1]}],
-        inference={"cores": [0, 1], "workers": 2, "threads": 1,
+        inference={"cores": CORES, "workers": 2, "threads": 1,
                    "delay_ms": busy_delay_ms(model_time, 1000 / 60)},
         model={"weights": str(WEIGHTS)},
         edges__frames={"policy": "block"}, edges__tensors={"policy": "block"})
@@ -142,13 +146,17 @@ def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clea
     assert {r["worker"] for r in results} == {"inference.1", "inference.2"}
 
 
-def test_killed_worker_restarts_while_the_other_keeps_classifying(tmp_path, clean_machine):
-    need(WEIGHTS)
+def test_killed_worker_restarts_while_the_other_keeps_classifying(tmp_path, clean_machine,
+                                                                model_time):
+    """Each worker spends three frame intervals of the two 30 fps sources on a frame (the model's
+    time measured here plus inference.delay_ms): the survivor is busy all the time it is alone,
+    so what it classifies then is measured against its own time a frame, on any machine."""
     cfg = write_config(
         tmp_path / "kill.toml",
         [{"kind": "video", "id": "bottle", "path": str(need(BOTTLE)), "loop": True},
          {"kind": "synthetic", "id": "synth", "fps": 30}],
-        inference={"cores": [0, 1], "workers": 2, "threads": 1, "restart": "on-failure"},
+        inference={"cores": CORES, "workers": 2, "threads": 1, "restart": "on-failure",
+                   "delay_ms": busy_delay_ms(model_time, 1000 / 60)},
         model={"weights": str(WEIGHTS)})
     record = tmp_path / "r.jsonl"
     proc = up(cfg, "--record", str(record), "--quiet")
@@ -179,12 +187,16 @@ def test_killed_worker_restarts_while_the_other_keeps_classifying(tmp_path, clea
                if r["worker"] == "inference.1" and r["captured_at"] > killed_at + 0.5)
     during = [r for r in results if killed_at + 0.2 < r["captured_at"] < back]
     assert during and {r["worker"] for r in during} == {"inference.2"}
-    # the other worker alone serves both sources while its peer is down
+    # the other worker alone serves both sources while its peer is down, a frame after another
     assert {r["source"] for r in during} == {"bottle", "synth"}
-    assert back - killed_at > 0.5 and len(during) > 10 * (back - killed_at - 0.5)
+    alone = back - killed_at - 0.2
+    service = statistics.median((r["t"]["inference_end"] - r["t"]["inference_start"]) / 1e9
+                                for r in during)
+    assert back - killed_at > 0.5 and len(during) > 0.5 * alone / service, (len(during), alone, service)
 
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tools/bench_scale.py uses cores 0 and 1")
 def test_scaling_bench_measures_the_grid_and_the_tcp_edge(tmp_path):
     """A short run of tools/bench_scale.py: one grid cell, the four frames-edge variants."""
     need(WEIGHTS)

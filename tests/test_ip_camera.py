@@ -179,6 +179,18 @@ def test_a_credentials_file_others_may_read_is_refused(camera, tmp_path):
     assert not camera.requests  # refused before anything was sent
 
 
+@pytest.mark.parametrize("problem", ["missing", "unsafe"])
+def test_a_bad_credentials_file_is_a_config_error_at_start(camera, tmp_path, problem):
+    """Exit 2 (a config error, which the service unit does not restart), before any stage."""
+    cred = tmp_path / "absent.cred" if problem == "missing" else credentials_file(tmp_path, mode=0o640)
+    out = up(config_file(tmp_path, camera.url, str(cred), restart="always"))
+    assert out.returncode == 2, out.stderr
+    errors = [line for line in out.stderr.splitlines() if "source.credentials" in line]
+    assert len(errors) == 1 and str(cred) in errors[0], out.stderr
+    assert "Traceback" not in out.stderr and PASSWORD not in out.stdout + out.stderr
+    assert not camera.requests
+
+
 def test_a_bare_name_is_a_systemd_credential(camera, tmp_path):
     folder = tmp_path / "credentials"
     folder.mkdir()

@@ -1,5 +1,5 @@
 """What a valid config must also find on this host: source files and devices, model weights,
-CURVE keys."""
+CURVE keys, camera credentials."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import glob
 import os
 from typing import Any
 
+from .credentials import CredentialsError, read_credentials
 from .errors import ConfigError
 from .schema import WEIGHTS_SPECIAL, CameraSource, Config, ImagesSource, VideoSource
 
@@ -63,6 +64,11 @@ def _check_source(src: Any, key: str) -> None:
             and not src.stream:
         if not os.path.exists(src.device):
             raise ConfigError(f"{key}.device: no such camera device: {src.device} ({_video_devices()})")
+    if isinstance(src, CameraSource) and src.credentials:
+        try:  # a missing or unsafe file is a config error (exit 2: systemd does not retry it)
+            read_credentials(src.credentials, f"{key}.credentials")
+        except CredentialsError as e:
+            raise ConfigError(str(e)) from None
     if isinstance(src, CameraSource) and isinstance(src.device, int):
         if src.device < 0:
             raise ConfigError(f"{key}.device: camera index must be >= 0, got {src.device}")

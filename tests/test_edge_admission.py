@@ -18,7 +18,7 @@ from pipeline.transport.edge import STALL_FLOOR_S, EdgeReader, EdgeWriter
 from pipeline.transport.ring import Ring
 from pipeline.transport.rundir import RunPaths, find_pipeline
 
-from .conftest import ROOT
+from .conftest import ROOT, WORKER_CORES
 from .topologies import wait_for, write_config
 
 # Connects the readers a confused or hostile process of the same user could connect to a
@@ -151,7 +151,7 @@ def test_a_worker_that_hangs_holding_a_frame_is_reported_and_its_frames_taken_ba
                        [{"kind": "synthetic", "fps": 30, "width": 320, "height": 240}],
                        name="hang", model={"weights": "none"},
                        # 100 ms a frame: a worker holds a frame most of the time, at any speed
-                       inference={"workers": 2, "cores": [0, 1], "threads": 1, "delay_ms": 100},
+                       inference={"workers": 2, "cores": WORKER_CORES, "threads": 1, "delay_ms": 100},
                        supervision={"watchdog_s": 0},
                        edges__frames={"policy": "block"}, edges__tensors={"policy": "block"})
     record, summary, log = tmp_path / "r.jsonl", tmp_path / "s.json", tmp_path / "log"

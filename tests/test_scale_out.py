@@ -17,14 +17,11 @@ import pytest
 from pipeline import attach
 from pipeline.config import image_files
 
-from .conftest import ASSETS, BOTTLE, IMAGES, ROOT, WEIGHTS, need, read_jsonl
+from .conftest import ASSETS, BOTTLE, IMAGES, ROOT, WEIGHTS, WORKER_CORES, need, read_jsonl
 from .topologies import (WATER_BOTTLE, busy_delay_ms, finish, lines, model_ms, up, wait_for,
                          write_config)
 
 CAR = ASSETS / "video" / "car-detection.mp4"
-# The workers' cores: the last two this process may use, or the one there is (taskset, a 1-core
-# machine): two workers take turns on one core, and the tests hold there too.
-CORES = sorted(os.sched_getaffinity(0))[-2:]
 
 
 # -- several sources, several workers ----------------------------------------------------------
@@ -50,7 +47,7 @@ def test_two_sources_two_busy_workers_share_the_work_and_no_source_starves(tmp_p
         tmp_path / "two.toml",
         [{"kind": "video", "id": "bottle", "path": str(need(BOTTLE)), "loop": True, "fps": 30},
          {"kind": "video", "id": "car", "path": str(need(CAR)), "loop": True, "fps": 30}],
-        inference={"cores": CORES, "workers": 2, "threads": 1, "delay_ms": delay},
+        inference={"cores": WORKER_CORES, "workers": 2, "threads": 1, "delay_ms": delay},
         model={"weights": str(WEIGHTS)},
         edges__frames={"policy": policy}, edges__tensors={"policy": policy})
     record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
@@ -99,7 +96,7 @@ def test_a_second_worker_raises_throughput_while_cores_remain(tmp_path, clean_ma
     Bound: 1.3x."""
     delay = busy_delay_ms(model_time, 1000 / 60)
     fps = {}
-    for workers, cores in ((1, CORES[-1:]), (2, CORES)):
+    for workers, cores in ((1, WORKER_CORES[-1:]), (2, WORKER_CORES)):
         cfg = write_config(tmp_path / f"w{workers}.toml",
                            [{"kind": "synthetic", "id": "a", "fps": 30},
                             {"kind": "synthetic", "id": "b", "fps": 30}],
@@ -130,7 +127,7 @@ def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clea
         tmp_path / "block.toml",
         [{"kind": "images", "id": "a", "path": patterns[0]},
          {"kind": "images", "id": "b", "path": patterns[1]}],
-        inference={"cores": CORES, "workers": 2, "threads": 1,
+        inference={"cores": WORKER_CORES, "workers": 2, "threads": 1,
                    "delay_ms": busy_delay_ms(model_time, 1000 / 60)},
         model={"weights": str(WEIGHTS)},
         edges__frames={"policy": "block"}, edges__tensors={"policy": "block"})
@@ -155,7 +152,7 @@ def test_killed_worker_restarts_while_the_other_keeps_classifying(tmp_path, clea
         tmp_path / "kill.toml",
         [{"kind": "video", "id": "bottle", "path": str(need(BOTTLE)), "loop": True},
          {"kind": "synthetic", "id": "synth", "fps": 30}],
-        inference={"cores": CORES, "workers": 2, "threads": 1, "restart": "on-failure",
+        inference={"cores": WORKER_CORES, "workers": 2, "threads": 1, "restart": "on-failure",
                    "delay_ms": busy_delay_ms(model_time, 1000 / 60)},
         model={"weights": str(WEIGHTS)})
     record = tmp_path / "r.jsonl"

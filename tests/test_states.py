@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 
@@ -22,11 +21,9 @@ from pipeline.config import ConfigError, StateConfig, load_config
 from pipeline.config.classes import CLASSES_FILE, imagenet_classes
 from workers.preprocess.transform import Preprocessor
 
-from .conftest import BOTTLE, IMAGES, ROOT, need, read_jsonl, run_pipeline
+from .conftest import BOTTLE, IMAGES, MODEL_CORE, ROOT, need, read_jsonl, run_pipeline
 
 LEFT, RIGHT = "n01820546_lorikeet.JPEG", "n03841143_odometer.JPEG"
-# video.toml's model core (1) may not exist where this runs (a 1-core machine, taskset)
-MODEL_CORE = f"inference.cores=[{max(os.sched_getaffinity(0))}]"
 
 
 def class_of(file: str) -> int:

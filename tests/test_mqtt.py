@@ -398,13 +398,18 @@ def test_two_hosts_running_a_pipeline_of_one_name_share_no_topic_or_entity(broke
         watcher.wait_for(lambda: watcher.on(f"{there_prefix}/availability")[-1:] == [b"offline"],
                          15, "the other host offline")
         assert watcher.on(f"{here_prefix}/availability")[-1:] == [b"online"]
-        # The other host given this host's prefix while this one is online: refused.
+        # The other host given this host's prefix while this one is online: refused, having
+        # published nothing there (not even its last will).
+        seen = len([m for m in watcher.messages if m[0].startswith(f"{here_prefix}/")])
         taker = elsewhere("--topic-prefix", here_prefix, "--duration", "5")
         _, err = taker.communicate(timeout=60)
         assert taker.returncode == 2, err
         assert err.strip().splitlines()[-1] == (
             f"pipeline-attach: topic prefix {here_prefix}/ is in use by host {host_name()} (it is "
             f"online); give each host its own --topic-prefix (topic_prefix)")
+        time.sleep(1)
+        written = [m for m in watcher.messages if m[0].startswith(f"{here_prefix}/")][seen:]
+        assert not [m for m in written if m[0].endswith("/availability")], written
         assert watcher.on(f"{here_prefix}/availability")[-1:] == [b"online"]
     finally:
         for proc in (here, there):

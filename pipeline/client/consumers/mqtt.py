@@ -165,6 +165,7 @@ class MqttConsumer:
         self.refused: str | None = None  # why this consumer cannot go on, for good
         self.closing = False  # a disconnect from now on is ours
         self.connected = threading.Event()
+        self.disconnected = threading.Event()
         self.client = self._client(client_id, tls, ca)
         self.client.connect_async(self.host, self.port, keepalive=30)
         self.client.loop_start()
@@ -195,7 +196,7 @@ class MqttConsumer:
         client.on_connect = self._on_connect
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
@@ -218,34 +219,32 @@ class MqttConsumer:
                       f"after {time.monotonic() - self.lost_at:.1f} s ({dropped} messages dropped "
                       f"so far)")
             self.lost_at = None
-        # The broker's copy of the states, then our own `online` back as the sign that the copy
-        # is complete (the broker handles a client's packets in order).
+        # What the broker kept under the prefix, before anything is published there: subscribed
+        # at QoS 0 and unsubscribed at once, the broker sends the kept messages before it answers
+        # the unsubscribe (it handles a client's packets in order).
         self.recalled.clear()
         self.kept, self.kept_online = {}, False
         self.connected_at = time.monotonic()
-        self.recall_mid = client.subscribe(self._recall_topics())[1]
-        self._send(f"{self.prefix}/availability", "online", "availability", retain=True)
+        recall = [f"{self.prefix}/+/state", f"{self.prefix}/availability"]
+        client.subscribe([(topic, 0) for topic in recall])
+        self.recall_mid = client.unsubscribe(recall)[1]
         if self.discovery:
             client.subscribe(f"{self.discovery_prefix}/status", qos=0)
-            self.rediscovered_at = time.monotonic()
-            self._send_discovery()
         self.connected.set()
-
-    def _recall_topics(self) -> list[tuple[str, int]]:
-        return [(f"{self.prefix}/+/state", 1), (f"{self.prefix}/availability", 1)]
 
     def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
         self._lost("cannot connect")
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
+        self.disconnected.set()
         why, client.fault = client.fault or str(reason), None
         if not self.closing:
             self._lost(why)
 
-    def _on_subscribe(self, _c: mqtt.Client, _u: Any, mid: int, reasons: list, _p: Any) -> None:
-        if mid == self.recall_mid and any(r.is_failure for r in reasons):
-            self._recall_done()  # not allowed to read our own topics back: nothing to wait for
+    def _on_unsubscribe(self, _c: mqtt.Client, _u: Any, mid: int, _r: Any, _p: Any) -> None:
+        if mid == self.recall_mid:
+            self._recall_done()
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         """Whatever arrives: an exception here would end paho's network thread (no more
@@ -266,11 +265,8 @@ class MqttConsumer:
                 with self.lock:
                     self.rediscover = True
                 self._maybe_rediscover()
-        elif topic == f"{self.prefix}/availability":
-            if msg.retain:
-                self.kept_online = msg.payload == b"online"
-            elif msg.payload == b"online":
-                self._recall_done()
+        elif topic == f"{self.prefix}/availability" and msg.retain:
+            self.kept_online = msg.payload == b"online"
         elif msg.retain and topic.startswith(f"{self.prefix}/") and topic.endswith("/state"):
             source = topic[len(self.prefix) + 1:-len("/state")]
             if source in self.sources or not self.sources:  # (not: any client's invention)
@@ -292,22 +288,25 @@ class MqttConsumer:
                                                  f"that this consumer did not send")
 
     def _recall_done(self) -> None:
-        """The kept states are in: refuse a prefix another host is using, else send the states."""
+        """The kept messages are in: refuse a prefix another host is using (publishing nothing
+        there), else say `online`, announce the entities and send the decided states."""
         with self.lock:
             if self.recalled.is_set() or self.recall_mid is None:
                 return
             self.recall_mid = None  # once per connection
-        self.client.unsubscribe([topic for topic, _ in self._recall_topics()])
         others = sorted({str(s["host"]) for s in self.kept.values() if "host" in s}
                         - {self.host_name})
         if others and self.kept_online:
             self.refused = (f"topic prefix {self.prefix}/ is in use by host {others[0]} (it is "
                             f"online); give each host its own --topic-prefix (topic_prefix)")
-            self.closing = True
-            self.client.disconnect()
+            self.recalled.set()
+            return
+        self._send(f"{self.prefix}/availability", "online", "availability", retain=True)
+        if self.discovery:
+            self.rediscovered_at = time.monotonic()
+            self._send_discovery()
         self.recalled.set()
-        if self.refused is None:
-            self._send_states()
+        self._send_states()
 
     def _on_publish(self, *_: Any) -> None:
         self.acknowledged += 1  # QoS 1/2: the broker has it; QoS 0: it is on the wire
@@ -463,21 +462,28 @@ class MqttConsumer:
         print(f"mqtt: {text}", file=sys.stderr, flush=True)
 
     def _stop_client(self) -> None:
+        """A clean disconnect (the broker then drops the last will), waited for up to 2 s."""
         self.closing = True
+        if self.client.is_connected():
+            self.disconnected.clear()
+            self.client.disconnect()
+            self.disconnected.wait(2.0)
+        else:
+            self.client.disconnect()
         self.client.loop_stop()
 
     def close(self) -> None:
-        """`offline`, sent and acknowledged (up to 2 s), then a clean disconnect (no last will)."""
+        """`offline`, sent and acknowledged (up to 2 s), then a clean disconnect (no last will).
+        A consumer refused a prefix says nothing there: the prefix is another host's."""
         self.closing = True
-        if self.client.is_connected():
+        if self.client.is_connected() and self.refused is None:
             info = self.client.publish(f"{self.prefix}/availability", "offline", qos=1, retain=True)
             self.published["availability"] += 1
             try:
                 info.wait_for_publish(2.0)
             except (RuntimeError, ValueError):
                 pass
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stop_client()
         c = self.counts()
         self._say(f"{c['published']} messages published ({c['acknowledged']} acknowledged by the "
                   f"broker), {c['dropped']} dropped"

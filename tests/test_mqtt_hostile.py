@@ -15,7 +15,6 @@ import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from pipeline.client.consumers.mqtt import MAX_INCOMING, REDISCOVERY_S

@@ -56,7 +56,7 @@ def flood(port: int, n: int = FLOOD) -> list[socket.socket]:
     refused = 0
     while len(held) < n and refused < 5:
         try:
-            s = socket.create_connection(("127.0.0.1", port), timeout=3)
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
             s.sendall(PARTIAL)
         except OSError:
             refused += 1

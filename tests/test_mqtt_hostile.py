@@ -275,18 +275,19 @@ def test_a_flood_of_online_sends_discovery_at_most_every_few_seconds(tmp_path, p
     ("discovery_prefix", "ha\u0001", "control character"),
 ])
 def test_consumer_options_that_cannot_work_are_config_errors(tmp_path, key, value, wrong):
-    """`--check` refuses them in one line naming the option, before anything starts."""
+    """`--check` refuses them in one line naming the option and which consumer, before anything
+    starts."""
     import tomli_w
 
     kind = "jsonl" if key in ("out", "host", "allow_hosts") else "mqtt"
-    config = {"name": "badconsumer", "consumers": [{"kind": kind, key: value}]}
+    config = {"name": "badconsumer", "consumers": [{"kind": "print"}, {"kind": kind, key: value}]}
     path = tmp_path / "bad.toml"
     path.write_text(tomli_w.dumps(config))
     p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(path), "--check"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"consumers.{key}" in lines[0] and wrong in lines[0], p.stderr
+    assert len(lines) == 1 and f"consumers.1.{key}" in lines[0] and wrong in lines[0], p.stderr
     assert "Traceback" not in p.stderr
 
 

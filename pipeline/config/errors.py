@@ -45,6 +45,8 @@ def _describe(error: ValidationError, tree: dict) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if loc and msg.startswith(f"{loc[-1]}: "):  # a field's own check: name it in full
             msg = f"{key}{msg[len(loc[-1]):]}"
+        elif len(loc) > 2 and msg.startswith(f"{loc[0]}.{loc[-1]}"):  # ... with its list index
+            msg = f"{key}{msg[len(loc[0]) + 1 + len(loc[-1]):]}"
         return f"{msg}{suffix}"
     if kind == "missing":
         return f"{key}: required key is missing{suffix}"

@@ -430,20 +430,20 @@ def test_a_worker_killed_while_its_model_runs_leaves_a_counted_gap(tmp_path):
     try:
         wait_running(proc)
         with attach("busykill") as sub:
-            t_fault = 0.0
-            for _ in range(4):
+            def result_after(t_fault: float) -> None:
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:  # the worker (back) at work
                     r = sub.receive(timeout=1)
                     if r is not None and r.captured_at > t_fault:
-                        break
-                else:
-                    raise AssertionError("no results from the restarted worker")
-                if _ == 3:
-                    break
+                        return
+                raise AssertionError("no results from the restarted worker")
+
+            result_after(0.0)
+            for _ in range(3):
                 pid = stage_pid(proc.pid, "inference")
                 t_fault = time.time()
                 os.kill(pid, signal.SIGKILL)
+                result_after(t_fault)
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=60)

@@ -49,10 +49,18 @@ def snapshot(name: str) -> dict:
     return json.loads(p.stdout)
 
 
+# A slowed stage sleeps 100 ms per frame: three frame intervals of the 30 fps source, so by
+# construction it takes at most one frame in three, on any machine; the stage beside it drops only
+# when the machine's load holds it up, which on a loaded machine happens now and then. Where the
+# drops are is told by which edge has most of them, not by the other edge having none.
+DELAY_MS = 100
+DOMINANT = 5  # the slowed stage's edge drops at least this many times as many frames as the other
+
+
 @pytest.mark.parametrize("slow", [None, "preprocess", "inference"])
 def test_a_slowed_stage_shows_up_where_it_is(slow):
     name = f"slow{slow or 'none'}"
-    args = ["--set", f"{slow}.delay_ms=60"] if slow else []
+    args = ["--set", f"{slow}.delay_ms={DELAY_MS}"] if slow else []
     proc = start(name, *args)
     try:
         time.sleep(4)
@@ -65,25 +73,32 @@ def test_a_slowed_stage_shows_up_where_it_is(slow):
         assert m["state"] == "running" and m["heartbeat_age_s"] < 3 and m["restarts"] == 0
         assert m["cpu_percent"] is not None and m["rss_mb"] > 10 and m["cores"] and m["threads"] >= 1
     assert st["capture_jitter_ms"] is not None and st["latency_ms"]["p50"] > 0
-    if slow is None:
-        assert pre["service_ms"]["p50"] < 30 and inf["service_ms"]["p50"] < 60
+    assert pre["service_ms"]["p50"] > 0 and inf["service_ms"]["p50"] > 0
     if slow == "preprocess":  # frames wait for preprocess and are dropped there; inference idles
-        assert pre["service_ms"]["p50"] >= 60 and pre["queue"]["max"] >= 1 and pre["queue_hwm"] >= 1
-        assert drops["frames"]["latest"] > 0 and drops["tensors"]["latest"] == 0
-        assert inf["queue"]["max"] == 0
+        assert pre["service_ms"]["p50"] >= DELAY_MS
+        assert pre["service_ms"]["p50"] - inf["service_ms"]["p50"] >= DELAY_MS / 2
+        assert pre["queue"]["max"] >= 1 and pre["queue_hwm"] >= 1
+        assert drops["frames"]["latest"] > 0, drops
+        assert drops["frames"]["latest"] >= DOMINANT * drops["tensors"]["latest"], drops
     if slow == "inference":  # tensors wait for inference; preprocess keeps up with the camera
-        assert inf["service_ms"]["p50"] >= 60 and inf["queue"]["max"] >= 1
-        assert drops["tensors"]["latest"] > 0 and drops["frames"]["latest"] == 0
-        assert pre["queue"]["max"] == 0 and pre["service_ms"]["p50"] < 30
+        assert inf["service_ms"]["p50"] >= DELAY_MS
+        assert inf["service_ms"]["p50"] - pre["service_ms"]["p50"] >= DELAY_MS / 2
+        assert inf["queue"]["max"] >= 1
+        assert drops["tensors"]["latest"] > 0, drops
+        assert drops["tensors"]["latest"] >= DOMINANT * drops["frames"]["latest"], drops
         assert st["frame_age_ms"]["p50"] > 5  # frames wait before inference starts on them
 
 
 def test_prometheus_endpoint_parses_and_holds_the_series():
-    proc = start("metrics", "--metrics-port", "0")
+    """The counters are the status's: a scrape lies between two status snapshots taken before and
+    after it. Preprocess is slowed so that the frames edge has drops to count on any machine."""
+    proc = start("metrics", "--metrics-port", "0", "--set", f"preprocess.delay_ms={DELAY_MS}")
     try:
         url = proc.startup.split("metrics: ")[1].split()[0]
         time.sleep(4)
+        before = snapshot("metrics")
         text = urllib.request.urlopen(url, timeout=10).read().decode()
+        after = snapshot("metrics")
     finally:
         stop(proc)
     families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -100,8 +115,12 @@ def test_prometheus_endpoint_parses_and_holds_the_series():
     assert families["pipeline_drops"].type == "counter"
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for f in families.values() for s in f.samples}
-    assert samples[("pipeline_drops_total", (("edge", "frames"), ("reason", "latest")))] == 0
-    assert samples[("pipeline_frames_total", (("direction", "out"), ("stage", "inference")))] > 10
+    dropped = samples[("pipeline_drops_total", (("edge", "frames"), ("reason", "latest")))]
+    assert 0 < before["totals"]["drops"]["frames"]["latest"] <= dropped
+    assert dropped <= after["totals"]["drops"]["frames"]["latest"]
+    out = samples[("pipeline_frames_total", (("direction", "out"), ("stage", "inference")))]
+    assert 0 < before["stages"]["inference"]["frames_out"] <= out
+    assert out <= after["stages"]["inference"]["frames_out"]
     assert samples[("pipeline_end_to_end_latency_seconds_count", ())] > 10
     assert any(n == "pipeline_stage_service_seconds_count" and dict(lab)["stage"] == "inference"
                for n, lab in samples)

@@ -63,9 +63,9 @@ class CreditGate:
                 self._tensors = Ring.attach(self.tensors_ring)
             except (OSError, ValueError):
                 pass
-        n = self.frames.written - self.frames.released
+        n = self.frames.held
         if self._tensors is not None:
-            n += self._tensors.written - self._tensors.released
+            n += self._tensors.held
         return n
 
     def _drain(self) -> None:

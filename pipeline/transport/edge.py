@@ -3,7 +3,8 @@ descriptors, and the edge's back-pressure policy.
 
 - `latest`: the writer never waits; the reader drains everything queued and takes only the newest
   frame (the others are counted as `latest` drops). A writer that laps a slow reader is caught by
-  the slot's sequence lock and counted as `torn`.
+  the slot's sequence lock and counted as `torn`. A frame whose descriptor the writer cannot hand
+  over (the reader's queue full, or no reader: it is restarting) the writer counts as `latest`.
 - `drop_new`: while every slot holds a frame the reader has not finished, new frames are dropped
   at the writer (counted as `drop_new`).
 - `block`: the writer waits for a free slot; nothing is dropped.
@@ -135,9 +136,9 @@ class EdgeWriter:
 
     @property
     def in_use(self) -> int:
-        """Slots holding frames the reader has neither finished nor dropped."""
+        """Slots holding frames sent to the reader that it has neither finished nor dropped."""
         try:
-            return min(self.ring.slots, self._count - self.ring.released)
+            return min(self.ring.slots, self.ring.held)
         except TypeError:  # ring closed
             return 0
 
@@ -150,25 +151,29 @@ class EdgeWriter:
         self._count += 1
         desc["slot"] = slot
         desc["seq"] = seq
-        self._send(pack(desc), alive)
+        if self._send(pack(desc), alive):
+            self.ring.mark_sent()
 
     def send_eos(self, alive: Callable[[], bool]) -> None:
         self._send(pack({"eos": True}), alive, lossless=True)
 
-    def _send(self, msg: bytes, alive: Callable[[], bool], lossless: bool = False) -> None:
+    def _send(self, msg: bytes, alive: Callable[[], bool], lossless: bool = False) -> bool:
+        """Hand the message to the socket; False if it was not (counted here as a `latest` drop,
+        or the stage is stopping)."""
         if self.policy == "latest" and not lossless:
             try:
                 self.sock.send(msg, zmq.NOBLOCK)
-            except zmq.Again:  # reader stalled: its queue is full of older frames anyway
+                return True
+            except zmq.Again:  # reader stalled or down: its queue is full of older frames anyway
                 self.drops["latest"] += 1
-            return
+                return False
         while True:  # lossless: a lost descriptor would leak a slot
             try:
                 self.sock.send(msg)
-                return
+                return True
             except zmq.Again:
                 if not alive():
-                    return
+                    return False
 
     def watch(self) -> dict[str, Any]:
         """Once a second, from the stage's stats (sent even while the writer waits): judge the
@@ -281,16 +286,18 @@ class EdgeReader:
         return sock
 
     def _take_over(self) -> int:
-        """A reader restarted after a crash: the frames its predecessor held are released (and
-        counted as dropped) so a block/drop_new writer is not left waiting for them. (Only for
-        the sole reader of a ring: shared readers recover a dead holder's frame in `claim`.)"""
+        """A reader restarted after a crash: the frames its predecessor was sent and did not
+        finish are released (and counted as `restart` drops) so a block/drop_new writer is not
+        left waiting for them; frames sent to nobody meanwhile the writer counted already (see
+        `Ring.take_over`). Only for the sole reader of a ring: shared readers recover a dead
+        holder's frame in `claim`."""
         try:
             self.ring = Ring.attach(self.ring_name)
         except FileNotFoundError:  # first start: the writer creates the ring later
             return 0
         with self.ring.locked():
             self.ring.holder = 0
-        return self.ring.release_all()
+        return self.ring.take_over()
 
     def take(self, timeout_ms: int) -> dict[str, Any] | None:
         """Next descriptor by policy (`{"eos": True}` at end of stream), or None on timeout."""
@@ -393,9 +400,9 @@ class EdgeReader:
 
     @property
     def in_use(self) -> int:
-        """Frames written to this edge's ring and not yet finished or dropped here."""
+        """Frames sent on this edge and not yet finished or dropped here."""
         try:
-            return min(self.ring.slots, self.ring.written - self.ring.released)
+            return min(self.ring.slots, self.ring.held)
         except (AttributeError, TypeError):  # not attached yet, or closed
             return 0
 

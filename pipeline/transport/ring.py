@@ -15,7 +15,10 @@ reader when its read starts. (tools/bench_fence.py: three fences cost about 1% o
 640x480 frame.)
 
 Two counters in the header carry flow control for the `block` and `drop_new` policies: `written`
-(frames published, writer-owned) and `released` (frames finished, reader-owned).
+(frames published, writer-owned) and `released` (frames finished, reader-owned). A third, `sent`
+(writer-owned), counts the frames whose descriptor the writer handed to ZeroMQ: a reader that
+restarts after a crash counts as lost only `sent - released`, the frames its predecessor was
+sent and did not finish; a frame the writer could not send it counts itself (a `latest` drop).
 
 Two more words let several readers share a ring (inference workers): `claimed`, the sequence
 number of the newest frame a reader took, and `holder`, the pid of the reader working on a frame
@@ -53,10 +56,11 @@ from pipeline.transport.fence import full_fence
 
 SHM_DIR = "/dev/shm"
 MAGIC = 0x52494E4731  # "RING1"
-# magic, version, slots, slot_bytes, written, released, last seq, token, claimed, holder
-_HEADER_WORDS = 10
+VERSION = 3
+# magic, version, slots, slot_bytes, written, released, last seq, token, claimed, holder, sent
+_HEADER_WORDS = 11
 _W_MAGIC, _W_VERSION, _W_SLOTS, _W_SLOT_BYTES, _W_WRITTEN, _W_RELEASED, _W_LAST_SEQ = range(7)
-_W_TOKEN, _W_CLAIMED, _W_HOLDER = 7, 8, 9
+_W_TOKEN, _W_CLAIMED, _W_HOLDER, _W_SENT = 7, 8, 9, 10
 _PAGE = 4096
 _SLOT_ALIGN = 64
 
@@ -166,7 +170,7 @@ class Ring:
         head = np.frombuffer(mm, dtype=np.uint64, count=_HEADER_WORDS)
         head[_W_SLOTS] = slots
         head[_W_SLOT_BYTES] = slot_bytes
-        head[_W_VERSION] = 2
+        head[_W_VERSION] = VERSION
         head[_W_TOKEN] = token
         head[_W_MAGIC] = MAGIC
         del head
@@ -250,12 +254,31 @@ class Ring:
         """Sequence number of the last frame written: a restarted writer continues after it."""
         return int(self._head[_W_LAST_SEQ])
 
+    def mark_sent(self) -> None:
+        """The frame written last was handed to the reader's socket (see `take_over`)."""
+        self._head[_W_SENT] += 1
+
     def release_all(self) -> int:
-        """Give back every slot a reader that died was holding; returns how many."""
+        """Take back every outstanding slot (from a reader that stopped releasing); returns how many."""
         held = self.written - self.released
         if held > 0:
             self._head[_W_RELEASED] = self.written
         return max(0, held)
+
+    def take_over(self) -> int:
+        """A reader restarted after a crash: give back the slots its predecessor held and return
+        how many frames it lost, those sent to it and not finished (`sent - released`); frames
+        the writer could not send are the writer's to count, and one it is still sending (an
+        in-order edge) goes to this reader."""
+        lost = self.sent - self.released
+        if lost > 0:
+            self._head[_W_RELEASED] = self.sent
+        return max(0, lost)
+
+    @property
+    def held(self) -> int:
+        """Frames sent to the reader(s) and not yet finished."""
+        return max(0, self.sent - self.released)
 
     # Reader side.
     def intact(self, slot: int, seq: int) -> bool:
@@ -300,6 +323,10 @@ class Ring:
     @property
     def released(self) -> int:
         return int(self._head[_W_RELEASED])
+
+    @property
+    def sent(self) -> int:
+        return int(self._head[_W_SENT])
 
     def close(self) -> None:
         """Unmap (the segment itself stays until `unlink`)."""

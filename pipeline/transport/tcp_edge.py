@@ -139,6 +139,7 @@ class TcpEdgeWriter(EdgeWriter):
                     self.sock.poll(100, zmq.POLLOUT)
         self.frames_sent += 1
         self.bytes_sent += len(parts[0]) + payload.nbytes
+        self.ring.mark_sent()
         self.ring.release(1)  # the local ring has no reader to wait for
 
     def send_eos(self, alive: Callable[[], bool]) -> None:
@@ -244,6 +245,7 @@ class TcpEdgeReader(EdgeReader):
         self.ring.begin_write(slot, seq)
         np.copyto(self.ring.view(slot, shape), image)
         self.ring.end_write(slot, seq)
+        self.ring.mark_sent()  # handed to this stage at once
         shift = int(desc.pop("clock", self._clock)) - self._clock  # sender's clock -> ours
         times = desc["t"]
         for key, value in times.items():

@@ -88,15 +88,17 @@ class Preprocess:
         prep = self._for_size(ctx.settings.get("input_size", cfg.crop_size))
         if self.delay_s and self.meter.frames_in % cfg.delay_every == 0:
             time.sleep(self.delay_s)  # preprocess.delay_ms: a deliberately slow stage
-        cropped = prep.crop(self._region(inp.frame(desc)))
-        intact = inp.intact(desc)
-        inp.release()
-        if not intact:
+        cropped = prep.crop(self._region(inp.frame(desc)))  # a copy: the frame is read
+        if not inp.intact(desc):
+            inp.release()
             return
+        # The frame is released only once its tensor is out (or counted as dropped): one lost
+        # with this process meanwhile is still held, and its successor counts it (`restart`).
         slot = out.acquire(ctx.alive)
         if slot is None:
             if not ctx.stopping:
                 out.dropped_new()
+            inp.release()
             return
         seq = desc["seq"]
         out.begin(slot, seq)
@@ -112,6 +114,7 @@ class Preprocess:
         desc["t"].update(preprocess_start=t0, preprocess_end=t1)
         desc["queue"] = {"preprocess": inp.depth}
         out.publish(slot, seq, desc, ctx.alive)
+        inp.release()
         self.meter.done((t1 - t0) / 1e6)
 
     def _region(self, frame: np.ndarray) -> np.ndarray:

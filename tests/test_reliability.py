@@ -453,3 +453,100 @@ def test_a_worker_killed_while_its_model_runs_leaves_a_counted_gap(tmp_path):
     assert 1 <= s["results_dropped"] <= 3, s["results_dropped"]  # at most one per kill
     recorded = {r["result_seq"] for r in read_jsonl(record) if r.get("type") == "result"}
     assert s["results_issued"] == len(recorded) + s["results_dropped"] + s["results_unrecorded"]
+
+
+def _model_ms(tmp_path, sets: list[str]) -> float:
+    """The model's median time per frame here, from a short run."""
+    import json
+
+    probe = tmp_path / "probe.json"
+    p = run_pipeline("demo.toml", "--name", "modelprobe", *sets, "--set", "source.frames=60",
+                     "--summary-json", str(probe), timeout=600)
+    assert p.returncode == 0, p.stderr
+    return json.loads(probe.read_text())["service_ms"]["inference"]["p50"]
+
+
+def _account_after_kills(tmp_path, name: str, sets: list[str], kills: list[str]) -> dict:
+    """demo.toml with a record, each stage of `kills` SIGKILLed in turn (each after 50 results
+    of its current process, the next once results come again), then capture paused (SIGSTOP)
+    and the frames it sent let through before the stop, so no drop is counted after the last
+    result. Returns the fault soak's accounting of the record against the summary."""
+    import json
+
+    from pipeline import attach
+
+    from .test_pipeline import stage_pid
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from soak_faults import account
+
+    record, summary = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.json"
+    restart = [f"{stage}.restart=always" for stage in ("capture", "preprocess", "inference")]
+    proc = start("demo.toml", "--name", name, "--quiet", "--record", str(record),
+                 "--summary-json", str(summary), "--set", "supervision.watchdog_s=0",
+                 *sets, *[a for s in restart for a in ("--set", s)])
+    latency_s = 0.0  # the longest capture-to-result time seen
+    try:
+        wait_running(proc)
+        with attach(name) as sub:
+            def results_after(t: float, n: int) -> None:
+                nonlocal latency_s
+                deadline = time.monotonic() + 120
+                while n and time.monotonic() < deadline:
+                    r = sub.receive(timeout=1)
+                    if r is not None and r.captured_at > t:
+                        n -= 1
+                        latency_s = max(latency_s, r.latency_ms / 1000)
+                    assert proc.poll() is None, proc.communicate()[1]
+                assert not n, f"{n} results short after {t}"
+
+            t_fault = 0.0
+            for stage in kills:
+                results_after(t_fault, 50)
+                pid = stage_pid(proc.pid, stage)
+                t_fault = time.time()
+                os.kill(pid, signal.SIGKILL)
+                results_after(t_fault, 1)
+                assert stage_pid(proc.pid, stage) != pid
+            os.kill(stage_pid(proc.pid, "capture"), signal.SIGSTOP)
+            quiet = max(2.0, 10 * latency_s)  # no result for this long: all through
+            last = paused = time.monotonic()
+            while time.monotonic() - last < quiet:
+                assert time.monotonic() - paused < 120, "results go on with capture paused"
+                if sub.receive(timeout=0.2) is not None:
+                    last = time.monotonic()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    s = json.loads(summary.read_text())
+    assert s["restarts"] == {stage: kills.count(stage) for stage in ("capture", "preprocess", "inference")}
+    return account(record, s)
+
+
+def test_a_restarted_preprocess_counts_no_frame_twice(tmp_path):
+    """preprocess SIGKILLed twice: the frames captured while it was down are counted once, by
+    capture (`latest`: it could not send them), not again by the restarted preprocess as
+    `restart`; every frame without a result is exactly one counted drop."""
+    acc = _account_after_kills(tmp_path, "twicecount", ["--set", "model.weights=none"],
+                               ["preprocess", "preprocess"])
+    assert acc["drops"]["frames"]["latest"] > 0, acc  # frames came while it was down
+    assert acc["frames_without_result"] == acc["frame_drops_counted"], acc
+    assert acc["results_unaccounted"] == 0 and acc["duplicates"] == 0, acc
+
+
+def test_drops_counted_by_a_killed_stage_since_its_last_stats_are_kept(tmp_path):
+    """Frames come three times as fast as the model takes them (rate from a measurement) and
+    preprocess is slowed to two thirds of it, so both count `latest` drops many times a second;
+    each is SIGKILLed twice: what they counted after their last once-a-second stats is kept
+    (their tallies outlive them), and every frame without a result is exactly one counted drop."""
+    sets = ["--set", "model.weights=none", "--set", "model.runtime=onnxruntime"]
+    model_ms = _model_ms(tmp_path, sets)
+    fps = min(1000.0, max(30.0, 3000 / model_ms))
+    acc = _account_after_kills(
+        tmp_path, "keptcounts",
+        [*sets, "--set", f"source.fps={fps:.1f}", "--set", f"preprocess.delay_ms={1500 / fps:.2f}"],
+        ["inference", "preprocess", "inference", "preprocess"])
+    assert acc["drops"]["frames"]["latest"] > 0 and acc["drops"]["tensors"]["latest"] > 0, acc
+    assert acc["frames_without_result"] == acc["frame_drops_counted"], acc
+    assert acc["results_unaccounted"] == 0 and acc["duplicates"] == 0, acc

@@ -39,6 +39,8 @@ class StageContext:
     def __init__(self, instance: "Instance", run: "RunPaths", config: "Config"):
         import zmq
 
+        from pipeline.observe.tally import DropTally
+
         self.instance = instance
         self.stage = instance.name
         self.run = run
@@ -60,6 +62,9 @@ class StageContext:
         self._next_stats = 0.0
         self.stats_source: Callable[[], dict[str, Any]] = lambda: {}
         self.owned = contextlib.ExitStack()
+        # Drop counts kept where a kill cannot take them (edges' `drops` are moved in with
+        # `tally.counts`); open until after the final stats.
+        self.tally = DropTally(run.drops_file(self.stage), entries=8 * (len(config.source_list) + 1))
 
     def own(self, resource: T) -> T:
         """Close `resource` (anything with `close()`) when the stage ends, however it ends."""
@@ -137,4 +142,5 @@ class StageContext:
         self.send(BYE, **self.stats_source(), **final)
         self._ctl.close()  # lingers until the last message is out
         self.zmq.destroy(linger=0)  # and any socket a failing stage left open
+        self.tally.close()
         gc.unfreeze()  # let interpreter shutdown free everything (bindings report leaks otherwise)

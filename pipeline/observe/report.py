@@ -75,6 +75,13 @@ class RunReport:
         self._prev.pop(stage, None)
         self.heard.pop(stage, None)
 
+    def final_drops(self, stage: str, drops: dict[str, dict[str, int]]) -> None:
+        """A stage's process ended: what it had counted up to its end, from its tally (its last
+        stats, up to a second older, may not tell the last of it), replaces those edges' counts."""
+        if drops:
+            last = self.latest.setdefault(stage, {})
+            last["drops"] = {**last.get("drops", {}), **drops}
+
     def counter(self, stage: str, key: str) -> int:
         """A stage's frames_in / frames_out over all its lives."""
         return int(self.latest.get(stage, {}).get(key, 0)) + self.carried.get(stage, {}).get(key, 0)

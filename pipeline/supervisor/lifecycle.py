@@ -15,6 +15,7 @@ from typing import Any
 from pipeline.config import CORES_ENV, Config, Instance
 from pipeline.observe.journal import WARNING
 from pipeline.observe.report import RunReport
+from pipeline.observe.tally import take as take_tally
 from pipeline.supervisor.control import ControlChannel
 from pipeline.supervisor.restarts import RestartBudget
 from pipeline.transport.rundir import RunPaths
@@ -103,6 +104,7 @@ class StageProcesses:
             if code is None or stage in self.respawn_at:
                 continue
             self.control.receive(0)  # pick up its error message, if it sent one
+            self.collect_drops(stage)
             why = self._why(stage, code)
             if starting:  # still starting up: no restarts, report and stop
                 return f"stage '{stage}' {why}"
@@ -111,6 +113,11 @@ class StageProcesses:
                 return f"stage '{stage}' {why}; not restarted: {decision}"
             self._schedule_restart(stage, why, decision)
         return None
+
+    def collect_drops(self, stage: str) -> None:
+        """The drop counts of a stage process that has ended (read once: its successor starts a
+        tally of its own)."""
+        self.report.final_drops(stage, take_tally(self.paths.drops_file(stage)))
 
     def _why(self, stage: str, code: int) -> str:
         """How a stage ended, for the user."""

@@ -336,6 +336,8 @@ class Supervisor:
         self.children.wait_for_consumers(2.0)
         self.children.terminate()
         self.control.receive(0)  # final stats ("bye") from stages that stopped cleanly
+        for stage in self.stages:  # and exact drop counts from those that had to be killed
+            self.children.collect_drops(stage)
         self.results.drain()
         self._remove_traces()
 

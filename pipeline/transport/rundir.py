@@ -233,6 +233,10 @@ class RunPaths:
         """The counter inference workers draw consecutive result numbers from."""
         return self.dir / "result_seq"
 
+    def drops_file(self, stage: str) -> Path:
+        """A stage process's drop counters (pipeline/observe/tally.py)."""
+        return self.dir / f"{stage}.drops"
+
     @property
     def config_file(self) -> Path:
         return self.dir / "config.json"

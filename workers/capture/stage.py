@@ -60,6 +60,7 @@ class Capture:
                                            readers=config.edge_peers("credits", index)))
         self.scratch = np.empty(self.source.max_frame_bytes, np.uint8)
         self.edge_name = config.edge_name("frames", index)
+        self.out.drops = ctx.tally.counts(self.edge_name, self.out.drops)
         self.interval = Window()
         self.interval_run = Histogram()  # the whole run, for the summary's capture jitter
         self.captured = self.published = 0

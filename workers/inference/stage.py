@@ -49,6 +49,8 @@ class Inference:
                                              config.policy("tensors", i), required=TENSOR_FIELDS,
                                              sole=cfg.workers == 1))
                         for i in range(n_sources)]
+        for i, reader in enumerate(self.readers):  # from now on a kill loses no count
+            reader.drops = ctx.tally.counts(config.edge_name("tensors", i), reader.drops)
         plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
         self.model = load_classifier(plan, config, cfg.threads or len(ctx.cores))
         warm_ms = warm_up(self.model, config.preprocess.crop_size, model_cfg.warmup)

@@ -50,6 +50,8 @@ class Preprocess:
         self.delay_s = cfg.delay_ms / 1000
         self.frames_edge = config.edge_name("frames", index)
         self.tensors_edge = config.edge_name("tensors", index)
+        self.inp.drops = ctx.tally.counts(self.frames_edge, self.inp.drops)
+        self.out.drops = ctx.tally.counts(self.tensors_edge, self.out.drops)
         if not self.out.wait_for_readers(config.inference.workers, lambda: not ctx.stopping):
             log.warning("not every inference worker has subscribed to the tensors edge yet")
         self.ready_info: dict[str, Any] = {}

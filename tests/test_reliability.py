@@ -418,12 +418,7 @@ def test_a_worker_killed_while_its_model_runs_leaves_a_counted_gap(tmp_path):
 
     sets = ["--set", "model.weights=none", "--set", "model.name=resnet18", "--set",
             "model.runtime=onnxruntime", "--set", "inference.restart=always", "--quiet"]
-    probe = tmp_path / "probe.json"
-    p = run_pipeline("demo.toml", "--name", "busyprobe", *sets, "--set", "source.frames=60",
-                     "--summary-json", str(probe), timeout=600)
-    assert p.returncode == 0, p.stderr
-    model_s = json.loads(probe.read_text())["service_ms"]["inference"]["p50"] / 1000
-    fps = min(1000.0, max(30.0, 3 / model_s))  # three frames arrive while the model runs once
+    fps = min(1000.0, max(30.0, 3000 / _model_ms(tmp_path, sets)))  # three frames a model run
     record, summary = tmp_path / "r.jsonl", tmp_path / "s.json"
     proc = start("demo.toml", "--name", "busykill", *sets, "--set", f"source.fps={fps:.1f}",
                  "--record", str(record), "--summary-json", str(summary))

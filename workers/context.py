@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from pipeline.config import Config, Instance
+    from pipeline.observe.tally import DropTally
     from pipeline.transport.rundir import RunPaths
 
 T = TypeVar("T")
@@ -39,8 +40,6 @@ class StageContext:
     def __init__(self, instance: "Instance", run: "RunPaths", config: "Config"):
         import zmq
 
-        from pipeline.observe.tally import DropTally
-
         self.instance = instance
         self.stage = instance.name
         self.run = run
@@ -62,9 +61,18 @@ class StageContext:
         self._next_stats = 0.0
         self.stats_source: Callable[[], dict[str, Any]] = lambda: {}
         self.owned = contextlib.ExitStack()
-        # Drop counts kept where a kill cannot take them (edges' `drops` are moved in with
-        # `tally.counts`); open until after the final stats.
-        self.tally = DropTally(run.drops_file(self.stage), entries=8 * (len(config.source_list) + 1))
+        self._tally: DropTally | None = None
+
+    @property
+    def tally(self) -> "DropTally":
+        """Where this process's drop counts are kept so that a kill cannot take them (a stage
+        moves its edges' `drops` in with `tally.counts`); open until after the final stats."""
+        if self._tally is None:
+            from pipeline.observe.tally import DropTally
+
+            self._tally = DropTally(self.run.drops_file(self.stage),
+                                    entries=8 * (len(self.config.source_list) + 1))
+        return self._tally
 
     def own(self, resource: T) -> T:
         """Close `resource` (anything with `close()`) when the stage ends, however it ends."""
@@ -142,5 +150,6 @@ class StageContext:
         self.send(BYE, **self.stats_source(), **final)
         self._ctl.close()  # lingers until the last message is out
         self.zmq.destroy(linger=0)  # and any socket a failing stage left open
-        self.tally.close()
+        if self._tally is not None:
+            self._tally.close()
         gc.unfreeze()  # let interpreter shutdown free everything (bindings report leaks otherwise)

@@ -24,7 +24,7 @@ from pipeline import attach
 from pipeline.config.credentials import has_user_info, mask_url, with_credentials
 from pipeline.transport.rundir import runtime_root
 
-from .conftest import ROOT, pipeline_cmd, read_jsonl
+from .conftest import ROOT, read_jsonl
 from .mjpeg_server import MjpegServer, jpeg_frames
 from .mqtt_broker import free_port
 

@@ -222,7 +222,7 @@ def flood(port: int, seconds: float, per_second: int) -> int:
         s.sendall(packet(0x10, b"\x00\x04MQTT\x04\x02\x00\x3c\x00\x05flood"))
         assert s.recv(4)[:2] == b"\x20\x02"
         start = time.monotonic()
-        while (now := time.monotonic()) < start + seconds:
+        while time.monotonic() < start + seconds:
             s.sendall(batch)
             sent += per_second // 100
             time.sleep(max(0.0, start + sent / per_second - time.monotonic()))

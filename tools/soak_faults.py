@@ -3,11 +3,11 @@ mosquitto on loopback), a preview and a jsonl consumer attached, and every few m
 
     .venv/bin/python tools/soak_faults.py --minutes 60 --fault-every 180 [--json soak_faults.json]
 
-Faults, each kind once in random order (`--seed`), then again: SIGKILL or SIGSTOP/SIGCONT of a stage, of a consumer or of the
-broker; /dev/shm filled to the last byte while a stage is killed; the disk of the jsonl consumer's
-file filled, then freed. /dev/shm and that disk are small tmpfs in a mount namespace of the soak's
-own (tools/private_mounts.py; root only: without it those two faults are skipped, saying so), so
-filling them touches nothing else on the machine.
+Faults, each kind once in random order (`--seed`), then again: SIGKILL or SIGSTOP/SIGCONT of a
+stage, of a consumer or of the broker; /dev/shm filled to the last byte while a stage is killed; the
+disk of the jsonl consumer's file filled, then freed. /dev/shm and that disk are small tmpfs in a
+mount namespace of the soak's own (tools/private_mounts.py; root only: without it those two faults
+are skipped, saying so), so filling them touches nothing else on the machine.
 
 After each fault it waits for the pipeline to recover (a result captured after the fault, the
 consumer or broker back) and notes how long that took. At the end it accounts for every frame

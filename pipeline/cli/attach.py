@@ -9,8 +9,8 @@ import sys
 import time
 
 from pipeline.cli.common import join
-from pipeline.config.strings import control_problem
 from pipeline.outputs import first_problem
+from pipeline.strings import control_problem
 from pipeline.transport.rundir import RuntimeDirError, running_pipelines
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from pipeline.strings import broker_problem, control_problem, topic_prefix_problem
 
 from .classes import class_indices
 from .credentials import has_user_info, mask_url
-from .strings import broker_problem, control_problem, topic_prefix_problem
 from .topology import Topology, _core_list, allowed_cores
 
 MODEL_NAMES = (

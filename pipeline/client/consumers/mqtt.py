@@ -46,9 +46,9 @@ from pipeline.client.consumers.homeassistant import discovery_configs, object_id
 from pipeline.client.states import State, StateEvent, Tracker
 from pipeline.client.subscription import Result
 from pipeline.config import Config
-from pipeline.config.strings import MQTT_PORTS, broker_problem, topic_prefix_problem
 from pipeline.errors import UserError
 from pipeline.observe.format import results_per_second
+from pipeline.strings import MQTT_PORTS, broker_problem, topic_prefix_problem
 
 USERNAME_ENV, PASSWORD_ENV = "MQTT_USERNAME", "MQTT_PASSWORD"
 MAX_QUEUED = 200  # QoS 1/2 messages paho may hold for a slow broker; beyond: dropped, counted

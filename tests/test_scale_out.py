@@ -18,8 +18,7 @@ from pipeline import attach
 from pipeline.config import image_files
 
 from .conftest import ASSETS, BOTTLE, IMAGES, ROOT, WEIGHTS, WORKER_CORES, need, read_jsonl
-from .topologies import (WATER_BOTTLE, busy_delay_ms, finish, lines, model_ms, up, wait_for,
-                         write_config)
+from .topologies import WATER_BOTTLE, busy_delay_ms, finish, lines, model_ms, up, wait_for, write_config
 
 CAR = ASSETS / "video" / "car-detection.mp4"
 

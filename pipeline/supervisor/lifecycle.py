@@ -41,6 +41,7 @@ class StageProcesses:
                         for n, i in stages.items()}
         self.down: dict[str, float] = {}  # stage -> when it went down (restart pending)
         self.respawn_at: dict[str, float] = {}  # stage -> when to start its replacement
+        self.untallied: set[str] = set()  # ended stages whose drop counts could not be read yet
         self.hung: dict[str, float] = {}  # stage -> how long it was silent when killed
         self.waiting: list[str] = []  # workers not started yet (see spawn_all)
         self._watched_at: float | None = None  # the watchdog's last look
@@ -104,7 +105,10 @@ class StageProcesses:
             if code is None or stage in self.respawn_at:
                 continue
             self.control.receive(0)  # pick up its error message, if it sent one
-            self.collect_drops(stage)
+            try:
+                self.collect_drops(stage)
+            except OSError:  # no descriptor left: read before its successor starts (respawn_due)
+                self.untallied.add(stage)
             why = self._why(stage, code)
             if starting:  # still starting up: no restarts, report and stop
                 return f"stage '{stage}' {why}"
@@ -116,8 +120,9 @@ class StageProcesses:
 
     def collect_drops(self, stage: str) -> None:
         """The drop counts of a stage process that has ended (read once: its successor starts a
-        tally of its own)."""
+        tally of its own); OSError if the file cannot be read now (it stays for another try)."""
         self.report.final_drops(stage, take_tally(self.paths.drops_file(stage)))
+        self.untallied.discard(stage)
 
     def _why(self, stage: str, code: int) -> str:
         """How a stage ended, for the user."""
@@ -144,6 +149,8 @@ class StageProcesses:
             if now >= due:
                 del self.respawn_at[stage]
                 try:
+                    if stage in self.untallied:  # its predecessor's counts first, or they are lost
+                        self.collect_drops(stage)
                     self.spawn(stage)
                 except OSError as e:  # e.g. no file descriptor left: `check` retries by the policy
                     self.control.errors[stage] = f"could not be restarted ({e.strerror})"

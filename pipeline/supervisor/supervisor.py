@@ -337,7 +337,11 @@ class Supervisor:
         self.children.terminate()
         self.control.receive(0)  # final stats ("bye") from stages that stopped cleanly
         for stage in self.stages:  # and exact drop counts from those that had to be killed
-            self.children.collect_drops(stage)
+            try:
+                self.children.collect_drops(stage)
+            except OSError as e:
+                self.say(f"stage '{stage}': its last drop counts could not be read ({e.strerror})",
+                         WARNING)
         self.results.drain()
         self._remove_traces()
 

@@ -59,9 +59,11 @@ def test_a_condition_must_hold_without_interruption():
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_pipeline_lowers_the_input_size_when_the_model_is_too_slow(runtime, tmp_path, clean_machine):
     """The model's own time per frame is measured first, in this pipeline on this machine; the
-    target frame rate is then set a quarter above what it reaches at 224. The supervisor lowers
-    the input to 192 after the hold time, never raises it again (224 would be too slow), results
-    say so, and the bottle is still recognised at the smaller size."""
+    target frame rate is then set well above what it reaches at 224 (1/0.6: the step down holds
+    even if the machine gets up to 1.5x faster after the measurement, a load that ends, and the
+    step back up would need it 1.9x faster). The supervisor lowers the input to 192 after the
+    hold time, never raises it again (224 would be too slow), results say so, and the bottle is
+    still recognised at the smaller size."""
     need(BOTTLE)
     common = ["--set", f"source.path={BOTTLE}", "--set", "source.loop=true",
               "--set", "source.realtime=false", "--set", f"model.runtime={runtime}", "--quiet"]
@@ -69,10 +71,11 @@ def test_pipeline_lowers_the_input_size_when_the_model_is_too_slow(runtime, tmp_
     p = run_pipeline("video.toml", *common, "--duration", "4", "--summary-json", str(summary))
     assert p.returncode == 0, p.stderr
     service_ms = json.loads(summary.read_text())["service_ms"]["inference"]["p50"]
-    target = 1000 / service_ms / 0.8
+    target = 1000 / service_ms / 0.6
     record = tmp_path / "r.jsonl"
     p = run_pipeline("video.toml", *common, "--set", "adaptive.enabled=true",
                      "--set", "adaptive.hold_s=1", "--set", f"adaptive.target_fps={target:.1f}",
+                     "--set", "adaptive.sizes=[224, 192]",
                      "--duration", "10", "--record", str(record))
     assert p.returncode == 0, p.stderr
     steps = [line for line in p.stderr.splitlines() if line.startswith("adaptive: input")]

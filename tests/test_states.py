@@ -77,9 +77,7 @@ def test_a_pixel_region_outside_the_video_stops_the_pipeline_with_one_line(clean
 
 
 @pytest.mark.parametrize("setting, message", [
-    ("source.state.watch=[\"water botle\"]",
-     "source.state.watch: 'water botle' is not an ImageNet class (closest: 'water bottle'"),
-    ("source.state.watch=[1000]", "source.state.watch: class index 1000 is not an ImageNet class"),
+    ("source.state.watch=[-1]", "source.state.watch: -1 is neither a class name nor a class index"),
     ("source.state.window=0", "source.state.window: Input should be greater than or equal to 1"),
     ("source.state.smoothing=\"mean\"", "source.state.smoothing: Input should be 'consecutive' or"),
     ("source.roi=[0.0, 0.0, 0.5]", "source.roi: [0.0, 0.0, 0.5] must be [x, y, width, height]"),
@@ -98,6 +96,23 @@ def test_state_and_region_mistakes_are_one_line_before_anything_starts(setting, 
     assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("setting, message", [
+    ("source.state.watch=[\"water botle\"]",
+     "source.state.watch: 'water botle' is not an ImageNet class (closest: 'water bottle'"),
+    ("source.state.watch=[1000]", "source.state.watch: class index 1000 is not an ImageNet class"),
+])
+def test_a_watched_class_the_model_lacks_is_one_line_before_anything_starts(setting, message):
+    """Watched classes are checked against the model's own names, once the model is known: by
+    pipeline-up before any stage starts, and by --check."""
+    base = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "demo.toml"),
+            "--set", setting, "--set", "model.runtime=onnxruntime"]
+    p = subprocess.run(base, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and message in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in p.stderr
+    p = subprocess.run(base + ["--check"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and message in p.stdout + p.stderr
+
+
 def test_watched_names_are_the_models_own_labels():
     """The names a config may watch are the labels the shipped model's results carry."""
     import onnxruntime
@@ -106,7 +121,7 @@ def test_watched_names_are_the_models_own_labels():
     meta = onnxruntime.InferenceSession(str(model)).get_modelmeta().custom_metadata_map
     assert list(imagenet_classes()) == json.loads(meta["categories"])
     assert CLASSES_FILE.read_text().count("\n") == 1000
-    assert StateConfig(watch=["Water Bottle", 3]).watch_indices == {898, 3}
+    assert StateConfig(watch=["Water Bottle", 3]).watch_indices(imagenet_classes(), "m") == {898, 3}
 
 
 @pytest.fixture(scope="module")

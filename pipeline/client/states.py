@@ -14,6 +14,11 @@ a window of votes all cast after the state began, never from votes that elected 
 state never changes twice within `window` results: a majority of 7 that has just become X does not
 flip back to Y on a single Y vote (`consecutive` has this by its rule alone).
 
+A class is watched by name (matched against each result's labels, so the same config serves any
+model that has that class) or by index. When a source's results start coming from another model
+(`model_id` changes: `pipeline-deploy`), its state ends the old model's class and is decided afresh
+from the new model's results; a result of a replaced model that arrives late does not vote.
+
 Any consumer may use it: `Tracker` keeps one `StateMachine` per source, built from the
 pipeline's config (`source.state`); `attach(..., states=True)` puts the events on each result.
 """
@@ -36,7 +41,7 @@ class StateEvent:
 
     event: Literal["start", "end"]
     source: str
-    index: int  # ImageNet class index
+    index: int  # the model's class index
     label: str
     probability: float  # start: of the result that confirmed it; end: the last while it held
     time: float  # UNIX time the frame that decided it was captured
@@ -73,7 +78,11 @@ class StateMachine:
     def __init__(self, source: str, config: StateConfig | None = None):
         self.source = source
         self.config = config or StateConfig()
-        self.watch = self.config.watch_indices
+        self.watch_names = {w.strip().lower() for w in self.config.watch if isinstance(w, str)}
+        self.watch_indices = {w for w in self.config.watch if isinstance(w, int)}
+        self.watching = bool(self.config.watch)
+        self.model_id: str | None = None  # the model whose results vote now
+        self.replaced: set[str] = set()  # models whose results no longer vote
         self.votes: deque[int | None] = deque(maxlen=self.config.window)
         self.labels: dict[int, str] = {}
         self.state: State | None = None  # None until the first result
@@ -86,15 +95,17 @@ class StateMachine:
         for p in r.top:  # most probable first
             if p.prob < self.config.min_prob:
                 break
-            if not self.watch or p.index in self.watch:
+            if not self.watching or p.index in self.watch_indices \
+                    or p.label.lower() in self.watch_names:
                 self.labels[p.index] = p.label
                 return p.index, p.prob
         return None, None
 
     def update(self, r: Result) -> list[StateEvent]:
-        if r.seq <= self.last_seq:  # several workers: an older frame's result came late
+        if r.seq <= self.last_seq or r.model_id in self.replaced:  # came late: no vote
             return []
         self.last_seq = r.seq
+        events = self._new_model(r) if r.model_id != self.model_id else []
         index, prob = self.vote(r)
         if self.state is None:
             self.state = State(None, NONE, None, r.captured_at)
@@ -105,13 +116,12 @@ class StateMachine:
         if self.held is not None:
             self.held += 1
             if self.held < self.config.window:  # just entered: it holds for a whole window
-                return []
+                return events
         winner = self._winner()
         self.decided = self.decided or winner is not False
         if winner is False or winner == state.index:
-            return []
+            return events
         self.held = 0
-        events = []
         if state.index is not None:
             events.append(self._event("end", state.index, state.probability or 0.0, r,
                                       state.since))
@@ -122,6 +132,23 @@ class StateMachine:
                                r.captured_at)
             events.append(self._event("start", winner, self.state.probability or 0.0, r,
                                       r.captured_at))
+        return events
+
+    def _new_model(self, r: Result) -> list[StateEvent]:
+        """Results from another model: the old one's class ends, its votes are forgotten, and
+        the state is undecided (`none`, not yet decided) until the new model's votes agree."""
+        if self.model_id is not None:
+            self.replaced.add(self.model_id)
+        self.model_id = r.model_id
+        events = []
+        if self.state is not None and self.state.index is not None:
+            events.append(self._event("end", self.state.index, self.state.probability or 0.0, r,
+                                      self.state.since))
+            self.state = State(None, NONE, None, r.captured_at)
+        self.votes.clear()
+        self.labels.clear()
+        self.held = None
+        self.decided = False
         return events
 
     def _winner(self) -> int | None | Literal[False]:

@@ -31,7 +31,7 @@ MAX_MESSAGE = 1 << 20  # bytes; a results or status message is far smaller
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    index: int  # ImageNet-1k class index
+    index: int  # the model's class index (ImageNet-1k's for the shipped model)
     label: str
     prob: float
 
@@ -56,6 +56,7 @@ class Result:
     frame: np.ndarray | None = None  # HxWx3 BGR, read-only view into shared memory
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     events: list[Any] = field(default_factory=list)  # StateEvents it caused (states=True)
+    model_id: str = ""  # short hash of the model file (results of two models differ in it)
     _ring: Ring | None = field(default=None, repr=False)
 
     @classmethod
@@ -69,7 +70,7 @@ class Result:
             captured_at=msg["captured_at"], latency_ms=msg["latency_ms"], model=msg["model"],
             top=[Prediction(t["index"], t["label"], t["prob"]) for t in msg["top"]],
             timestamps=msg["t"], missed_before=missed_before, dropped_before=dropped_before,
-            raw=msg)
+            raw=msg, model_id=msg.get("model_id", ""))
 
     @property
     def label(self) -> str:

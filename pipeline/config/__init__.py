@@ -9,7 +9,7 @@ TOML file and `--set` overrides (load); the files, devices and keys a config nee
 (checks); `ConfigError` and the wording of validation errors (errors).
 """
 
-from .checks import IMAGE_SUFFIXES, check_files, image_files, input_files
+from .checks import IMAGE_SUFFIXES, check_classes, check_files, image_files, input_files
 from .errors import ConfigError
 from .load import PATH_KEYS, load_config, parse_override, validate
 from .schema import (
@@ -45,6 +45,7 @@ __all__ = [
     "CORES_ENV",
     "HOST_PATTERN",
     "IMAGE_SUFFIXES",
+    "check_classes",
     "check_files",
     "input_files",
     "LOCAL",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from .credentials import CredentialsError, read_credentials
@@ -25,6 +26,10 @@ def check_files(config: Config, host: str | None = None) -> None:
     if runs_model and weights not in WEIGHTS_SPECIAL and not os.path.isfile(weights):
         raise ConfigError(f"model.weights: no such file: {weights} (give a state-dict or .onnx "
                           "path, \"builtin\", \"DEFAULT\" or \"none\")")
+    labels = config.model.labels
+    if runs_model and labels and not os.path.isfile(labels):
+        raise ConfigError(f"model.labels: no such file: {labels} (give a text file with one class "
+                          "name per line)")
     if weights == "builtin" and config.model.name != "mobilenet_v2":
         raise ConfigError(f"model.weights: the built-in weights are mobilenet_v2's; for "
                           f"{config.model.name} give a state-dict path, \"DEFAULT\" (torchvision's "
@@ -34,6 +39,18 @@ def check_files(config: Config, host: str | None = None) -> None:
                           "cannot run (use model.runtime = \"onnxruntime\" or a state dict)")
     if config.curve.keys:
         _check_keys(config, host)
+
+
+def check_classes(config: Config, names: Sequence[str], model: str) -> None:
+    """Every class a source's state names is one of the model's (`names`); ConfigError naming
+    the first that is not, with the closest names."""
+    for i, src in enumerate(config.source_list):
+        if src.state is not None:
+            key = f"{'source' if not config.sources else f'sources[{i}]'}.state.watch"
+            try:
+                src.state.watch_indices(names, model, key)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
 
 def _check_keys(config: Config, host: str | None) -> None:
@@ -102,4 +119,6 @@ def input_files(config: Config, config_file: str | None = None) -> list[str]:
             files.append(src.path)
     if config.model.weights not in WEIGHTS_SPECIAL:
         files.append(config.model.weights)
+    if config.model.labels:
+        files.append(config.model.labels)
     return files

@@ -16,7 +16,7 @@ from .schema import WEIGHTS_SPECIAL, Config
 
 # Keys whose values are file paths: relative to the config file when written there,
 # relative to the working directory when given with --set.
-PATH_KEYS = (("source", "path"), ("model", "weights"), ("curve", "keys"))
+PATH_KEYS = (("source", "path"), ("model", "weights"), ("model", "labels"), ("curve", "keys"))
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -4,6 +4,7 @@ checks that span several sections (cores, sizes, sources, edges) as validators o
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
@@ -50,22 +51,25 @@ class StateConfig(_Strict):
     qualifies."""
 
     min_prob: float = Field(0.0, ge=0, le=1)  # a class counts only at this probability or more
-    watch: list[int | str] = []  # ImageNet names or indices; empty: any class
+    watch: list[int | str] = []  # the model's class names or indices; empty: any class
     smoothing: Literal["consecutive", "majority"] = "consecutive"
     # consecutive: `window` results in a row agree; majority: more than half of the last `window`
     window: int = Field(3, ge=1, le=1000)
 
     @field_validator("watch")
     @classmethod
-    def _known_classes(cls, watch: list[int | str]) -> list[int | str]:
+    def _watch_items(cls, watch: list[int | str]) -> list[int | str]:
+        """Only the form here: whether each is a class of the model is checked once the model
+        is known (`watch_indices`, before anything starts)."""
         for item in watch:
-            class_indices(item, "watch")
+            if isinstance(item, int) and item < 0 or isinstance(item, str) and not item.strip():
+                raise ValueError(f"watch: {item!r} is neither a class name nor a class index")
         return watch
 
-    @property
-    def watch_indices(self) -> frozenset[int]:
-        """The watched class indices (a name shared by two ImageNet classes watches both)."""
-        return frozenset(i for item in self.watch for i in class_indices(item, "state.watch"))
+    def watch_indices(self, names: Sequence[str], model: str, key: str = "state.watch") -> frozenset[int]:
+        """The watched class indices of a model with these class names (a name two classes share
+        watches both); ValueError naming `key` for one the model does not have."""
+        return frozenset(i for item in self.watch for i in class_indices(item, key, names, model))
 
 
 MIN_ROI_PIXELS = 8  # a region narrower or lower than this holds nothing to classify
@@ -324,6 +328,9 @@ class ModelConfig(_Strict):
     # "builtin" (the shipped MobileNetV2), a state-dict or .onnx path, "DEFAULT" (torchvision's
     # download) or "none" (random weights, for timing)
     weights: str = "builtin"
+    # A file of class names, one per line (line i = class i), for a model whose file names none
+    # (an ONNX classifier from elsewhere); "": the names the model file carries, else ImageNet's.
+    labels: str = ""
     runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     engine: Literal["auto", "qnnpack", "x86", "fbgemm", "onednn"] = "auto"
     jit: bool = True  # TorchScript

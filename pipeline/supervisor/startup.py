@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pipeline.config import Config, Instance
+from pipeline.config import Config, Instance, check_classes
+from pipeline.errors import UserError
 from pipeline.supervisor.shm import frame_bytes, preflight, remove_orphans
 from pipeline.transport.rundir import running_pipelines
 
@@ -30,12 +31,25 @@ def refusal(config: Config, host: str | None, say: Callable[[str], None]) -> str
 def plan_model(config: Config, first_worker: Instance, say: Callable[[str], None]) -> Any:
     """Which runtime and model file the workers load, or a one-line refusal. May export the
     model or measure the runtimes, once per machine."""
-    from workers.inference.classifier import ModelError
     from workers.inference.model_plan import plan_model
 
     cores = config.cores_for(first_worker)
     threads = config.inference.threads or len(cores)
     try:
-        return plan_model(config.model, config.preprocess.crop_size, cores, threads, say)
-    except ModelError as e:
+        plan = plan_model(config.model, config.preprocess.crop_size, cores, threads, say)
+    except UserError as e:
         return str(e)
+    return misfit(config, plan) or plan
+
+
+def misfit(config: Config, plan: Any) -> str | None:
+    """Why a planned model cannot serve this config (a watched class it lacks, another
+    preprocessing than it was trained with), or None."""
+    try:
+        check_classes(config, plan.labels, plan.name)
+    except UserError as e:
+        return str(e)
+    if plan.resize and plan.resize != config.preprocess.resize:
+        return (f"model.weights: {plan.name} was trained with preprocess.resize = \"{plan.resize}\", "
+                f"the config has \"{config.preprocess.resize}\": set preprocess.resize = \"{plan.resize}\"")
+    return None

@@ -209,7 +209,7 @@ _RESULT: dict[str, Callable[[Any], bool]] = {
     "input_size": _count, "captured_at": _number, "latency_ms": _number, "t": _times, "top": _top,
 }
 _RESULT_OPTIONAL: dict[str, Callable[[Any], bool]] = {
-    "frame": lambda v: v is None or _count(v), "item": _text, "dropped": _count,
+    "frame": lambda v: v is None or _count(v), "item": _text, "dropped": _count, "model_id": _text,
     "queue": lambda v: type(v) is dict and all(type(k) is str and _count(n) for k, n in v.items()),
 }
 

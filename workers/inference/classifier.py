@@ -7,14 +7,14 @@ loads torch or torchvision (about 700 MB of RSS and 3 s of start-up saved).
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pipeline.errors import UserError
-from workers.normalize import IMAGENET_MEAN, IMAGENET_STD, Normalizer
+from workers.inference.model_meta import own_labels
+from workers.normalize import Normalizer
 
 if TYPE_CHECKING:
     from pipeline.config import Config
@@ -48,7 +48,9 @@ class OnnxClassifier:
 
     runtime = "onnxruntime"
 
-    def __init__(self, path: str, threads: int = 1, spinning: bool = False):
+    def __init__(self, path: str, threads: int = 1, spinning: bool = False,
+                 labels: list[str] | None = None):
+        """`labels`: the class names (the plan's); None: those the file carries."""
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -74,10 +76,11 @@ class OnnxClassifier:
         self.input_name = inp.name
         self.output_name = self.session.get_outputs()[0].name
         self.fixed_size = inp.shape[-1] if isinstance(inp.shape[-1], int) else None
-        self.labels = metadata_labels(self.meta)
         classes = self.session.get_outputs()[0].shape[-1]
-        if isinstance(classes, int) and classes != len(self.labels):  # not ImageNet's 1000
-            self.labels = [f"class {i}" for i in range(classes)]
+        self.labels = labels or own_labels(self.meta, classes if isinstance(classes, int) else None)
+        if isinstance(classes, int) and classes != len(self.labels):
+            raise ModelError(f"model.weights: {path} has {classes} outputs, the plan names "
+                             f"{len(self.labels)} classes")
         self._feed: dict[str, np.ndarray] = {}
 
     def logits(self, x: np.ndarray) -> np.ndarray:
@@ -122,27 +125,6 @@ class TorchClassifier:
             return self.model(t)[0].numpy()
 
 
-def metadata_labels(meta: dict[str, str]) -> list[str]:
-    """Class names from an exported file's metadata; an ONNX file from elsewhere (e.g. the ONNX
-    Model Zoo's MobileNetV2) gets ImageNet's names from the built-in model."""
-    if "categories" in meta:
-        return json.loads(meta["categories"])
-    import onnxruntime as ort
-
-    from workers.inference.model_files import builtin_onnx
-
-    own = ort.InferenceSession(str(builtin_onnx()), providers=["CPUExecutionProvider"])
-    return json.loads(own.get_modelmeta().custom_metadata_map["categories"])
-
-
-def check_normalisation(meta: dict[str, str]) -> None:
-    """The pipeline normalises with ImageNet's mean and std: a file that wants others is refused."""
-    for key, ours in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):
-        if key in meta and not np.allclose(json.loads(meta[key]), ours):
-            raise ModelError(f"model.weights: the ONNX file wants {key} {meta[key]}, the pipeline "
-                             f"normalises with ImageNet's {list(ours)}")
-
-
 def warm_up(clf: Classifier, size: int, iterations: int) -> float:
     """Run a few frames so the first real one is not slow; returns the last run's ms."""
     x = np.zeros((1, 3, size, size), np.float32)
@@ -184,11 +166,13 @@ def load_classifier(plan: "ModelPlan", config: "Config", threads: int) -> Classi
     """The planned runtime only: an onnxruntime worker never imports torch."""
     model = config.model
     if plan.runtime == "onnxruntime":
-        clf = OnnxClassifier(plan.file, threads, config.inference.spinning)
+        clf = OnnxClassifier(plan.file, threads, config.inference.spinning, plan.labels)
         size = config.preprocess.crop_size
         if clf.fixed_size is not None and clf.fixed_size != size:
             raise ModelError(f"model.weights: {plan.file} takes {clf.fixed_size}x{clf.fixed_size} "
                              f"input, preprocess.crop_size is {size}")
         return clf
-    return TorchClassifier(model.name, plan.file, model.engine, model.jit, threads,
-                           model.channels_last)
+    clf = TorchClassifier(model.name, plan.file, model.engine, model.jit, threads,
+                          model.channels_last)
+    clf.labels = plan.labels or clf.labels
+    return clf

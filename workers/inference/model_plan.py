@@ -13,6 +13,7 @@ stage starts, so every worker (and every restart) loads the same thing.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -25,9 +26,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from pipeline.config.classes import imagenet_classes
 from workers.inference.classifier import ModelError
 from workers.inference.model_files import BUILTIN_MODEL, builtin_onnx, builtin_weights
+from workers.inference.model_meta import (
+    ID_DIGITS,
+    model_id,
+    own_labels,
+    read_labels_file,
+    read_model,
+)
 from workers.inference.onnx_export import FORMAT, file_sha256
+from workers.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 RUNTIMES = ("torch", "onnxruntime")
 PROBE_TIMEOUT_S = 600.0  # the largest models, loaded and timed twice, on a slow board
@@ -39,6 +49,12 @@ class ModelPlan:
     file: str  # the state dict (torch) or the .onnx file (onnxruntime)
     reason: str  # why this runtime, for the ready line
     measured_ms: dict[str, float] = field(default_factory=dict)  # auto: p50 ms per runtime
+    # What results say of the model (filled by `describe`): its name, the short hash of its
+    # file, and its class names (index i = class i).
+    name: str = ""
+    id: str = ""
+    labels: list[str] = field(default_factory=list)
+    resize: str = ""  # the preprocessing a trained model was trained with ("": not said)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -106,7 +122,54 @@ def exported_file(model_name: str, weights: str) -> Path:
 
 def plan_model(model_cfg: Any, input_size: int, cores: list[int], threads: int,
                say: Callable[[str], None]) -> ModelPlan:
-    """Decide runtime and file for `model_cfg` (a ModelConfig); raises ModelError in one line."""
+    """Decide runtime and file for `model_cfg` (a ModelConfig), with the model's name, id and
+    class names; raises ModelError in one line."""
+    return describe(_choose(model_cfg, input_size, cores, threads, say), model_cfg)
+
+
+def describe(plan: ModelPlan, model_cfg: Any) -> ModelPlan:
+    """`plan` with what results say of its model: name, short id, class names. The names are
+    `model.labels`'s (a file, one name per line) when given, else those in an ONNX file's
+    metadata, else ImageNet's (1000 outputs; torch runs torchvision's ImageNet models), else
+    "class i"."""
+    try:
+        plan.id = model_id(plan.file)
+    except OSError:  # DEFAULT or none: torchvision's download, random weights
+        plan.id = hashlib.sha256(plan.file.encode()).hexdigest()[:ID_DIGITS]
+    given = read_labels_file(model_cfg.labels) if model_cfg.labels else None
+    if plan.runtime == "torch":
+        plan.name, plan.labels = model_cfg.name, list(imagenet_classes())
+        if given is not None and len(given) != len(plan.labels):
+            raise ModelError(f"model.labels: {model_cfg.labels} names {len(given)} classes, "
+                             f"{model_cfg.name} has {len(plan.labels)}")
+        plan.labels = given or plan.labels
+        return plan
+    meta, classes = read_model(plan.file)
+    for key, ours in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):  # what preprocessing does
+        if key in meta and not _close(meta[key], ours):
+            raise ModelError(f"model.weights: {plan.file} wants {key} {meta[key]}, the pipeline "
+                             f"normalises with ImageNet's {list(ours)}")
+    labels = given or own_labels(meta, classes)
+    if classes is not None and len(labels) != classes:
+        named = f"model.labels: {model_cfg.labels} names" if given else \
+            f"model.weights: {plan.file}'s metadata names"
+        raise ModelError(f"{named} {len(labels)} classes, the model has {classes} outputs")
+    plan.labels = labels
+    plan.name = meta.get("model") or Path(plan.file).stem
+    plan.resize = meta.get("resize", "")
+    return plan
+
+
+def _close(text: str, ours: tuple[float, ...]) -> bool:
+    try:
+        theirs = json.loads(text)
+        return len(theirs) == len(ours) and all(abs(a - b) < 1e-4 for a, b in zip(theirs, ours))
+    except (ValueError, TypeError):
+        return False
+
+
+def _choose(model_cfg: Any, input_size: int, cores: list[int], threads: int,
+            say: Callable[[str], None]) -> ModelPlan:
     name, runtime = model_cfg.name, model_cfg.runtime
     weights = resolve_weights(name, model_cfg.weights)
     is_onnx = weights.lower().endswith(".onnx")

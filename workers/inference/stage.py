@@ -51,7 +51,7 @@ class Inference:
                         for i in range(n_sources)]
         for i, reader in enumerate(self.readers):  # from now on a kill loses no count
             reader.drops = ctx.tally.counts(config.edge_name("tensors", i), reader.drops)
-        plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
+        plan = self.plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
         self.model = load_classifier(plan, config, cfg.threads or len(ctx.cores))
         warm_ms = warm_up(self.model, config.preprocess.crop_size, model_cfg.warmup)
         self.source_of = {r: i for i, r in enumerate(self.readers)}
@@ -67,7 +67,7 @@ class Inference:
         self.edge_names = [config.edge_name("tensors", i) for i in range(n_sources)]
         self.ended = False
         m = self.model
-        self.ready_info = {"model": model_cfg.name, "runtime": m.runtime, "engine": m.engine,
+        self.ready_info = {"model": plan.name, "model_id": plan.id, "runtime": m.runtime, "engine": m.engine,
                            "threads": m.threads, "warmup_ms": round(warm_ms, 2), "plan": plan.reason}
 
     def step(self) -> None:
@@ -115,7 +115,8 @@ class Inference:
             "frame_slot": desc["frame_slot"], "frame_shape": desc["frame_shape"],
             "captured_at": desc["captured_at"], "t": desc["t"], "queue": desc["queue"],
             "latency_ms": round((t1 - desc["t"]["capture"]) / 1e6, 3),
-            "model": self.ctx.config.model.name, "runtime": self.model.runtime, "input_size": size,
+            "model": self.plan.name, "model_id": self.plan.id, "runtime": self.model.runtime,
+            "input_size": size,
             "top": [{"index": i, "label": labels[i], "prob": round(q, 5)} for i, q in zip(idx, p)],
         }
         if "item" in desc:

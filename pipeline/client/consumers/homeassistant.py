@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -38,17 +39,17 @@ def node_id(host: str, prefix: str) -> str:
 
 
 def discovery_configs(*, pipeline: str, prefix: str, sources: dict[str, StateConfig | None],
-                      model: str, snapshots: bool, host: str,
+                      model: str, snapshots: bool, host: str, labels: Sequence[str] | None = None,
                       discovery_prefix: str = "homeassistant") -> list[tuple[str, dict[str, Any]]]:
     """(topic, payload) of every entity of the pipeline on `host` whose topics start with
-    `prefix`."""
+    `prefix`; `labels`: the model's class names (default ImageNet's)."""
     node = node_id(host, prefix)
     device = {"identifiers": [node], "name": f"edge-pipeline {pipeline} on {host}",
               "manufacturer": "edge-pipeline", "model": model, "sw_version": __version__}
     common = {"availability_topic": f"{prefix}/availability", "payload_available": "online",
               "payload_not_available": "offline", "device": device,
               "origin": {"name": "edge-pipeline", "sw_version": __version__}}
-    names = imagenet_classes()
+    names = list(labels) if labels else imagenet_classes()
     out: list[tuple[str, dict[str, Any]]] = []
 
     def add(component: str, obj: str, payload: dict[str, Any]) -> None:
@@ -65,7 +66,7 @@ def discovery_configs(*, pipeline: str, prefix: str, sources: dict[str, StateCon
             "name": f"{source} probability", "state_topic": state_topic,
             "value_template": "{{ value_json.probability }}", "state_class": "measurement",
             "icon": "mdi:percent"})
-        for index in sorted(state.watch_indices if state else ()):
+        for index in sorted(state.watch_indices(names, model) if state else ()):
             add("binary_sensor", f"{source}_{index}", {
                 "name": f"{source} {names[index]}", "state_topic": state_topic,
                 "value_template": f"{{{{ 'ON' if value_json.index == {index} else 'OFF' }}}}",

@@ -43,6 +43,7 @@ import cv2
 import paho.mqtt.client as mqtt
 
 from pipeline.client.consumers.homeassistant import discovery_configs, object_id
+from pipeline.client.model import running_model
 from pipeline.client.states import State, StateEvent, Tracker
 from pipeline.client.subscription import Result
 from pipeline.config import Config
@@ -141,7 +142,9 @@ class MqttConsumer:
         cfg = Config.model_validate(config) if config else None
         self.tracker = Tracker(cfg)
         self.sources = dict(self.tracker.options)
-        self.model = cfg.model.name if cfg else "unknown"
+        running = running_model(name)  # the model's own class names, for discovery
+        self.model = running.get("name") or (cfg.model.name if cfg else "unknown")
+        self.labels: list[str] | None = running.get("labels")
         self.lock = threading.Lock()  # the states, shared with paho's thread
         self.states: dict[str, State] = {}  # each source's decided state, as published
         self.state_sent: dict[str, float] = {}  # monotonic time each source's state was sent
@@ -440,7 +443,7 @@ class MqttConsumer:
     def _send_discovery(self) -> None:
         for topic, payload in discovery_configs(
                 pipeline=self.name, prefix=self.prefix, sources=self.sources, model=self.model,
-                snapshots=self.snapshots, host=self.host_name,
+                snapshots=self.snapshots, host=self.host_name, labels=self.labels,
                 discovery_prefix=self.discovery_prefix):
             self._send(topic, _json(payload), "discovery", retain=True)
 

@@ -62,3 +62,29 @@ def subset_model(out: Path, classes: dict[str, list[int]], name: str | None = No
     onnx.checker.check_model(model)
     onnx.save(model, str(out))
     return out
+
+
+def feature_map_model(out: Path) -> Path:
+    """`out`: an ONNX model that is not a classifier: the shipped model cut before its pooling,
+    so its output is a 1 x 1280 x H x W feature map."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(builtin_onnx()))
+    graph = model.graph
+    pool = next(n for n in graph.node if n.op_type == "GlobalAveragePool")
+    features = pool.input[0]
+    upto = list(graph.node)[:list(graph.node).index(pool)]
+    needed, keep = {features}, []
+    for node in reversed(upto):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(features, onnx.TensorProto.FLOAT,
+                                                      [1, 1280, "h", "w"]))
+    del model.metadata_props[:]
+    onnx.save(model, str(out))
+    return out

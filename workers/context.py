@@ -58,6 +58,7 @@ class StageContext:
         self.stopping = False
         self.started = False
         self.settings: dict[str, Any] = {}
+        self.commands: list[dict[str, Any]] = []  # for the stage itself to act on (model switch)
         self._next_stats = 0.0
         self.stats_source: Callable[[], dict[str, Any]] = lambda: {}
         self.owned = contextlib.ExitStack()
@@ -93,7 +94,7 @@ class StageContext:
         self._ctl.send(pack(fields))
 
     def _handle(self, raw: bytes) -> None:
-        from pipeline.transport.messages import SET, START, STOP, unpack
+        from pipeline.transport.messages import MODEL, SET, START, STOP, unpack
 
         try:
             msg = unpack(raw)
@@ -106,6 +107,8 @@ class StageContext:
             self.stopping = True
         elif msg.get("type") == SET:  # run-time settings from the supervisor (adaptive size)
             self.settings.update({k: v for k, v in msg.items() if k != "type"})
+        elif msg.get("type") == MODEL and len(self.commands) < 16:
+            self.commands.append(msg)
 
     def ready(self, **info: Any) -> bool:
         """Report ready, then wait for the supervisor's start; False if told to stop instead."""

@@ -5,7 +5,8 @@ too quickly" after a config error).
 `pipeline-up CONFIG --systemd-unit` prints it; `--install` writes it (`--user` for a user unit)
 and says how to enable and start it. The unit runs this interpreter (this venv) on this config
 (absolute path, the same `--set` overrides), as this user, in this directory, with:
-`Type=notify` (started once the model is warm and frames flow), `WatchdogSec=` (a wedged pipeline
+`Type=notify` (started once the model is warm and frames flow), `ExecReload=` (`systemctl
+reload` deploys the model the config names, without a restart), `WatchdogSec=` (a wedged pipeline
 stops pinging and is restarted), `Restart=on-failure` but not after a config error (exit 2), a
 start limit that leaves room for the restarts, and a private `RuntimeDirectory` for the run's
 sockets.
@@ -134,10 +135,15 @@ def unit_text(config: Config, config_path: str, options: list[str], *, user_unit
             *options]
     for arg in args:
         _printable("command line", _no_secret(arg))
+    # `systemctl reload`: the model the config names now (edited, or its file replaced) takes
+    # over without a restart (pipeline-deploy --config, with the same --set overrides).
+    sets = [a for i, a in enumerate(options) if a == "--set" or i and options[i - 1] == "--set"]
+    reload = [python, "-m", "pipeline.cli.deploy", "--config", args[3], "--name", config.name, *sets]
     service = [
         "Type=notify",
         "NotifyAccess=main",
         f"ExecStart={' '.join(_exec_word(a) for a in args)}",
+        f"ExecReload={' '.join(_exec_word(a) for a in reload)}",
         f"WorkingDirectory={_path_value('working directory', cwd)}",
         *_credentials(config, cwd),
     ]

@@ -108,6 +108,9 @@ def _detail_lines(st: dict[str, Any]) -> list[Text]:
         lines.append(Text(f"machine: {machine}", style="bold red" if hot else "dim"))
     if st.get("top"):
         lines.append(Text(f"now: {st['top']['label']} {st['top']['prob']:.2f}", style="green"))
+    model = st.get("model")
+    if model:
+        lines.append(Text(f"model: {model['name']} (id {model['id']}) on {model['runtime']}", style="dim"))
     return lines
 
 

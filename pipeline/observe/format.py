@@ -66,6 +66,8 @@ def status_line(st: dict[str, Any]) -> str:
     parts += [f"{stage} {m['state']}" for stage, m in st["stages"].items() if m["state"] != "running"]
     if st.get("top"):
         parts.append(f"{st['top']['label']} {st['top']['prob']:.2f}")
+    if st.get("model"):
+        parts.append(f"model {st['model']['name']}")
     return ", ".join(parts)
 
 

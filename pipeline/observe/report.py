@@ -46,6 +46,7 @@ class RunReport:
         self.first_result = self.last_result = 0.0
         self.results = 0
         self.last_top: dict[str, Any] | None = None
+        self.model: dict[str, Any] | None = None  # the model of the newest result: name, id, runtime
         self.started = time.monotonic()
         self.stopped: float | None = None
         self.rejected: dict[str, int] = {}  # the supervisor's count of hostile messages
@@ -131,6 +132,9 @@ class RunReport:
             self.window["frame_age"].append(age)
         top = msg.get("top") or []
         self.last_top = top[0] if top else None
+        if self.model is None or self.model["id"] != msg.get("model_id"):  # (a deploy)
+            self.model = {"name": msg.get("model"), "id": msg.get("model_id"),
+                          "runtime": msg.get("runtime")}
         src = str(msg.get("source"))
         per = self.sources.get(src) or self.sources.setdefault(src, SourceReport())
         per.add(now, ms)
@@ -191,7 +195,8 @@ class RunReport:
                 "sources": sources,
                 "totals": self.totals(),
                 "health": self.health.read(),
-                "top": self.last_top}
+                "top": self.last_top,
+                "model": self.model}
 
     def _stage_status(self, stage: str, now: float) -> dict[str, Any]:
         """One stage's entry in `status`."""

@@ -88,6 +88,11 @@ class ControlChannel:
         """Change a running stage's settings; False when it cannot take them now."""
         return self._try_send(stage, {"type": SET, **settings})
 
+    def command(self, stage: str, msg: dict[str, Any]) -> bool:
+        """Send a stage a message of the supervisor's (a model switch); False when it cannot
+        take it now."""
+        return self._try_send(stage, msg)
+
     def broadcast(self, kind: str) -> None:
         for stage in self.pids:
             self._try_send(stage, {"type": kind})

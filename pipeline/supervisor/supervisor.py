@@ -27,12 +27,13 @@ from pipeline.outputs import write_whole
 from pipeline.supervisor import startup
 from pipeline.supervisor.adaptive import AdaptiveInput, SizeController
 from pipeline.supervisor.control import ControlChannel
+from pipeline.supervisor.deploy import COMMAND, ModelDeploy
 from pipeline.supervisor.lifecycle import StageProcesses
 from pipeline.supervisor.notify import SystemdNotifier
 from pipeline.supervisor.reporting import ResultsRecorder, StatusPublisher, ready_line
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.supervisor.shm import all_rings, frame_rings
-from pipeline.transport.messages import EOS, READY, START, STOP
+from pipeline.transport.messages import EOS, LOADED, READY, START, STOP
 from pipeline.transport.ring import Ring
 from pipeline.transport.rundir import RESULTS_IN, NameLock, RunPaths
 
@@ -68,6 +69,7 @@ class Supervisor:
             n: (i.kind, ids[i.source] if i.source is not None else None)
             for n, i in sorted(self.stages.items(), key=lambda kv: _display_order(kv[1]))})
         self.hub: ResultsHub | None = None
+        self.deploy: ModelDeploy | None = None
         self.stop_reason: str | None = None
         self.failure: str | None = None
         self.notifier = SystemdNotifier()  # systemd's Type=notify and watchdog, when under it
@@ -131,6 +133,8 @@ class Supervisor:
             self.hub = ResultsHub(self.zctx, self.paths.endpoint(RESULTS_IN),
                                   self.paths.endpoint("results"), self.paths.result_seq_file,
                                   self.control.reject)
+            self.deploy = ModelDeploy(self.zctx, self.paths, self.config, self.control, self.workers,
+                                      self._plan_for, self.say)
         preprocessors = [n for n, i in self.stages.items() if i.kind == "preprocess"]
         self.adaptive = AdaptiveInput(self.sizer, self.control, preprocessors, self.say) \
             if self.sizer else None
@@ -190,7 +194,7 @@ class Supervisor:
         if refused:
             return refused
         sources = range(len(self.config.source_list))
-        too_long = self.paths.too_long([RESULTS_IN, "results", "control", "status", *(
+        too_long = self.paths.too_long([RESULTS_IN, "results", "control", "status", COMMAND, *(
             self.config.edge_name(e, i) for e in ("frames", "tensors", "credits") for i in sources)])
         if too_long:
             return too_long
@@ -211,6 +215,10 @@ class Supervisor:
         if not self.workers:
             return None
         return startup.plan_model(self.config, self.stages[self.workers[0]], self.say)
+
+    def _plan_for(self, config: Config) -> Any:
+        """The plan of a model to deploy (ModelPlan), or a one-line refusal."""
+        return startup.plan_model(config, self.stages[self.workers[0]], self.say)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self.stop_reason is None:
@@ -243,6 +251,8 @@ class Supervisor:
         poller = zmq.Poller()
         poller.register(self.control.socket, zmq.POLLIN)
         poller.register(self.results.socket, zmq.POLLIN)
+        if self.deploy:
+            poller.register(self.deploy.socket, zmq.POLLIN)
         while self.stop_reason is None:
             events = dict(poller.poll(100))
             if self.results.socket in events:
@@ -250,6 +260,10 @@ class Supervisor:
             if self.control.socket in events:
                 self._handle_control(eos)
             now = time.monotonic()
+            if self.deploy:
+                if self.deploy.socket in events:
+                    self.deploy.receive()
+                self.deploy.tick(now)
             self.children.respawn_due(now)
             self.children.watchdog(now)
             eos_at = self._note_end_of_stream(now, eos, eos_at)
@@ -286,6 +300,8 @@ class Supervisor:
                 eos.add(stage)
                 if msg.get("failure") and not self.failure:  # e.g. a file that ended short
                     self.failure = str(msg["failure"])
+            elif msg.get("type") == LOADED and self.deploy:
+                self.deploy.on_loaded(stage, msg)
             elif msg.get("type") == READY and stage in self.children.down:
                 self.children.rejoin(stage, msg, self.adaptive.settings() if self.adaptive else {})
 
@@ -351,6 +367,8 @@ class Supervisor:
             Ring.unlink(name)
         if self.hub is not None:
             self.hub.close()
+        if self.deploy is not None:
+            self.deploy.close()
         self.control.close()
         self.results.close()
         self.status.close()

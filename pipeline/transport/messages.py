@@ -33,8 +33,11 @@ STATS = "stats"  # stage -> supervisor: counters, once a second
 ERROR = "error"  # stage -> supervisor: fatal problem, one line in `message`
 EOS = "eos"  # end of stream: to the supervisor, and on the results socket
 BYE = "bye"  # stage -> supervisor: final counters, exiting
-ControlType = Literal["ready", "start", "set", "stop", "stats", "error", "eos", "bye"]
-FROM_STAGES = (READY, STATS, BYE, ERROR, EOS)  # what the supervisor accepts from a stage
+# Switching the model of a running pipeline (pipeline/supervisor/deploy.py):
+MODEL = "model"  # supervisor -> worker: `action` load (the plan in `plan_file`), switch, or drop
+LOADED = "loaded"  # worker -> supervisor: the model to switch to is loaded (`ok`), or `message`
+ControlType = Literal["ready", "start", "set", "stop", "stats", "error", "eos", "bye", "model", "loaded"]
+FROM_STAGES = (READY, STATS, BYE, ERROR, EOS, LOADED)  # what the supervisor accepts from a stage
 
 
 class Control(TypedDict):

@@ -4,8 +4,9 @@ starts, and must stay light on a Pi.
 
 An ONNX file is a protobuf `ModelProto`; only two of its parts are read here: `metadata_props`
 (field 14: key/value strings, where pipeline-export and pipeline-train store class names, input
-size and provenance) and the graph's first output's last dimension (field 7 -> output 12 -> type ->
-tensor_type -> shape -> dim: the number of classes). Everything else is skipped by its length.
+size and provenance) and the shape of the graph's first output (field 7 -> output 12 -> type ->
+tensor_type -> shape -> dim: a classifier's is 1 x classes). Everything else is skipped by its
+length.
 """
 
 from __future__ import annotations
@@ -67,9 +68,10 @@ def _sub(buf: memoryview, number: int) -> list[memoryview]:
     return [v for n, v in _fields(buf) if n == number and isinstance(v, memoryview)]
 
 
-def read_model(path: str | os.PathLike) -> tuple[dict[str, str], int | None]:
-    """(metadata, number of classes or None when the output's size is not fixed) of an ONNX file;
-    ModelFileError in one line for a file that is not one."""
+def read_model(path: str | os.PathLike) -> tuple[dict[str, str], list[int | None] | None]:
+    """(metadata, the first output's shape: a size per dimension, None for one that is not fixed;
+    None when the file does not say) of an ONNX file; ModelFileError in one line for a file that
+    is not one."""
     try:
         buf = memoryview(Path(path).read_bytes())
     except OSError as e:
@@ -82,20 +84,19 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, str], int | None]:
         graphs = _sub(buf, 7)
         if not graphs:
             raise ValueError("no graph")
-        classes = None
+        dims: list[int | None] | None = None
         outputs = _sub(graphs[0], 12)
         if outputs:
-            dims: list[int | None] = []
+            dims = []
             for typ in _sub(outputs[0], 2):
                 for tensor in _sub(typ, 1):
                     for shape in _sub(tensor, 2):
                         for dim in _sub(shape, 1):
                             fixed = [v for n, v in _fields(dim) if n == 1 and isinstance(v, int)]
                             dims.append(fixed[0] if fixed else None)
-            classes = dims[-1] if dims else None
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelFileError(f"model.weights: {path} is not an ONNX model ({e})") from None
-    return meta, classes
+    return meta, dims or None
 
 
 def model_id(path: str | os.PathLike) -> str:

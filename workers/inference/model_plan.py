@@ -144,7 +144,11 @@ def describe(plan: ModelPlan, model_cfg: Any) -> ModelPlan:
                              f"{model_cfg.name} has {len(plan.labels)}")
         plan.labels = given or plan.labels
         return plan
-    meta, classes = read_model(plan.file)
+    meta, shape = read_model(plan.file)
+    if shape is not None and len(shape) != 2:
+        raise ModelError(f"model.weights: {plan.file} is not a classifier: its output is "
+                         f"{' x '.join(str(d or '?') for d in shape)}, a classifier's is 1 x classes")
+    classes = shape[-1] if shape else None
     for key, ours in (("mean", IMAGENET_MEAN), ("std", IMAGENET_STD)):  # what preprocessing does
         if key in meta and not _close(meta[key], ours):
             raise ModelError(f"model.weights: {plan.file} wants {key} {meta[key]}, the pipeline "

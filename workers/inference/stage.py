@@ -5,11 +5,17 @@ the result into the supervisor's results hub.
 The input is copied (15 us) into a private array before the model runs, so the slot is free again
 at once and the sequence-lock check covers the whole read. The model runs in the runtime the
 supervisor planned (workers/inference/model_plan.py); softmax and top-k are numpy for both.
+
+Another model can take over while frames flow (`pipeline-deploy`): told to load it, the worker
+loads and warms it up in a thread beside the running one (`NextModel`), says when it is ready,
+and switches to it between two frames when told to.
 """
 
 from __future__ import annotations
 
+import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -18,6 +24,7 @@ from pipeline.observe.stats import StageMeter
 from pipeline.transport.credits import CreditSender
 from pipeline.transport.messages import (
     EOS,
+    LOADED,
     MAX_SUBSCRIPTION_BYTES,
     SCHEMA,
     TENSOR_FIELDS,
@@ -28,8 +35,35 @@ from pipeline.transport.rundir import RESULTS_IN
 from pipeline.transport.workqueue import SharedCounter, SharedReader, WorkQueue
 from workers.context import StageContext
 
-from .classifier import ModelInputs, load_classifier, top_k, warm_up
+from .classifier import Classifier, ModelInputs, load_classifier, top_k, warm_up
 from .model_plan import ModelPlan
+
+
+class NextModel:
+    """A model being loaded in a thread while the current one keeps classifying."""
+
+    def __init__(self, plan: ModelPlan, ctx: StageContext, threads: int):
+        self.plan = plan
+        self.model: Classifier | None = None
+        self.error: str | None = None
+        self.warm_ms = 0.0
+        self.reported = False
+        self._thread = threading.Thread(target=self._load, args=(ctx, threads), daemon=True,
+                                        name="next-model")
+        self._thread.start()
+
+    def _load(self, ctx: StageContext, threads: int) -> None:
+        config = ctx.config
+        try:
+            model = load_classifier(self.plan, config, threads)
+            self.warm_ms = warm_up(model, config.preprocess.crop_size, config.model.warmup)
+            self.model = model
+        except Exception as e:  # anything: the running model goes on, the error is one line
+            self.error = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
 
 
 class Inference:
@@ -66,6 +100,7 @@ class Inference:
         self.delay_s = cfg.delay_ms / 1000
         self.edge_names = [config.edge_name("tensors", i) for i in range(n_sources)]
         self.ended = False
+        self.next: NextModel | None = None
         m = self.model
         self.ready_info = {"model": plan.name, "model_id": plan.id, "runtime": m.runtime, "engine": m.engine,
                            "threads": m.threads, "warmup_ms": round(warm_ms, 2), "plan": plan.reason}
@@ -73,6 +108,8 @@ class Inference:
     def step(self) -> None:
         """Classify the next frame and publish its result."""
         ctx, cfg = self.ctx, self.ctx.config.inference
+        if ctx.commands or self.next is not None:
+            self._switching()
         desc: TensorDescriptor | None = self.work.take(timeout_ms=100)
         if desc is None:
             if self.work.ended and not self.ended:  # every source has ended: tell the supervisor
@@ -100,6 +137,30 @@ class Inference:
         self.pub.send(pack(self._result(desc, result_seq, inp.depth, x.shape[-1], idx, p, t0, t1)))
         self.meter.done((t1 - t0) / 1e6)
         self.credits.done(time.monotonic_ns() - t0)
+
+    def _switching(self) -> None:
+        """The supervisor's model commands: load a model beside this one, switch to it, or drop
+        it; and the word that it has loaded (or failed to), once."""
+        for msg in self.ctx.commands:
+            action = msg.get("action")
+            if action == "load" and self.next is None:
+                plan = ModelPlan.from_json(Path(str(msg.get("plan_file"))).read_text())
+                threads = self.ctx.config.inference.threads or len(self.ctx.cores)
+                self.next = NextModel(plan, self.ctx, threads)
+            elif action == "switch" and self.next is not None and self.next.model is not None:
+                self.model, self.plan = self.next.model, self.next.plan
+                self.k = min(self.ctx.config.model.top_k, len(self.model.labels))
+                self.ready_info.update(model=self.plan.name, model_id=self.plan.id,
+                                       runtime=self.model.runtime, plan=self.plan.reason)
+                self.next = None
+            elif action == "drop":
+                self.next = None  # (a load still under way finishes in its thread, unused)
+        self.ctx.commands.clear()
+        nxt = self.next
+        if nxt is not None and nxt.done and not nxt.reported:
+            nxt.reported = True
+            self.ctx.send(LOADED, ok=nxt.model is not None, model_id=nxt.plan.id,
+                          warmup_ms=round(nxt.warm_ms, 2), message=nxt.error or "")
 
     def _result(self, desc: TensorDescriptor, result_seq: int, depth: int, size: int, idx: list[int],
                 p: list[float], t0: int, t1: int) -> dict[str, Any]:

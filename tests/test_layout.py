@@ -17,6 +17,7 @@ LAYERS = [
     ("pipeline.transport",),
     ("pipeline.observe",),
     ("workers",),
+    ("pipeline.train",),
     ("pipeline.supervisor",),
     ("pipeline.client",),
     ("pipeline.cli",),

@@ -15,9 +15,11 @@ from workers.inference.model_files import builtin_onnx
 GEMM = "/classifier/1/Gemm"
 
 
-def subset_model(out: Path, classes: dict[str, list[int]], name: str | None = None) -> Path:
-    """`out`: a classifier whose class `c` scores as the best of ImageNet classes `classes[c]`
-    (the rows of the shipped head; several rows are merged into one by their mean)."""
+def subset_model(out: Path, classes: dict[str, list[int]], name: str | None = None,
+                 named: bool = True) -> Path:
+    """`out`: a classifier whose class `c` scores as ImageNet's classes `classes[c]` together
+    (the rows of the shipped head; several rows are merged into one by their mean). `named=False`:
+    a file from elsewhere, with no metadata at all."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -57,7 +59,7 @@ def subset_model(out: Path, classes: dict[str, list[int]], name: str | None = No
     meta = {p.key: p.value for p in model.metadata_props}
     meta.update(model=name or out.stem, categories=json.dumps(list(classes)), resize="crop")
     del model.metadata_props[:]
-    for k, v in meta.items():
+    for k, v in meta.items() if named else ():
         model.metadata_props.add(key=k, value=v)
     onnx.checker.check_model(model)
     onnx.save(model, str(out))

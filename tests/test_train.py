@@ -1,8 +1,10 @@
-"""`pipeline-train` on real frames: bottle-detection.mp4 has a water bottle on a table, taken
-away at about frame 526 and put back at about frame 680. Frames labelled by range (10 frames
-around each transition left out) make a two-class dataset named as the collect consumer names
-its files, so the time split applies. Trained without torch into one .onnx file that the
-pipeline then runs with its class names."""
+"""`pipeline-train` on real frames of bottle-detection.mp4: three water bottles on a table; the
+middle one (in the centre crop the model sees) is lifted away at frames 527-536 and put back at
+660-680, hands moving the other two bottles at other times. "bottle": the middle bottle stands
+there, "empty": it does not. Frames labelled by range (10 frames around each transition left out)
+make a two-class dataset named as the collect consumer names its files, so the time split
+applies. Trained without torch into one .onnx file that the pipeline then runs with its class
+names."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from .conftest import BOTTLE, MODEL_CORE, ROOT, need, read_jsonl, run_pipeline
 
 pytestmark = pytest.mark.timeout(300)
 
-TRUTH = {"bottle": [(0, 516), (690, 1189)], "empty": [(536, 670)]}  # frame ranges [a, b)
+TRUTH = {"bottle": [(0, 516), (690, 1189)], "empty": [(546, 650)]}  # frame ranges [a, b)
 FPS = 30
 STEP = 5  # frames kept from the video
 
@@ -168,6 +170,26 @@ def test_same_seed_same_weights_another_seed_others(tmp_path, frames):
     assert set(runs["a"]) == {"head.weight", "head.bias"} and runs["a"]["head.weight"].shape == (2, 1280)
     assert all(np.array_equal(runs["a"][k], runs["b"][k]) for k in runs["a"])
     assert not np.array_equal(runs["a"]["head.weight"], runs["c"]["head.weight"])
+
+
+def test_wrong_validation_images_are_listed_and_shown(tmp_path, frames):
+    """Three frames of the empty table filed as "bottle", the latest of that class: validated,
+    and taken for what they show."""
+    data = make_dataset(tmp_path / "data", frames, {"bottle": 8, "empty": 3})
+    wrong = [f for f in sorted(frames) if label_of(f) == "empty"][1::9][:3]
+    for k, f in enumerate(wrong):
+        (data / "bottle" / collect_name(5000 + k)).write_bytes(frames[f])
+    out = tmp_path / "m.onnx"
+    report = train(Options(str(data), str(out), augment=1, epochs=10))
+    errors = {Path(e["file"]).name: (e["true"], e["predicted"]) for e in report.errors}
+    assert errors == {collect_name(5000 + k): ("bottle", "empty") for k in range(3)}
+    bottle = report.per_class["bottle"]
+    assert bottle["precision"] == 1.0 and bottle["recall"] == 1 - 3 / bottle["support"]
+    assert report.confusion[0][1] == 3
+    sheet = cv2.imread(report.files["errors_png"])
+    assert sheet is not None and sheet.shape[1] == 3 * 200  # a tile per wrong image
+    assert json.loads(out.with_suffix(".report.json").read_text())["errors"] == report.errors
+    assert "3 validation images wrong" in out.with_suffix(".report.txt").read_text()
 
 
 def test_the_time_split_holds_out_each_class_latest_images(tmp_path):

@@ -32,6 +32,24 @@ def check_output(path: str, flag: str, inputs: Iterable[str] = ()) -> str | None
     return None
 
 
+def check_folder(path: str, flag: str) -> str | None:
+    """None if files can be written into folder `path` (made, with its parents, where missing),
+    else one line naming `flag` and the problem."""
+    target = Path(path)
+    if target.exists() and not target.is_dir():
+        return f"{flag} {path}: is a file; give a folder"
+    existing = target
+    while not existing.exists():  # the nearest folder that is there: where the rest gets made
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{flag} {path}: {existing} is a file, so the folder cannot be made"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{flag} {path}: the folder {existing} is not writable"
+    return None
+
+
 def first_problem(outputs: dict[str, str | None], inputs: Iterable[str] = ()) -> str | None:
     """The first problem among `{flag: path}` outputs (None paths are not written), including
     two flags naming the same file."""

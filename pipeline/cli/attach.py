@@ -9,7 +9,7 @@ import sys
 import time
 
 from pipeline.cli.common import join
-from pipeline.outputs import first_problem
+from pipeline.outputs import check_folder, first_problem
 from pipeline.strings import control_problem
 from pipeline.transport.rundir import RuntimeDirError, running_pipelines
 
@@ -21,10 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--name", help="pipeline name (default: the only one running)")
     ap.add_argument("--list", action="store_true", help="list running pipelines and exit")
     ap.add_argument("--consumer", default="print",
-                    help="print (default), jsonl, video, preview, mqtt, or MODULE:NAME / FILE.py:NAME")
+                    help="print (default), jsonl, video, preview, mqtt, collect, or MODULE:NAME / "
+                         "FILE.py:NAME")
     ap.add_argument("--format", choices=["text", "jsonl"],
                     help="shorthand: text = --consumer print, jsonl = --consumer jsonl")
-    ap.add_argument("--out", help="output file (jsonl: default stdout; video: required .mp4)")
+    ap.add_argument("--out", help="output file (jsonl: default stdout; video: required .mp4); "
+                                  "collect: the dataset folder")
     ap.add_argument("--count", type=int, help="stop after this many results")
     ap.add_argument("--duration", type=float, help="stop after this many seconds")
     ap.add_argument("--port", type=int, default=8080, help="preview: HTTP port (default 8080)")
@@ -52,6 +54,17 @@ def build_parser() -> argparse.ArgumentParser:
     mq.add_argument("--stats-interval", type=float, default=5.0, metavar="SECONDS",
                     help="seconds between stats messages and state refreshes (default 5)")
     mq.add_argument("--ca", metavar="FILE", help="mqtts: CA certificate file (default: the system's)")
+    co = ap.add_argument_group("collect consumer (examples to train on, in --out FOLDER/unlabelled)")
+    co.add_argument("--quality", type=int, help="JPEG quality 1-100 (default 90)")
+    co.add_argument("--min-interval", type=float, metavar="SECONDS",
+                    help="per source, at most one frame per this much capture time is considered "
+                         "(default 1)")
+    co.add_argument("--min-difference", type=float, metavar="D",
+                    help="keep a frame only if its thumbnail differs from every kept one's by this "
+                         "(0-2, default 0.1)")
+    co.add_argument("--max-examples", type=int, metavar="N",
+                    help="save at most this many examples of each source in one run (default 200)")
+    co.add_argument("--verbose", action="store_true", help="a line for each example saved")
     ap.add_argument("--max-age", type=float, metavar="SECONDS",
                     help="skip results older than this when read (default: 2 for print, video and "
                          "preview, off for jsonl and custom consumers)")
@@ -99,6 +112,8 @@ def _bad_option(args: argparse.Namespace) -> str | None:
         problem = control_problem("--allow-host", host)
         if problem:
             return problem
+    if args.consumer == "collect":
+        return check_folder(args.out, "--out") if args.out else "the collect consumer needs --out FOLDER"
     return first_problem({"--out": args.out if args.out != "-" else None})
 
 
@@ -134,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     if joined is None:
         return 1
     info, inputs = joined
-    problem = first_problem({"--out": args.out if args.out != "-" else None}, inputs)
+    out = args.out if args.out != "-" and consumer_spec != "collect" else None  # (collect's: a folder)
+    problem = first_problem({"--out": out}, inputs)
     if problem:
         print(f"pipeline-attach: {problem}", file=sys.stderr)
         return 2
@@ -149,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
                         broker=args.broker, topic_prefix=args.topic_prefix,
                         client_id=args.client_id, qos=args.qos, discovery=args.discovery,
                         discovery_prefix=args.discovery_prefix, snapshots=args.snapshots,
-                        stats_interval=args.stats_interval, ca=args.ca)
+                        stats_interval=args.stats_interval, ca=args.ca, quality=args.quality,
+                        min_interval=args.min_interval, min_difference=args.min_difference,
+                        max_examples=args.max_examples, verbose=args.verbose)
     except (UserError, ValueError, OSError) as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
         return 2

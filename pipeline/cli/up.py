@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, check_files, input_files, load_config
-from pipeline.outputs import first_problem
+from pipeline.outputs import check_folder, first_problem
 
 EXIT_CONFIG = 2
 
@@ -122,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     outputs = {"--record": args.record, "--summary-json": args.summary_json,
                **{f"consumers[{i}].out": c.out for i, c in enumerate(config.consumers)
-                  if c.out and c.out != "-"}}
+                  if c.out and c.out != "-" and c.kind != "collect"}}
     problem = first_problem(outputs, input_files(config, args.config))
+    for i, c in enumerate(config.consumers):  # a collect consumer writes into a folder
+        if not problem and c.kind == "collect":
+            problem = check_folder(c.out or "", f"consumers[{i}].out")
     if problem:
         print(f"pipeline-up: {problem}", file=sys.stderr)
         return EXIT_CONFIG

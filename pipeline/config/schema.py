@@ -375,13 +375,13 @@ class CurveConfig(_Strict):
 
 
 
-BUILTIN_CONSUMERS = ("print", "jsonl", "video", "preview", "mqtt")
+BUILTIN_CONSUMERS = ("print", "jsonl", "video", "preview", "mqtt", "collect")
 
 
 class ConsumerConfig(_Strict):
     """A consumer started and supervised with the pipeline (same options as pipeline-attach)."""
 
-    kind: str  # print, jsonl, video, preview, mqtt, or MODULE:NAME / FILE.py:NAME
+    kind: str  # print, jsonl, video, preview, mqtt, collect, or MODULE:NAME / FILE.py:NAME
     out: str | None = None
     port: int = Field(8080, ge=0, le=65535)
     host: str = "127.0.0.1"
@@ -398,6 +398,12 @@ class ConsumerConfig(_Strict):
     snapshots: bool = False  # a JPEG of the frame behind each state change
     stats_interval: float = Field(5.0, gt=0, le=3600)
     ca: str | None = None  # mqtts: CA certificate file
+    # collect (out: the dataset folder; examples go to out/unlabelled)
+    quality: int = Field(90, ge=1, le=100)  # JPEG quality
+    min_interval: float = Field(1.0, ge=0, le=86400)  # s of capture time between frames considered
+    min_difference: float = Field(0.1, ge=0, le=2)  # thumbnail difference from every kept example
+    max_examples: int = Field(200, ge=1, le=1_000_000)  # per source and run
+    verbose: bool = False  # a line per example saved
 
     @field_validator("kind")
     @classmethod
@@ -428,6 +434,8 @@ class ConsumerConfig(_Strict):
     def _video_needs_out(self) -> "ConsumerConfig":
         if self.kind == "video" and not self.out:
             raise ValueError("consumers: a video consumer needs out = \"FILE.mp4\"")
+        if self.kind == "collect" and not self.out:
+            raise ValueError("consumers: a collect consumer needs out = \"FOLDER\" (the dataset)")
         return self
 
     def attach_args(self) -> list[str]:
@@ -445,6 +453,11 @@ class ConsumerConfig(_Strict):
             args += ["--ca", self.ca] if self.ca else []
             args += ["--discovery"] if self.discovery else []
             args += ["--snapshots"] if self.snapshots else []
+        if self.kind == "collect":
+            args += ["--quality", str(self.quality), "--min-interval", str(self.min_interval),
+                     "--min-difference", str(self.min_difference),
+                     "--max-examples", str(self.max_examples)]
+            args += ["--verbose"] if self.verbose else []
         return args
 
 

@@ -1,4 +1,5 @@
-"""Result consumers: the built-ins (`print`, `jsonl`, `video`, `preview`, `mqtt`) and custom ones.
+"""Result consumers: the built-ins (`print`, `jsonl`, `video`, `preview`, `mqtt`, `collect`) and
+custom ones.
 
 A consumer is a plain function `fn(result)`, or an object with `on_result(result)` and, if it
 wants them, `on_status(status)` and `close()`. Class attributes `frames = True` / `status = True`
@@ -23,6 +24,7 @@ BUILTIN = {
     "video": "pipeline.client.consumers.video:VideoConsumer",
     "preview": "pipeline.client.consumers.preview:PreviewConsumer",
     "mqtt": "pipeline.client.consumers.mqtt:MqttConsumer",
+    "collect": "pipeline.client.consumers.collect:CollectConsumer",
 }
 
 

@@ -1,0 +1,254 @@
+"""`collect` consumer: saves examples to label and train on, each what the model sees of its source
+(the region of interest when one is set, else the whole frame) at the resolution it was captured,
+as JPEG in `OUT/unlabelled/`, named `<source>-<YYYYmmdd-HHMMSS.ffffff>-f<frame or seq>.jpg` (UTC
+capture time). Moving a file into `OUT/<class>/` labels it.
+
+A folder of near-identical frames teaches nothing, so examples are spread over time and kept only
+when they look different: per source, at most one frame per `min_interval` seconds is considered,
+and it is kept only if its thumbnail (small, grayscale, normalised for brightness and contrast)
+differs from every kept example's by at least `min_difference` (mean absolute difference; 0 for
+identical, about 1.1 for unrelated pictures). Examples already in the folder (unlabelled or in a
+class) count as kept, so a second run over the same scene adds little. Time is the capture time,
+except for a video file read as fast as it decodes, where it is the file's own time (frame number
+over frame rate): an offline run is spread as the video was recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+
+from pipeline.client.subscription import Result
+from pipeline.errors import UserError
+from pipeline.outputs import check_folder
+from pipeline.train.dataset import COLLECTED, IMAGE_SUFFIXES, UNLABELLED
+
+THUMB = 32  # thumbnail side, pixels: enough to tell scenes apart, cheap to compare against hundreds
+MIN_INTERVAL_S = 1.0
+MIN_DIFFERENCE = 0.1  # consecutive frames of a still camera differ by ~0.01, a moved object by >0.15
+MAX_EXAMPLES = 200  # per source
+QUALITY = 90
+
+
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """A THUMB*THUMB float32 vector of the image in gray, zero mean and unit spread."""
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
+    small = cv2.resize(gray, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float32).ravel()
+    small -= small.mean()
+    small /= small.std() + 1e-3
+    return small
+
+
+def file_name(source: str, captured_at: float, number: int) -> str:
+    stamp = datetime.fromtimestamp(captured_at, timezone.utc).strftime("%Y%m%d-%H%M%S.%f")
+    return f"{source}-{stamp}-f{number}.jpg"
+
+
+@dataclass
+class _Source:
+    """One source's kept examples (their thumbnails, a row each) and when it was last looked at."""
+
+    name: str
+    thumbs: np.ndarray = field(default_factory=lambda: np.empty((0, THUMB * THUMB), np.float32))
+    saved: int = 0  # by this run
+    looked_at: float | None = None  # time of the last frame considered
+    full: bool = False
+    crop: np.ndarray | None = None  # the region copied out of shared memory, reused
+
+    def distance(self, thumb: np.ndarray) -> float:
+        """How far the thumbnail is from the nearest kept one (inf when none is kept)."""
+        if not len(self.thumbs):
+            return float("inf")
+        return float(np.abs(self.thumbs - thumb).mean(axis=1).min())
+
+    def keep(self, thumb: np.ndarray) -> None:
+        self.thumbs = np.vstack([self.thumbs, thumb[None]])
+
+
+class CollectConsumer:
+    """Writes distinct, spread-out examples of each source into `out/unlabelled/`."""
+
+    frames = True
+    max_age = None  # every result is looked at: an offline run collects from the whole file
+    OPTIONS = ("out", "config", "quality", "min_interval", "min_difference", "max_examples", "verbose")
+
+    def __init__(self, out: str | None = None, config: dict[str, Any] | None = None,
+                 quality: int | None = None, min_interval: float | None = None,
+                 min_difference: float | None = None, max_examples: int | None = None,
+                 verbose: bool = False):
+        if not out:
+            raise ValueError("the collect consumer needs --out FOLDER")
+        problem = check_folder(out, "--out")
+        if problem:
+            raise UserError(problem)
+        self.quality = QUALITY if quality is None else quality
+        self.min_interval = MIN_INTERVAL_S if min_interval is None else min_interval
+        self.min_difference = MIN_DIFFERENCE if min_difference is None else min_difference
+        self.max_examples = MAX_EXAMPLES if max_examples is None else max_examples
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"--quality must be 1-100, got {self.quality}")
+        for flag, value in (("--min-interval", self.min_interval), ("--min-difference", self.min_difference)):
+            if not (np.isfinite(value) and value >= 0):
+                raise ValueError(f"{flag} must be a number >= 0, got {value}")
+        if self.max_examples < 1:
+            raise ValueError(f"--max-examples must be at least 1, got {self.max_examples}")
+        self.verbose = verbose
+        self.root = Path(out)
+        self.folder = self.root / UNLABELLED
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create {self.folder} ({e.strerror})") from None
+        self.sources: dict[str, _Source] = {}
+        self.roi: dict[str, Any] = {}  # source id -> its config (for roi_box)
+        self.file_fps: dict[str, float] = {}  # source id -> frame rate of a video read unpaced
+        self._boxes: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
+        self._jpeg = (cv2.IMWRITE_JPEG_QUALITY, self.quality)
+        self.too_soon = self.duplicates = self.unavailable = 0
+        self.closed = False
+        if config:
+            self._read_config(config)
+
+    def _read_config(self, config: dict[str, Any]) -> None:
+        from pipeline.config import Config
+        from pipeline.config.schema import VideoSource
+
+        cfg = Config.model_validate(config)
+        for sid, src in zip(cfg.source_ids(), cfg.source_list):
+            self.roi[sid] = src
+            if isinstance(src, VideoSource) and not src.realtime:
+                self.file_fps[sid] = src.fps or _video_fps(src.path)
+
+    # -- per result ---------------------------------------------------------------------------
+    def on_result(self, r: Result) -> None:
+        src = self.sources.get(r.source) or self._start(r.source)
+        if src.full or self.closed:
+            return
+        now = self._time(r)
+        if src.looked_at is not None and 0 <= now - src.looked_at < self.min_interval:
+            self.too_soon += 1
+            return
+        crop = self._copy_region(src, r)
+        if crop is None:
+            self.unavailable += 1
+            return
+        src.looked_at = now
+        thumb = thumbnail(crop)
+        if src.distance(thumb) < self.min_difference:
+            self.duplicates += 1
+            return
+        number = r.frame_index if r.frame_index is not None else r.seq
+        name = file_name(r.source, r.captured_at, number)
+        if self._write(name, crop):
+            src.keep(thumb)
+            src.saved += 1
+            if self.verbose:
+                print(f"collect: {self.folder / name}", file=sys.stderr, flush=True)
+        else:
+            self.duplicates += 1  # that name is taken: the same frame was saved before
+        if src.saved >= self.max_examples:
+            src.full = True
+            print(f"collect: {r.source}: {src.saved} examples saved, the most --max-examples allows; "
+                  "saving no more of it", file=sys.stderr, flush=True)
+
+    def _time(self, r: Result) -> float:
+        fps = self.file_fps.get(r.source)
+        if fps and r.frame_index is not None:
+            return r.frame_index / fps
+        return r.captured_at
+
+    def _copy_region(self, src: _Source, r: Result) -> np.ndarray | None:
+        """The source's region of interest copied out of the frame, or None when the result has no
+        frame or the pipeline overwrote it meanwhile."""
+        if r.frame is None:
+            return None
+        h, w = r.frame.shape[:2]
+        box = self._boxes.get((r.source, h, w))
+        if box is None:
+            box = self._boxes[(r.source, h, w)] = self._box(r.source, w, h)
+        x0, y0, x1, y1 = box
+        region = r.frame[y0:y1, x0:x1]
+        if src.crop is None or src.crop.shape != region.shape:
+            src.crop = np.empty(region.shape, region.dtype)
+        np.copyto(src.crop, region)
+        return src.crop if r.frame_still_valid() else None
+
+    def _box(self, source: str, w: int, h: int) -> tuple[int, int, int, int]:
+        cfg = self.roi.get(source)
+        try:
+            return (cfg.roi_box(w, h) if cfg is not None else None) or (0, 0, w, h)
+        except ValueError:  # preprocessing refuses such frames: the model sees none of them
+            return 0, 0, w, h
+
+    def _write(self, name: str, image: np.ndarray) -> bool:
+        """Write the JPEG under a temporary name, then link it into place, never over a file that
+        is there; False when one is."""
+        ok, buf = cv2.imencode(".jpg", image, self._jpeg)
+        if not ok:
+            raise UserError(f"collect: OpenCV cannot encode a {image.shape} frame as JPEG")
+        target = self.folder / name
+        tmp = self.folder / f".{name}.part-{os.getpid()}"
+        try:
+            tmp.write_bytes(buf.tobytes())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links
+                if target.exists():
+                    return False
+                os.rename(tmp, target)
+            return True
+        except OSError as e:
+            raise UserError(f"collect: cannot write {target}: {e.strerror}; stopped after "
+                            f"{self._saved()} examples") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _start(self, source: str) -> _Source:
+        """A source seen for the first time: the examples of it already in the folder count as kept."""
+        src = self.sources[source] = _Source(source)
+        known = list(_kept_thumbnails(self.root, source))
+        if known:
+            src.thumbs = np.stack(known)
+        return src
+
+    def _saved(self) -> int:
+        return sum(s.saved for s in self.sources.values())
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        print(f"collect: saved {self._saved()} examples to {self.folder}; skipped {self.too_soon} as too "
+              f"soon, {self.duplicates} as near-duplicates, {self.unavailable} without a usable frame",
+              file=sys.stderr, flush=True)
+
+
+def _kept_thumbnails(root: Path, source: str) -> Iterator[np.ndarray]:
+    """The thumbnails of the examples collected from `source` before, in any class folder or
+    unlabelled."""
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(folder.iterdir()):
+            m = COLLECTED.match(path.name)
+            if not m or m["source"] != source or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+            if image is not None:
+                yield thumbnail(image)
+
+
+def _video_fps(path: str) -> float:
+    """The file's own frame rate (0 when OpenCV cannot tell: then capture time is used)."""
+    video = cv2.VideoCapture(path)
+    try:
+        return float(video.get(cv2.CAP_PROP_FPS) or 0.0) if video.isOpened() else 0.0
+    finally:
+        video.release()

@@ -115,18 +115,12 @@ class Features:
     original: np.ndarray   # row is the image itself, not an augmented copy
     unreadable: set[int]   # indices of files that do not decode
 
-    def of_originals(self, count: int) -> np.ndarray:
-        """count x 1280: row i the features of image i itself (zeros for an unreadable one)."""
-        out = np.zeros((count, self.x.shape[1]), np.float32)
-        out[self.owner[self.original]] = self.x[self.original]
-        return out
 
-
-def extract(paths: Sequence[Path], extractor: FeatureExtractor, copies: int, seed: int,
+def extract(paths: Sequence[Path], extractor: FeatureExtractor, copies: Sequence[int], seed: int,
             flip: bool = False, advance: Callable[[int], None] = lambda n: None) -> Features:
-    """The features of each image and of `copies` augmented copies of it. Copy k of image i is
-    drawn from its own generator (seed, i), so the result does not depend on the order or
-    batching of the work. `advance(1)` after each image."""
+    """The features of each image and of `copies[i]` augmented copies of image i. The copies of
+    image i are drawn from its own generator (seed, i), so the result does not depend on the
+    order or batching of the work. `advance(1)` after each image."""
     rows: list[np.ndarray] = []
     owners: list[int] = []
     unreadable: set[int] = set()
@@ -148,9 +142,9 @@ def extract(paths: Sequence[Path], extractor: FeatureExtractor, copies: int, see
         else:
             rng = np.random.default_rng([seed, i])
             pending.append(image)
-            pending.extend(augment(image, rng, flip) for _ in range(copies))
-            pending_owner.extend([i] * (1 + copies))
-            originals.extend([True] + [False] * copies)
+            pending.extend(augment(image, rng, flip) for _ in range(copies[i]))
+            pending_owner.extend([i] * (1 + copies[i]))
+            originals.extend([True] + [False] * copies[i])
             if len(pending) >= BATCH:
                 flush()
         advance(1)

@@ -109,8 +109,9 @@ def data_warnings(images: dict[str, int], originals: np.ndarray, train_idx: Sequ
     for c, n in images.items():
         if n > IMBALANCE * images[smallest]:
             warnings.append(f"class {c!r} has {n} images, {n / images[smallest]:.0f}x as many as "
-                            f"{smallest!r} ({images[smallest]}): collect more of the smaller classes (training "
-                            f"weights classes by their size, but few examples cover few situations)")
+                            f"{smallest!r} ({images[smallest]}): collect more of the smaller classes "
+                            f"(training weights classes by their size, but few examples cover few "
+                            f"situations)")
     if len(train_idx) and len(val_idx):
         def unit(x: np.ndarray) -> np.ndarray:
             return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)

@@ -71,9 +71,13 @@ def train(opts: Options, progress: Progress = Progress()) -> Report:
                  + ", ".join(f"{c} {n}" for c, n in data.counts().items()))
     extractor = FeatureExtractor(opts.resize, opts.threads)
     progress.begin(len(paths))
-    # Every image gets its augmented copies; only those of training images are used (the split
-    # needs to know which images decode, and the copies are cheap beside the backbone).
-    feats = extract(paths, extractor, opts.augment, opts.seed, opts.flip, progress.advance)
+    # Training images get augmented copies. Which those are is known only once every image is
+    # read (one that does not decode leaves the split): split again then; the few images that
+    # change sides keep their copies unused, or train without copies.
+    first_train, _ = ds_mod.split(data, opts.val_fraction, opts.split, opts.seed)
+    copies = np.zeros(len(paths), np.int64)
+    copies[first_train] = opts.augment
+    feats = extract(paths, extractor, copies, opts.seed, opts.flip, progress.advance)
     if feats.unreadable:
         progress.say(f"warning: skipped {len(feats.unreadable)} images that do not decode")
     keep = [i for i in range(len(paths)) if i not in feats.unreadable]

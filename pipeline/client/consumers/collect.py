@@ -9,8 +9,9 @@ and it is kept only if its thumbnail (small, grayscale, normalised for brightnes
 differs from every kept example's by at least `min_difference` (mean absolute difference; 0 for
 identical, about 1.1 for unrelated pictures). Examples already in the folder (unlabelled or in a
 class) count as kept, so a second run over the same scene adds little. Time is the capture time,
-except for a video file read as fast as it decodes, where it is the file's own time (frame number
-over frame rate): an offline run is spread as the video was recorded.
+except where a file is read as fast as it decodes: a video's time is then its own (frame number
+over frame rate), so an offline run is spread as the video was recorded, and each image of a folder
+is a moment of its own (every image is considered).
 """
 
 from __future__ import annotations
@@ -107,8 +108,8 @@ class CollectConsumer:
         except OSError as e:
             raise UserError(f"--out {out}: cannot create {self.folder} ({e.strerror})") from None
         self.sources: dict[str, _Source] = {}
-        self.roi: dict[str, Any] = {}  # source id -> its config (for roi_box)
-        self.file_fps: dict[str, float] = {}  # source id -> frame rate of a video read unpaced
+        self.source_configs: dict[str, Any] = {}  # source id -> its config (roi_box)
+        self.frame_s: dict[str, float] = {}  # source id -> seconds a frame of a file read unpaced
         self._boxes: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
         self._jpeg = (cv2.IMWRITE_JPEG_QUALITY, self.quality)
         self.too_soon = self.duplicates = self.unavailable = 0
@@ -118,13 +119,17 @@ class CollectConsumer:
 
     def _read_config(self, config: dict[str, Any]) -> None:
         from pipeline.config import Config
-        from pipeline.config.schema import VideoSource
+        from pipeline.config.schema import ImagesSource, VideoSource
 
         cfg = Config.model_validate(config)
         for sid, src in zip(cfg.source_ids(), cfg.source_list):
-            self.roi[sid] = src
+            self.source_configs[sid] = src
             if isinstance(src, VideoSource) and not src.realtime:
-                self.file_fps[sid] = src.fps or _video_fps(src.path)
+                fps = _video_fps(src.path)
+                if fps > 0:
+                    self.frame_s[sid] = 1 / fps
+            elif isinstance(src, ImagesSource) and src.fps == 0:
+                self.frame_s[sid] = self.min_interval
 
     # -- per result ---------------------------------------------------------------------------
     def on_result(self, r: Result) -> None:
@@ -159,9 +164,9 @@ class CollectConsumer:
                   "saving no more of it", file=sys.stderr, flush=True)
 
     def _time(self, r: Result) -> float:
-        fps = self.file_fps.get(r.source)
-        if fps and r.frame_index is not None:
-            return r.frame_index / fps
+        frame_s = self.frame_s.get(r.source)
+        if frame_s is not None and r.frame_index is not None:
+            return r.frame_index * frame_s
         return r.captured_at
 
     def _copy_region(self, src: _Source, r: Result) -> np.ndarray | None:
@@ -181,7 +186,7 @@ class CollectConsumer:
         return src.crop if r.frame_still_valid() else None
 
     def _box(self, source: str, w: int, h: int) -> tuple[int, int, int, int]:
-        cfg = self.roi.get(source)
+        cfg = self.source_configs.get(source)
         try:
             return (cfg.roi_box(w, h) if cfg is not None else None) or (0, 0, w, h)
         except ValueError:  # preprocessing refuses such frames: the model sees none of them

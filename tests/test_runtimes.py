@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.config.schema import ModelConfig
 from workers.inference.classifier import ModelError, OnnxClassifier, TorchClassifier, top_k
 from workers.inference.model_files import builtin_onnx, builtin_weights
 from workers.inference.model_plan import plan_model
@@ -93,13 +94,9 @@ def test_export_refuses_bad_arguments(tmp_path):
     assert p.returncode == 2 and "must end in .onnx" in p.stderr
 
 
-class Model:
-    """A ModelConfig stand-in with the fields plan_model reads."""
-
-    def __init__(self, **kw):
-        self.name, self.weights, self.runtime = "mobilenet_v2", "builtin", "auto"
-        self.engine, self.jit, self.channels_last = "auto", True, False
-        self.__dict__.update(kw)
+def Model(**kw) -> ModelConfig:
+    """A config's `[model]` section."""
+    return ModelConfig(**kw)
 
 
 def test_auto_measures_once_then_remembers(tmp_path, monkeypatch):

@@ -235,3 +235,31 @@ def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path, clean_machine):
                        text=True, timeout=60)
     assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "collect consumer needs out" in p.stderr
     assert not (blocker.parent / "ds").exists()
+
+
+def test_a_full_disk_stops_collecting_in_one_line_leaving_only_whole_files(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
+    config = tmp_path / "full.toml"
+    config.write_text('name = "collfull"\n[source]\nkind = "synthetic"\nwidth = 640\nheight = 480\nfps = 30\n'
+                      '[model]\nweights = "none"\n')
+    pipeline = up(config, "--quiet")
+    try:
+        wait_running(pipeline)
+        p = subprocess.run([*ATTACH, "--name", "collfull", "--consumer", "collect", "--out", str(disk / "ds"),
+                            "--min-interval", "0", "--min-difference", "0", "--quality", "100",
+                            "--duration", "120"], cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert p.returncode == 1, p.stderr
+        m = re.fullmatch(rf"pipeline-attach: collect: cannot write {disk}/ds/unlabelled/synthetic-\S+\.jpg: "
+                            r"No space left on device; stopped after (\d+) examples\n", p.stderr)
+        assert m, p.stderr
+        files = list((disk / "ds" / "unlabelled").iterdir())
+        assert len(files) == int(m[1]) > 0 and all(not f.name.startswith(".") for f in files)
+        assert {jpeg_shape(f) for f in files} == {(480, 640, 3)}
+    finally:
+        finish(pipeline)
+        subprocess.run(["umount", "-l", str(disk)], check=True)

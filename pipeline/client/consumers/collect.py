@@ -211,7 +211,8 @@ class CollectConsumer:
                     return False
                 os.rename(tmp, target)
             return True
-        except OSError as e:
+        except OSError as e:  # a full disk, say: the one line to report, and no summary after it
+            self.closed = True
             raise UserError(f"collect: cannot write {target}: {e.strerror}; stopped after "
                             f"{self._saved()} examples") from None
         finally:

@@ -211,30 +211,31 @@ def test_live_attach_collects_whole_frames_spread_by_capture_time(tmp_path):
     assert min(np.diff(times)) >= 0.5 - 1e-5  # capture time, to the microsecond of the names
 
 
+def refused(*args: str, cli: str = "attach") -> str:
+    """The one line a command refuses with (exit 2)."""
+    p = subprocess.run([sys.executable, "-m", f"pipeline.cli.{cli}", *args], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1, p.stderr
+    return p.stderr.strip()
+
+
 def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path, clean_machine):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    p = subprocess.run([*ATTACH, "--consumer", "collect", "--out", str(blocker / "ds")], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and p.stderr == (f"pipeline-attach: --out {blocker / 'ds'}: {blocker} is a file, "
-                                              "so the folder cannot be made\n")
-    p = subprocess.run([*ATTACH, "--consumer", "collect", "--out", str(blocker)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and p.stderr == f"pipeline-attach: --out {blocker}: is a file; give a folder\n"
-    p = subprocess.run([*ATTACH, "--consumer", "collect"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert p.returncode == 2 and p.stderr == "pipeline-attach: the collect consumer needs --out FOLDER\n"
+    under = blocker / "ds"
+    collect = ("--consumer", "collect", "--out")
+    assert refused(*collect, str(under)) == \
+        f"pipeline-attach: --out {under}: {blocker} is a file, so the folder cannot be made"
+    assert refused(*collect, str(blocker)) == f"pipeline-attach: --out {blocker}: is a file; give a folder"
+    assert refused("--consumer", "collect") == "pipeline-attach: the collect consumer needs --out FOLDER"
     need(BOTTLE)
-    config = write_config(tmp_path / "bad.toml", {"kind": "video", "path": str(BOTTLE)},
-                          {"out": str(blocker / "ds")}, "collbad")
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(config)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
-    assert p.returncode == 2 and p.stderr == (f"pipeline-up: consumers[0].out {blocker / 'ds'}: {blocker} is a "
-                                              "file, so the folder cannot be made\n")
-    config.write_text(config.read_text().replace(f'out = "{blocker / "ds"}"\n', ""))
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(config)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
-    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "collect consumer needs out" in p.stderr
-    assert not (blocker.parent / "ds").exists()
+    config = write_config(tmp_path / "bad.toml", {"kind": "video", "path": str(BOTTLE)}, {"out": str(under)},
+                          "collbad")
+    assert refused(str(config), cli="up") == \
+        f"pipeline-up: consumers[0].out {under}: {blocker} is a file, so the folder cannot be made"
+    config.write_text(config.read_text().replace(f'out = "{under}"\n', ""))
+    assert "a collect consumer needs out" in refused(str(config), cli="up")
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["bad.toml", "file"]  # nothing made
 
 
 def test_a_full_disk_stops_collecting_in_one_line_leaving_only_whole_files(tmp_path):

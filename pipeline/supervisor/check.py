@@ -120,8 +120,9 @@ def _check_model(config: Config, worker: object, line: Callable[..., None],
         warm_up(clf, config.preprocess.crop_size, 3)
         ms = warm_up(clf, config.preprocess.crop_size, 5)
     except Exception as e:  # noqa: BLE001
-        line("model", f"{config.model.name} on {plan.runtime}: cannot load or run it: {e}",
-             problem=True)
+        line("model", f"{plan.name} on {plan.runtime}: cannot load or run it: {e}", problem=True)
         return
-    line("model", f"{config.model.name} on {plan.runtime} ({plan.reason}), {len(clf.labels)} "
-         f"classes; loaded in {loaded:.1f} s, {ms:.1f} ms a frame here with {threads} thread(s)")
+    names = ", ".join(clf.labels[:6]) + (", ..." if len(clf.labels) > 6 else "")
+    line("model", f"{plan.name} (id {plan.id}) on {plan.runtime} ({plan.reason}), "
+         f"{len(clf.labels)} classes ({names}); loaded in {loaded:.1f} s, {ms:.1f} ms a frame here "
+         f"with {threads} thread(s)")

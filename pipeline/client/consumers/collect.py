@@ -36,6 +36,7 @@ MIN_INTERVAL_S = 1.0
 MIN_DIFFERENCE = 0.1  # consecutive frames of a still camera differ by ~0.01, a moved object by >0.15
 MAX_EXAMPLES = 200  # per source
 QUALITY = 90
+TIME_SLACK = 1e-6  # s: frame number x frame time rounds, an interval of exactly min_interval is enough
 
 
 def thumbnail(image: np.ndarray) -> np.ndarray:
@@ -137,7 +138,7 @@ class CollectConsumer:
         if src.full or self.closed:
             return
         now = self._time(r)
-        if src.looked_at is not None and 0 <= now - src.looked_at < self.min_interval:
+        if src.looked_at is not None and 0 <= now - src.looked_at < self.min_interval - TIME_SLACK:
             self.too_soon += 1
             return
         crop = self._copy_region(src, r)

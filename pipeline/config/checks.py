@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .classes import class_indices
 from .credentials import CredentialsError, read_credentials
 from .errors import ConfigError
 from .schema import WEIGHTS_SPECIAL, CameraSource, Config, ImagesSource, VideoSource
@@ -42,15 +43,20 @@ def check_files(config: Config, host: str | None = None) -> None:
 
 
 def check_classes(config: Config, names: Sequence[str], model: str) -> None:
-    """Every class a source's state names is one of the model's (`names`); ConfigError naming
-    the first that is not, with the closest names."""
+    """Every class a source's state names (`watch`, `on`) is one of the model's (`names`), and
+    `on` is watched; ConfigError naming the first that is not, with the closest names."""
     for i, src in enumerate(config.source_list):
-        if src.state is not None:
-            key = f"{'source' if not config.sources else f'sources[{i}]'}.state.watch"
+        state = src.state
+        if state is not None:
+            key = f"{'source' if not config.sources else f'sources[{i}]'}.state"
             try:
-                src.state.watch_indices(names, model, key)
+                watched = state.watch_indices(names, model, f"{key}.watch")
+                on = set(class_indices(state.on, f"{key}.on", names, model)) if state.on else set()
             except ValueError as e:
                 raise ConfigError(str(e)) from None
+            if on and watched and not on & watched:
+                raise ConfigError(f"{key}.on: {state.on!r} is not watched, so the state is never "
+                                  f"{state.on!r} (add it to {key}.watch, or leave `watch` empty)")
 
 
 def _check_keys(config: Config, host: str | None) -> None:

@@ -3,6 +3,7 @@ checks that span several sections (cores, sizes, sources, edges) as validators o
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from typing import Annotated, Literal, Union
@@ -45,6 +46,17 @@ HOST_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 LOCAL = "local"  # the host of every stage a config does not place elsewhere
 
 
+# Home Assistant's binary sensor device classes (BinarySensorDeviceClass, as of Home Assistant
+# 2025: https://developers.home-assistant.io/docs/core/entity/binary-sensor#available-device-classes
+# and https://www.home-assistant.io/integrations/binary_sensor/#device-class); `door`,
+# `garage_door`, `opening` and `window`: ON means open; `occupancy`, `presence`, `motion`: detected.
+BINARY_SENSOR_DEVICE_CLASSES = (
+    "battery", "battery_charging", "carbon_monoxide", "cold", "connectivity", "door", "garage_door",
+    "gas", "heat", "light", "lock", "moisture", "motion", "moving", "occupancy", "opening", "plug",
+    "power", "presence", "problem", "running", "safety", "smoke", "sound", "tamper", "update",
+    "vibration", "window")
+
+
 class StateConfig(_Strict):
     """Classification as a state (pipeline/client/states.py): which results count towards a
     state, and how many must agree before it changes. The state is `none` while no result
@@ -55,6 +67,39 @@ class StateConfig(_Strict):
     smoothing: Literal["consecutive", "majority"] = "consecutive"
     # consecutive: `window` results in a row agree; majority: more than half of the last `window`
     window: int = Field(3, ge=1, le=1000)
+    # Home Assistant (mqtt consumer, --discovery): a class of the model (e.g. "open" of a door
+    # model): the source is then ONE binary sensor, ON while its state is this class, OFF
+    # otherwise (instead of a binary sensor per watched class); "": none
+    on: str = ""
+    # Home Assistant's device class of the source's binary sensors: of the `on` one, else of each
+    # watched class's; "": none (a plain ON/OFF)
+    device_class: str = ""
+
+    @field_validator("device_class")
+    @classmethod
+    def _home_assistant_class(cls, device_class: str) -> str:
+        if device_class and device_class not in BINARY_SENSOR_DEVICE_CLASSES:
+            close = difflib.get_close_matches(device_class, BINARY_SENSOR_DEVICE_CLASSES, n=3)
+            hint = f"closest: {', '.join(close)}; " if close else ""
+            raise ValueError(f"device_class: {device_class!r} is not a Home Assistant binary sensor "
+                             f"device class ({hint}one of {', '.join(BINARY_SENSOR_DEVICE_CLASSES)})")
+        return device_class
+
+    @field_validator("on")
+    @classmethod
+    def _on_form(cls, on: str) -> str:
+        """Only the form here: whether it is a class of the model is checked once the model is
+        known (checks.check_classes, before anything starts)."""
+        if on and not on.strip():
+            raise ValueError(f"on: {on!r} is not a class name")
+        return on
+
+    @model_validator(mode="after")
+    def _device_class_has_a_sensor(self) -> StateConfig:
+        if self.device_class and not (self.on or self.watch):
+            raise ValueError(f"state: device_class {self.device_class!r} is for a binary sensor, and "
+                             f"the source has none (set `on` for one, or `watch`: one per class)")
+        return self
 
     @field_validator("watch")
     @classmethod

@@ -10,7 +10,7 @@ import sys
 
 import zmq
 
-from pipeline.config import ConfigError, WEIGHTS_SPECIAL, load_config
+from pipeline.config import WEIGHTS_SPECIAL, ConfigError, load_config
 from pipeline.supervisor.deploy import COMMAND, LOAD_TIMEOUT_S
 from pipeline.transport.messages import pack, unpack
 from pipeline.transport.rundir import NotRunning, RunPaths, RuntimeDirError, find_pipeline

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     from pipeline.errors import UserError
-    from pipeline.train.run import Options, Progress, train
+    from pipeline.train.run import Options, train
 
     err = Console(stderr=True, highlight=False)
     opts = Options(dataset=args.dataset, out=args.out, name=args.name, epochs=args.epochs,
@@ -74,8 +74,14 @@ class _progress:
         from pipeline.train.run import Progress
 
         if self.console.is_terminal and not self.quiet:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
 
             self.bar = Bar(TextColumn("features"), BarColumn(), MofNCompleteColumn(),
                            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

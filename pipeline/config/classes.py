@@ -5,8 +5,8 @@ starts: checked against the model's own names (ImageNet's for the shipped model,
 from __future__ import annotations
 
 import difflib
-from functools import cache
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
 CLASSES_FILE = Path(__file__).with_name("imagenet_classes.txt")

@@ -1,7 +1,12 @@
 """Home Assistant MQTT discovery: the retained config messages that make each source of a
 pipeline appear as entities (a sensor for the current class, one for its probability, a binary
-sensor per watched class, the snapshot as an image, the pipeline's fps), all tied to one device
-and to the consumer's availability topic.
+sensor per watched class or the one `on` binary sensor of `[source.state]`, the snapshot as an
+image, the pipeline's fps), all tied to one device and to the consumer's availability topic.
+
+A class's entity (and its ON/OFF) goes by the class's ImageNet index for the shipped model (an
+id that means one class in every ImageNet model), by the class's name for a model's own classes:
+the entity stays when another model has the class at another index, and goes when a model no
+longer has the class.
 
 Only the payloads are built here; the mqtt consumer sends them (and again whenever Home
 Assistant announces `online` on `<discovery prefix>/status`). See
@@ -11,13 +16,14 @@ https://www.home-assistant.io/integrations/mqtt/#mqtt-discovery for the format.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pipeline.config import StateConfig
-from pipeline.config.classes import imagenet_classes
+from pipeline.config.classes import class_indices, imagenet_classes
 
 try:
     __version__ = version("edge-pipeline")
@@ -50,6 +56,8 @@ def discovery_configs(*, pipeline: str, prefix: str, sources: dict[str, StateCon
               "payload_not_available": "offline", "device": device,
               "origin": {"name": "edge-pipeline", "sw_version": __version__}}
     names = list(labels) if labels else imagenet_classes()
+    class_ids = _class_ids(names)
+    by_name = class_ids[0].startswith("is_")
     out: list[tuple[str, dict[str, Any]]] = []
 
     def add(component: str, obj: str, payload: dict[str, Any]) -> None:
@@ -66,11 +74,19 @@ def discovery_configs(*, pipeline: str, prefix: str, sources: dict[str, StateCon
             "name": f"{source} probability", "state_topic": state_topic,
             "value_template": "{{ value_json.probability }}", "state_class": "measurement",
             "icon": "mdi:percent"})
-        for index in sorted(state.watch_indices(names, model) if state else ()):
-            add("binary_sensor", f"{source}_{index}", {
-                "name": f"{source} {names[index]}", "state_topic": state_topic,
-                "value_template": f"{{{{ 'ON' if value_json.index == {index} else 'OFF' }}}}",
-                "payload_on": "ON", "payload_off": "OFF", "icon": "mdi:eye-check"})
+        binary = {"state_topic": state_topic, "payload_on": "ON", "payload_off": "OFF",
+                  **({"device_class": state.device_class} if state and state.device_class
+                     else {"icon": "mdi:eye-check"})}
+        if state and state.on:
+            on = _indices(state.on, names, model)
+            if on:
+                add("binary_sensor", f"{source}_on", {**binary, "name": f"{source} {state.on}",
+                                                      "value_template": _is(names, on, by_name)})
+        elif state:
+            for index in sorted({i for item in state.watch for i in _indices(item, names, model)}):
+                add("binary_sensor", f"{source}_{class_ids[index]}", {
+                    **binary, "name": f"{source} {names[index]}",
+                    "value_template": _is(names, [index], by_name)})
         if snapshots:
             add("image", f"{source}_snapshot", {
                 "name": f"{source} snapshot", "image_topic": f"{prefix}/{source}/snapshot",
@@ -80,3 +96,35 @@ def discovery_configs(*, pipeline: str, prefix: str, sources: dict[str, StateCon
         "value_template": "{{ value_json.fps }}", "unit_of_measurement": "fps",
         "state_class": "measurement", "icon": "mdi:speedometer", "entity_category": "diagnostic"})
     return out
+
+
+def _class_ids(names: Sequence[str]) -> list[str]:
+    """Each class's part of its entity's id: `is_<name>` for a model's own classes (when every
+    name gives a distinct id), else the index (ImageNet's)."""
+    ids = [object_id(n) for n in names]
+    if tuple(names) != imagenet_classes() and all(ids) and len(set(ids)) == len(ids):
+        return [f"is_{i}" for i in ids]
+    return [str(i) for i in range(len(names))]
+
+
+def _is(names: Sequence[str], indices: Sequence[int], by_name: bool) -> str:
+    """A template that is ON while the state is one of these classes: by the class's name for a
+    model's own classes (a state kept from another model then counts by its name, never by an
+    index that meant another class there; `none` has no index), else by index."""
+    if len(indices) == 1 and by_name:
+        test = f"value_json.index is number and value_json.label == {json.dumps(names[indices[0]])}"
+    elif len(indices) == 1:
+        test = f"value_json.index == {indices[0]}"
+    else:
+        test = f"value_json.index in {sorted(indices)}"
+    return f"{{{{ 'ON' if {test} else 'OFF' }}}}"
+
+
+def _indices(item: int | str, names: Sequence[str], model: str) -> list[int]:
+    """The classes of the model a watched item stands for; none when the model lacks it (the
+    config was checked against the model the pipeline started with: a consumer elsewhere, which
+    cannot read the model's names, may not know them)."""
+    try:
+        return class_indices(item, "", names, model)
+    except ValueError:
+        return []

@@ -10,8 +10,16 @@ its host dies; a pipeline that ends or dies makes the consumer say `offline` its
 A (re)started consumer publishes no state before its state machine has decided: the state the
 broker kept from before stays valid meanwhile. It reads that state back from the broker when it
 connects, and when it decides on the same class the state goes on with its old `since` and no
-event, so a restart changes nothing a user or an automation sees. Ids and the default prefix
-carry the host's name: two hosts running a pipeline of one name do not share topics or entities.
+event, so a restart changes nothing a user or an automation sees; a class is the same by its name
+(the model may have changed meanwhile), and a kept class the model no longer has ends. Ids and the
+default prefix carry the host's name: two hosts running a pipeline of one name do not share topics
+or entities.
+
+Home Assistant's entities follow the model: when results come from another model (`model_id`:
+`pipeline-deploy`), the discovery configs are sent again for its classes, and those of entities
+that no longer exist (a class the model lacks) are emptied, which removes them. On connecting, the
+consumer also reads back which configs of its own device the broker kept, so a restart with
+another model, config or options removes what no longer applies.
 
 What the broker sends this consumer is bounded: a packet over 64 KiB drops the connection
 before it is read, a message that cannot be handled (a topic that is not UTF-8) is ignored and
@@ -42,11 +50,12 @@ from urllib.parse import urlsplit
 import cv2
 import paho.mqtt.client as mqtt
 
-from pipeline.client.consumers.homeassistant import discovery_configs, object_id
+from pipeline.client.consumers.homeassistant import discovery_configs, node_id, object_id
 from pipeline.client.model import running_model
 from pipeline.client.states import State, StateEvent, Tracker
 from pipeline.client.subscription import Result
 from pipeline.config import Config
+from pipeline.config.classes import imagenet_classes
 from pipeline.errors import UserError
 from pipeline.observe.format import results_per_second
 from pipeline.strings import MQTT_PORTS, broker_problem, topic_prefix_problem
@@ -145,7 +154,11 @@ class MqttConsumer:
         running = running_model(name)  # the model's own class names, for discovery
         self.model = running.get("name") or (cfg.model.name if cfg else "unknown")
         self.labels: list[str] | None = running.get("labels")
-        self.lock = threading.Lock()  # the states, shared with paho's thread
+        self.model_id: str | None = running.get("id")  # the model discovery describes
+        self.lock = threading.Lock()  # the states and the model, shared with paho's thread
+        self.discovery_lock = threading.Lock()  # one discovery at a time (either thread)
+        self.configs_sent: set[str] = set()  # config topics of the newest discovery
+        self.kept_configs: set[str] = set()  # config topics of this device the broker kept
         self.states: dict[str, State] = {}  # each source's decided state, as published
         self.state_sent: dict[str, float] = {}  # monotonic time each source's state was sent
         self.stats_sent = -math.inf
@@ -226,9 +239,11 @@ class MqttConsumer:
         # at QoS 0 and unsubscribed at once, the broker sends the kept messages before it answers
         # the unsubscribe (it handles a client's packets in order).
         self.recalled.clear()
-        self.kept, self.kept_online = {}, False
+        self.kept, self.kept_online, self.kept_configs = {}, False, set()
         self.connected_at = time.monotonic()
         recall = [f"{self.prefix}/+/state", f"{self.prefix}/availability"]
+        if self.discovery:  # this device's entities from before: what no longer applies goes
+            recall.append(self._config_topic("+", "+"))
         client.subscribe([(topic, 0) for topic in recall])
         self.recall_mid = client.unsubscribe(recall)[1]
         if self.discovery:
@@ -270,6 +285,8 @@ class MqttConsumer:
                 self._maybe_rediscover()
         elif topic == f"{self.prefix}/availability" and msg.retain:
             self.kept_online = msg.payload == b"online"
+        elif msg.retain and mqtt.topic_matches_sub(self._config_topic("+", "+"), topic):
+            self.kept_configs.add(topic)
         elif msg.retain and topic.startswith(f"{self.prefix}/") and topic.endswith("/state"):
             source = topic[len(self.prefix) + 1:-len("/state")]
             if source in self.sources or not self.sources:  # (not: any client's invention)
@@ -333,11 +350,13 @@ class MqttConsumer:
     def on_result(self, r: Result) -> None:
         if self.refused is not None:
             raise MqttError(self.refused)
+        if r.model_id and r.model_id != self.model_id:
+            self._model_changed(r)
         events = self.tracker.update(r)
         machine = self.tracker.machines[r.source]
-        if not machine.decided:
+        if not machine.decided and not (events and r.source in self.reconciled):
             return  # nothing to say yet: the state the broker kept stays valid meanwhile
-        state = machine.state
+        state = machine.state  # (undecided with events: another model's results ended a class)
         if r.source not in self.reconciled:
             events = self._reconcile(r, state, events)
             if events is None:
@@ -375,7 +394,7 @@ class MqttConsumer:
         started = [start] if start is not None and state.index is not None else []
         if kept is None:
             return started
-        if kept["index"] == state.index:
+        if self._same_class(kept, state):
             state.since = kept["since"]  # no change: the state began when the kept one did
             return []
         if kept["index"] is None:
@@ -385,6 +404,32 @@ class MqttConsumer:
                          prob if isinstance(prob, (int, float)) else 0.0, r.captured_at,
                          r.frame_index, r.seq, kept["since"])
         return [end, *started]
+
+    def _same_class(self, kept: dict[str, Any], state: State) -> bool:
+        """Whether the kept state is the decided one: both `none`, or one class by its name (the
+        kept one may be another model's, with this class at another index, or another class at
+        this index), and by index where the model has two classes of that name."""
+        if kept["index"] is None or state.index is None:
+            return kept["index"] is None and state.index is None
+        with self.lock:
+            names = self.labels or imagenet_classes()
+        return kept["label"] == state.label and (kept["index"] == state.index
+                                                 or list(names).count(state.label) == 1)
+
+    def _model_changed(self, r: Result) -> None:
+        """Results of another model (deployed while this consumer runs, or the first result of
+        a consumer that could not read the model): discovery for its classes."""
+        running = running_model(self.name)
+        known = running.get("id") == r.model_id
+        if not known and self.discovery:
+            self._say(f"the class names of model {r.model} ({r.model_id}) are not readable here "
+                      f"(no model.json of pipeline {self.name} for it); Home Assistant's binary "
+                      f"sensors assume ImageNet's")
+        with self.lock:
+            self.model_id, self.model = r.model_id, r.model
+            self.labels = running.get("labels") if known else None
+        if self.discovery and self.recalled.is_set():
+            self._send_discovery()
 
     def on_status(self, status: dict[str, Any]) -> None:
         self._maybe_rediscover()
@@ -440,12 +485,25 @@ class MqttConsumer:
             return
         self._send(f"{self.prefix}/{r.source}/snapshot", jpeg.tobytes(), "snapshot", retain=True)
 
+    def _config_topic(self, component: str, obj: str) -> str:
+        return f"{self.discovery_prefix}/{component}/{node_id(self.host_name, self.prefix)}/{obj}/config"
+
     def _send_discovery(self) -> None:
-        for topic, payload in discovery_configs(
-                pipeline=self.name, prefix=self.prefix, sources=self.sources, model=self.model,
-                snapshots=self.snapshots, host=self.host_name, labels=self.labels,
-                discovery_prefix=self.discovery_prefix):
-            self._send(topic, _json(payload), "discovery", retain=True)
+        """The configs of the entities there are now, and an empty config (Home Assistant then
+        removes the entity) for each sent before or kept by the broker that is not one of them."""
+        with self.discovery_lock:
+            with self.lock:
+                model, labels = self.model, self.labels
+            configs = discovery_configs(
+                pipeline=self.name, prefix=self.prefix, sources=self.sources, model=model,
+                snapshots=self.snapshots, host=self.host_name, labels=labels,
+                discovery_prefix=self.discovery_prefix)
+            topics = {topic for topic, _ in configs}
+            for topic in sorted((self.configs_sent | self.kept_configs) - topics):
+                self._send(topic, "", "discovery", retain=True)
+            for topic, payload in configs:
+                self._send(topic, _json(payload), "discovery", retain=True)
+            self.configs_sent, self.kept_configs = topics, set()
 
     def _send(self, topic: str, payload: str | bytes, kind: str, retain: bool = False) -> bool:
         """Publish unless the broker is away; what cannot be sent is counted, never waited for

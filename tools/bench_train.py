@@ -29,31 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VIDEOS = ROOT.parent / "shared" / "assets" / "video"
 
-# bottle-detection.mp4 (640x360, 30 fps, 1189 frames): three water bottles on a table; the middle
-# one (in the centre crop) is lifted away at frames 527-536 and put back at 660-680; hands move
-# the other two bottles at other times (the middle one stays: "bottle"). Ranges [a, b) leave
-# about 10 frames around each transition out.
-BOTTLE = {
-    "file": "bottle-detection.mp4", "fps": 30,
-    "train": {"bottle": [(0, 516)], "empty": [(546, 598)]},
-    "eval": {"bottle": [(690, 1189)], "empty": [(598, 650)]},
-}
-# one-by-one-person-detection.mp4 (768x432, 10 fps, 1394 frames): an empty room with a small
-# table; one person at a time walks in from the camera's side, stands, and walks out to the right.
-# Seen frame by frame: a person is in view from frame 61 to 201, 229-451, 505-705, 746-871,
-# 921-1204 and 1234-1361; the room is empty otherwise. Ranges leave 8 frames (0.8 s) around each
-# transition out. Trained on the first half (to frame 700), evaluated on the second.
-PERSON = {
-    "file": "one-by-one-person-detection.mp4", "fps": 10,
-    "train": {"absent": [(0, 53), (210, 221), (462, 497)],
-              "present": [(70, 192), (238, 442), (514, 692)]},
-    "eval": {"absent": [(713, 738), (880, 913), (1212, 1226), (1370, 1394)],
-             "present": [(755, 862), (930, 1190), (1243, 1350)]},
-}
-
-
-def frames_in(ranges: list[tuple[int, int]]) -> list[int]:
-    return [f for a, b in ranges for f in range(a, b)]
+from tests.video_truth import BOTTLE, PERSON, frames_in  # noqa: E402  (the tasks' truth, one place)
 
 
 def collect_name(frame: int, fps: int) -> str:

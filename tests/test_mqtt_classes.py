@@ -74,7 +74,7 @@ def entities(configs: dict[str, bytes]) -> dict[str, dict]:
     return {t.split("/")[3]: json.loads(p) for t, p in configs.items() if p}
 
 
-def states_since(watcher: Watcher, topic: str, after: float) -> list[tuple[dict, float]]:
+def messages_since(watcher: Watcher, topic: str, after: float) -> list[tuple[dict, float]]:
     with watcher.cond:
         return [(json.loads(p), at) for t, p, _, at in watcher.messages if t == topic and at > after]
 
@@ -188,14 +188,16 @@ def test_discovery_and_the_kept_state_follow_the_model(broker, models, tmp_path,
         return at
 
     def first_state(after: float, label: str) -> dict:
-        return watcher.wait_for(lambda: [s for s, _ in states_since(watcher, state_topic, after)
+        return watcher.wait_for(lambda: [s for s, _ in messages_since(watcher, state_topic, after)
                                          if s["label"] == label], 60, f"the state {label}")[0]
 
     def retained() -> dict[str, dict]:
-        """What a Home Assistant that starts now finds."""
+        """What a Home Assistant that starts now finds (5 configs are due each time: any more
+        would come with them)."""
         late = Watcher(broker.port, "homeassistant/#")
         try:
-            time.sleep(1.0)
+            late.wait_for(lambda: len(configs_of(late, prefix)) >= 5, 10, "the retained configs")
+            time.sleep(0.5)
             return entities(configs_of(late, prefix))
         finally:
             late.close()
@@ -216,7 +218,8 @@ def test_discovery_and_the_kept_state_follow_the_model(broker, models, tmp_path,
         started = restart_consumer()
         state = first_state(started, "bottle")
         assert state["index"] == 0 and state["since"] > kept["since"]  # flask's index, not flask
-        events = watcher.wait_for(lambda: states_since(watcher, event_topic, started), 10,
+        events = watcher.wait_for(lambda: messages_since(watcher, event_topic, started)[1:] and
+                                  messages_since(watcher, event_topic, started), 10,
                                   "the events of the restart")
         assert [(e["event"], e["label"], e["since"]) for e, _ in events][:2] == [
             ("end", "flask", kept["since"]), ("start", "bottle", state["since"])]
@@ -234,7 +237,9 @@ def test_discovery_and_the_kept_state_follow_the_model(broker, models, tmp_path,
         deploy(name, models["moved"])
         state = first_state(switched, "bottle")
         assert state["index"] == 1
-        events = [e for e, _ in states_since(watcher, event_topic, switched)]
+        events = [e for e, _ in watcher.wait_for(
+            lambda: messages_since(watcher, event_topic, switched)[1:] and
+            messages_since(watcher, event_topic, switched), 10, "the events of the switch")]
         assert [(e["event"], e["label"], e["index"]) for e in events][:2] == [
             ("end", "bottle", 0), ("start", "bottle", 1)]  # a new model's state starts afresh
         removed = {t.split("/")[3] for t, p in configs_of(watcher, prefix, switched).items() if not p}
@@ -254,7 +259,7 @@ def test_discovery_and_the_kept_state_follow_the_model(broker, models, tmp_path,
         after = first_state(started, "bottle")
         assert after["index"] == 0 and after["since"] == state["since"]
         time.sleep(1.0)
-        assert not states_since(watcher, event_topic, started)
+        assert not messages_since(watcher, event_topic, started)
         removed = {t.split("/")[3] for t, p in configs_of(watcher, prefix, started).items() if not p}
         assert removed == {"shelf_is_cup"}
         assert sorted(retained()) == ["fps", "shelf_class", "shelf_is_bottle", "shelf_is_table",

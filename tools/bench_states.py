@@ -29,7 +29,7 @@ import tomli_w
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench_train import VIDEOS, collect_name, read_frames, write_dataset  # noqa: E402
+from bench_train import VIDEOS, read_frames, write_dataset  # noqa: E402
 
 from pipeline.client.states import Tracker  # noqa: E402
 from pipeline.client.subscription import Result  # noqa: E402
@@ -45,8 +45,8 @@ def train(task: dict, step: int, tmp: Path) -> tuple[Path, dict[str, int]]:
     images = read_frames(VIDEOS / task["file"], {f for fs in chosen.values() for f in fs})
     data = write_dataset(tmp / "data", chosen, images, task["fps"])
     model = tmp / f"{Path(task['file']).stem}.onnx"
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli.train", str(data), "--out", str(model), "--quiet"],
-                       cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli.train", str(data), "--out", str(model),
+                        "--quiet"], cwd=ROOT, capture_output=True, text=True)
     if p.returncode:
         raise SystemExit(f"pipeline-train failed: {p.stderr.strip()}")
     return model, {cls: len(fs) for cls, fs in chosen.items()}

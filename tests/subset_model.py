@@ -1,7 +1,7 @@
 """A small real classifier for tests that need a model with its own classes (a deploy, Home
 Assistant with two classes) without training one: the shipped model with its ImageNet head cut
-down to a few of its rows, so "bottle" scores as ImageNet's "water bottle" does. Written as
-pipeline-train writes a model: one .onnx with its class names in the metadata."""
+down to a few of its rows, so "bottle" scores as ImageNet's "water bottle" does. Written by
+pipeline-train's writer: one .onnx with its class names in the metadata."""
 
 from __future__ import annotations
 
@@ -12,19 +12,19 @@ import numpy as np
 
 from workers.inference.model_files import builtin_onnx
 
-GEMM = "/classifier/1/Gemm"
-
 
 def subset_model(out: Path, classes: dict[str, list[int]], name: str | None = None,
                  named: bool = True) -> Path:
     """`out`: a classifier whose class `c` scores as ImageNet's classes `classes[c]` together
-    (the rows of the shipped head; several rows are merged into one by their mean). `named=False`:
-    a file from elsewhere, with no metadata at all."""
+    (the rows of the shipped head; several rows are merged into one by their mean), written by
+    pipeline-train's own writer. `named=False`: a file from elsewhere, with no metadata at all."""
     import onnx
-    from onnx import helper, numpy_helper
+    from onnx import numpy_helper
 
-    model = onnx.load(str(builtin_onnx()))
-    graph = model.graph
+    from pipeline.train.head import Head
+    from pipeline.train.model_file import base_metadata, build
+
+    graph = onnx.load(str(builtin_onnx())).graph
     made = {n.output[0]: n for n in graph.node}
     gemm = next(n for n in graph.node if n.op_type == "Gemm")
 
@@ -39,30 +39,14 @@ def subset_model(out: Path, classes: dict[str, list[int]], name: str | None = No
         return (q.astype(np.float32) - zero.astype(np.float32)) * scale.astype(np.float32)
 
     w, b = dequantized(gemm.input[1]), dequantized(gemm.input[2])
-    weight = np.stack([w[rows].mean(axis=0) for rows in classes.values()]).astype(np.float32)
-    bias = np.array([b[rows].mean() for rows in classes.values()], np.float32)
-    graph.initializer.extend([numpy_helper.from_array(weight, "head.weight"),
-                              numpy_helper.from_array(bias, "head.bias")])
-    gemm.input[1], gemm.input[2] = "head.weight", "head.bias"
-    gemm.output[0] = "logits"
-    upto = list(graph.node)[:list(graph.node).index(gemm) + 1]  # what follows the Gemm goes
-    needed, keep = {"logits"}, []
-    for node in reversed(upto):  # and of the rest only what the logits need: the old head goes
-        if any(o in needed for o in node.output):
-            keep.append(node)
-            needed.update(node.input)
-    del graph.node[:]
-    graph.node.extend(reversed(keep))
-    del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT,
-                                                      [1, len(classes)]))
-    meta = {p.key: p.value for p in model.metadata_props}
-    meta.update(model=name or out.stem, categories=json.dumps(list(classes)), resize="crop")
-    del model.metadata_props[:]
-    for k, v in meta.items() if named else ():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out))
+    head = Head(np.stack([w[rows].mean(axis=0) for rows in classes.values()]).astype(np.float32),
+                np.array([b[rows].mean() for rows in classes.values()], np.float32))
+    meta = {**base_metadata(), "model": name or out.stem, "categories": json.dumps(list(classes)),
+            "resize": "crop"}
+    proto = build(head, meta)
+    if not named:
+        del proto.metadata_props[:]
+    onnx.save(proto, str(out))
     return out
 
 

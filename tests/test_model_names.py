@@ -4,9 +4,16 @@ metadata, or, for an ONNX classifier from elsewhere that names none, from a labe
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workers.inference.model_files import builtin_onnx
+from workers.inference.model_meta import ModelFileError, read_model
 
 from .conftest import MODEL_CORE, read_jsonl, run_pipeline
 from .subset_model import subset_model
+
+SHIPPED = builtin_onnx()
 
 
 @pytest.fixture(scope="module")
@@ -59,3 +66,17 @@ def test_names_that_do_not_fit_are_one_line_before_anything_starts(nameless, tmp
     assert len(p.stderr.strip().splitlines()) == 1
     p, _ = run(tmp_path, *sets, check=True)
     assert p.returncode != 0 and message in p.stdout + p.stderr
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=4096), cut=st.integers(min_value=0, max_value=200_000))
+def test_any_file_is_read_as_a_model_or_refused_in_one_line(tmp_path_factory, data, cut):
+    """The supervisor reads model files without onnx: garbage, or a real file cut short, is a
+    ModelFileError (one line), never another exception."""
+    path = tmp_path_factory.mktemp("fuzz") / "m.onnx"
+    for blob in (data, SHIPPED.read_bytes()[:cut] + data):
+        path.write_bytes(blob)
+        try:
+            read_model(path)
+        except ModelFileError as e:
+            assert "\n" not in str(e) and str(e).startswith("model.weights: ")

@@ -74,6 +74,95 @@ class _Source:
         self.thumbs = np.vstack([self.thumbs, thumb[None]])
 
 
+class ExampleSaver:
+    """Saves what the model sees of a result (its source's region of interest) as a JPEG in
+    `root/unlabelled/`, named by source, capture time and frame, unless it looks like an example
+    already kept (in any folder of the dataset). The collect consumer and the review of a running
+    model's uncertain results both save through it, so their examples agree."""
+
+    def __init__(self, root: Path, source_configs: dict[str, Any] | None = None, quality: int = QUALITY,
+                 min_difference: float = MIN_DIFFERENCE):
+        self.root = root
+        self.folder = root / UNLABELLED
+        self.source_configs = source_configs or {}  # source id -> its config (roi_box)
+        self.min_difference = min_difference
+        self.sources: dict[str, _Source] = {}
+        self._boxes: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
+        self._jpeg = (cv2.IMWRITE_JPEG_QUALITY, quality)
+
+    def source(self, name: str) -> _Source:
+        """The source's kept examples; on its first sight, those already in the dataset."""
+        src = self.sources.get(name)
+        if src is None:
+            src = self.sources[name] = _Source(name)
+            known = list(_kept_thumbnails(self.root, name))
+            if known:
+                src.thumbs = np.stack(known)
+        return src
+
+    def region(self, src: _Source, r: Result) -> np.ndarray | None:
+        """The source's region of interest copied out of the frame, or None when the result has no
+        frame or the pipeline overwrote it meanwhile."""
+        if r.frame is None:
+            return None
+        h, w = r.frame.shape[:2]
+        box = self._boxes.get((r.source, h, w))
+        if box is None:
+            box = self._boxes[(r.source, h, w)] = self._box(r.source, w, h)
+        x0, y0, x1, y1 = box
+        region = r.frame[y0:y1, x0:x1]
+        if src.crop is None or src.crop.shape != region.shape:
+            src.crop = np.empty(region.shape, region.dtype)
+        np.copyto(src.crop, region)
+        return src.crop if r.frame_still_valid() else None
+
+    def _box(self, source: str, w: int, h: int) -> tuple[int, int, int, int]:
+        cfg = self.source_configs.get(source)
+        try:
+            return (cfg.roi_box(w, h) if cfg is not None else None) or (0, 0, w, h)
+        except ValueError:  # preprocessing refuses such frames: the model sees none of them
+            return 0, 0, w, h
+
+    def save(self, src: _Source, r: Result, crop: np.ndarray) -> Path | None:
+        """The saved file, or None when the crop is a near-duplicate of a kept example or its
+        name is taken (the same frame saved before). OSError (naming the file) when it cannot be
+        written."""
+        thumb = thumbnail(crop)
+        if src.distance(thumb) < self.min_difference:
+            return None
+        number = r.frame_index if r.frame_index is not None else r.seq
+        name = file_name(r.source, r.captured_at, number)
+        if not self._write(name, crop):
+            return None
+        src.keep(thumb)
+        src.saved += 1
+        return self.folder / name
+
+    def _write(self, name: str, image: np.ndarray) -> bool:
+        """Write the JPEG under a temporary name, then link it into place, never over a file that
+        is there; False when one is."""
+        ok, buf = cv2.imencode(".jpg", image, self._jpeg)
+        if not ok:
+            raise UserError(f"OpenCV cannot encode a {image.shape} frame as JPEG")
+        target = self.folder / name
+        tmp = self.folder / f".{name}.part-{os.getpid()}"
+        try:
+            tmp.write_bytes(buf.tobytes())
+            try:
+                os.link(tmp, target)
+            except FileExistsError:
+                return False
+            except OSError:  # a file system without hard links
+                if target.exists():
+                    return False
+                os.rename(tmp, target)
+            return True
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(target)) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
 class CollectConsumer:
     """Writes distinct, spread-out examples of each source into `out/unlabelled/`."""
 
@@ -108,57 +197,36 @@ class CollectConsumer:
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"--out {out}: cannot create {self.folder} ({e.strerror})") from None
-        self.sources: dict[str, _Source] = {}
-        self.source_configs: dict[str, Any] = {}  # source id -> its config (roi_box)
         self.frame_s: dict[str, float] = {}  # source id -> seconds a frame of a file read unpaced
-        self._boxes: dict[tuple[str, int, int], tuple[int, int, int, int]] = {}
-        self._jpeg = (cv2.IMWRITE_JPEG_QUALITY, self.quality)
+        self.saver = ExampleSaver(self.root, source_configs(config, self.min_interval, self.frame_s)
+                                  if config else {}, self.quality, self.min_difference)
         self.too_soon = self.duplicates = self.unavailable = 0
         self.closed = False
-        if config:
-            self._read_config(config)
-
-    def _read_config(self, config: dict[str, Any]) -> None:
-        from pipeline.config import Config
-        from pipeline.config.schema import ImagesSource, VideoSource
-
-        cfg = Config.model_validate(config)
-        for sid, src in zip(cfg.source_ids(), cfg.source_list):
-            self.source_configs[sid] = src
-            if isinstance(src, VideoSource) and not src.realtime:
-                fps = _video_fps(src.path)
-                if fps > 0:
-                    self.frame_s[sid] = 1 / fps
-            elif isinstance(src, ImagesSource) and src.fps == 0:
-                self.frame_s[sid] = self.min_interval
 
     # -- per result ---------------------------------------------------------------------------
     def on_result(self, r: Result) -> None:
-        src = self.sources.get(r.source) or self._start(r.source)
+        src = self.saver.source(r.source)
         if src.full or self.closed:
             return
         now = self._time(r)
         if src.looked_at is not None and 0 <= now - src.looked_at < self.min_interval - TIME_SLACK:
             self.too_soon += 1
             return
-        crop = self._copy_region(src, r)
+        crop = self.saver.region(src, r)
         if crop is None:
             self.unavailable += 1
             return
         src.looked_at = now
-        thumb = thumbnail(crop)
-        if src.distance(thumb) < self.min_difference:
-            self.duplicates += 1
-            return
-        number = r.frame_index if r.frame_index is not None else r.seq
-        name = file_name(r.source, r.captured_at, number)
-        if self._write(name, crop):
-            src.keep(thumb)
-            src.saved += 1
-            if self.verbose:
-                print(f"collect: {self.folder / name}", file=sys.stderr, flush=True)
-        else:
-            self.duplicates += 1  # that name is taken: the same frame was saved before
+        try:
+            path = self.saver.save(src, r, crop)
+        except OSError as e:  # a full disk, say: the one line to report, and no summary after it
+            self.closed = True
+            raise UserError(f"collect: cannot write {e.filename}: {e.strerror}; stopped after "
+                            f"{self._saved()} examples") from None
+        if path is None:
+            self.duplicates += 1  # like a kept one, or that name is taken: the same frame saved before
+        elif self.verbose:
+            print(f"collect: {path}", file=sys.stderr, flush=True)
         if src.saved >= self.max_examples:
             src.full = True
             print(f"collect: {r.source}: {src.saved} examples saved, the most --max-examples allows; "
@@ -170,65 +238,8 @@ class CollectConsumer:
             return r.frame_index * frame_s
         return r.captured_at
 
-    def _copy_region(self, src: _Source, r: Result) -> np.ndarray | None:
-        """The source's region of interest copied out of the frame, or None when the result has no
-        frame or the pipeline overwrote it meanwhile."""
-        if r.frame is None:
-            return None
-        h, w = r.frame.shape[:2]
-        box = self._boxes.get((r.source, h, w))
-        if box is None:
-            box = self._boxes[(r.source, h, w)] = self._box(r.source, w, h)
-        x0, y0, x1, y1 = box
-        region = r.frame[y0:y1, x0:x1]
-        if src.crop is None or src.crop.shape != region.shape:
-            src.crop = np.empty(region.shape, region.dtype)
-        np.copyto(src.crop, region)
-        return src.crop if r.frame_still_valid() else None
-
-    def _box(self, source: str, w: int, h: int) -> tuple[int, int, int, int]:
-        cfg = self.source_configs.get(source)
-        try:
-            return (cfg.roi_box(w, h) if cfg is not None else None) or (0, 0, w, h)
-        except ValueError:  # preprocessing refuses such frames: the model sees none of them
-            return 0, 0, w, h
-
-    def _write(self, name: str, image: np.ndarray) -> bool:
-        """Write the JPEG under a temporary name, then link it into place, never over a file that
-        is there; False when one is."""
-        ok, buf = cv2.imencode(".jpg", image, self._jpeg)
-        if not ok:
-            raise UserError(f"collect: OpenCV cannot encode a {image.shape} frame as JPEG")
-        target = self.folder / name
-        tmp = self.folder / f".{name}.part-{os.getpid()}"
-        try:
-            tmp.write_bytes(buf.tobytes())
-            try:
-                os.link(tmp, target)
-            except FileExistsError:
-                return False
-            except OSError:  # a file system without hard links
-                if target.exists():
-                    return False
-                os.rename(tmp, target)
-            return True
-        except OSError as e:  # a full disk, say: the one line to report, and no summary after it
-            self.closed = True
-            raise UserError(f"collect: cannot write {target}: {e.strerror}; stopped after "
-                            f"{self._saved()} examples") from None
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def _start(self, source: str) -> _Source:
-        """A source seen for the first time: the examples of it already in the folder count as kept."""
-        src = self.sources[source] = _Source(source)
-        known = list(_kept_thumbnails(self.root, source))
-        if known:
-            src.thumbs = np.stack(known)
-        return src
-
     def _saved(self) -> int:
-        return sum(s.saved for s in self.sources.values())
+        return sum(s.saved for s in self.saver.sources.values())
 
     def close(self) -> None:
         if self.closed:
@@ -237,6 +248,29 @@ class CollectConsumer:
         print(f"collect: saved {self._saved()} examples to {self.folder}; skipped {self.too_soon} as too "
               f"soon, {self.duplicates} as near-duplicates, {self.unavailable} without a usable frame",
               file=sys.stderr, flush=True)
+
+
+def source_configs(config: dict[str, Any], min_interval: float = MIN_INTERVAL_S,
+                   frame_s: dict[str, float] | None = None) -> dict[str, Any]:
+    """Each source's config by id (for its region of interest), from a pipeline's config. With
+    `frame_s`, also fills in the seconds per frame of each source read as fast as it decodes (a
+    video's own frame time; an image of a folder: `min_interval`)."""
+    from pipeline.config import Config
+    from pipeline.config.schema import ImagesSource, VideoSource
+
+    cfg = Config.model_validate(config)
+    configs = {}
+    for sid, src in zip(cfg.source_ids(), cfg.source_list):
+        configs[sid] = src
+        if frame_s is None:
+            continue
+        if isinstance(src, VideoSource) and not src.realtime:
+            fps = _video_fps(src.path)
+            if fps > 0:
+                frame_s[sid] = 1 / fps
+        elif isinstance(src, ImagesSource) and src.fps == 0:
+            frame_s[sid] = min_interval
+    return configs
 
 
 def _kept_thumbnails(root: Path, source: str) -> Iterator[np.ndarray]:

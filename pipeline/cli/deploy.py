@@ -8,14 +8,8 @@ import argparse
 import os
 import sys
 
-import zmq
-
+from pipeline.client.deploy import DEPLOY_TIMEOUT_S, request_deploy
 from pipeline.config import WEIGHTS_SPECIAL, ConfigError, load_config
-from pipeline.supervisor.deploy import COMMAND, LOAD_TIMEOUT_S
-from pipeline.transport.messages import pack, unpack
-from pipeline.transport.rundir import NotRunning, RunPaths, RuntimeDirError, find_pipeline
-
-PLAN_TIMEOUT_S = 900.0  # a state dict's export and runtime measurement on a slow board
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "its --set overrides; the pipeline is the config's name unless --name")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="with --config: override a config key, as for pipeline-up")
-    ap.add_argument("--timeout", type=float, default=LOAD_TIMEOUT_S + PLAN_TIMEOUT_S,
+    ap.add_argument("--timeout", type=float, default=DEPLOY_TIMEOUT_S,
                     help="seconds to wait for the switch (default %(default).0f)")
     return ap
 
@@ -69,33 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-deploy: {made}", file=sys.stderr)
         return 2
     name, request = made
-    try:
-        info = find_pipeline(name)
-    except (NotRunning, RuntimeDirError) as e:
-        print(f"pipeline-deploy: {e}", file=sys.stderr)
+    ok, message = request_deploy(name, request["weights"], request["labels"], args.timeout)
+    if not ok:
+        print(f"pipeline-deploy: {message}", file=sys.stderr)
         return 1
-    if "results" not in info["endpoints"]:
-        print(f"pipeline-deploy: pipeline '{info['name']}' runs no model on this machine "
-              f"(host {info.get('host')}): deploy where its inference runs", file=sys.stderr)
-        return 1
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    try:
-        sock.connect(RunPaths.load(info["dir"]).endpoint(COMMAND))
-        sock.send(pack(request))
-        if not sock.poll(int(args.timeout * 1000)):
-            print(f"pipeline-deploy: no answer from pipeline '{info['name']}' within "
-                  f"{args.timeout:.0f} s", file=sys.stderr)
-            return 1
-        reply = unpack(sock.recv())
-    finally:
-        sock.close(0)
-        ctx.term()
-    if not reply.get("ok"):
-        print(f"pipeline-deploy: {reply.get('message')}; the running model stays", file=sys.stderr)
-        return 1
-    print(f"pipeline '{info['name']}': {reply.get('message')}")
+    print(message)
     return 0
 
 

@@ -34,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--flip", action="store_true",
                     help="also augment with mirror images (not for a fixed camera)")
     ap.add_argument("--quiet", action="store_true", help="no progress, only the report")
+    ap.add_argument("--progress-json", action="store_true",
+                    help="progress as JSON lines on stderr, {\"progress\": 0..1, \"message\": ...}, "
+                         "for a program to read")
     return ap
 
 
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                    augment=args.augment, resize=args.resize, val_fraction=args.val_fraction,
                    split=args.split, seed=args.seed, threads=args.threads, flip=args.flip)
     try:
-        with _progress(err, args.quiet) as progress:
+        with _progress(err, args.quiet, args.progress_json) as progress:
             report = train(opts, progress)
     except UserError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
@@ -62,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class _progress:
-    """A bar with ETA over feature extraction on a terminal; a line every 10% otherwise."""
+    """A bar with ETA over feature extraction on a terminal; a line every 10% otherwise; with
+    `as_json`, a JSON line per percent (feature extraction is most of a run: 0 to 0.9 of it)."""
 
-    def __init__(self, console, quiet: bool):
-        self.console, self.quiet = console, quiet
+    def __init__(self, console, quiet: bool, as_json: bool = False):
+        self.console, self.quiet, self.as_json = console, quiet, as_json
+        self.fraction = 0.0
         self.bar = None
         self.task = None
         self.total = self.done = self.said = 0
@@ -73,7 +78,7 @@ class _progress:
     def __enter__(self):
         from pipeline.train.run import Progress
 
-        if self.console.is_terminal and not self.quiet:
+        if self.console.is_terminal and not self.quiet and not self.as_json:
             from rich.progress import (
                 BarColumn,
                 MofNCompleteColumn,
@@ -104,16 +109,28 @@ class _progress:
         self.done += n
         if self.bar is not None:
             self.bar.advance(self.task, n)
+        elif self.as_json:
+            if self.done * 100 // self.total > self.said:
+                self.said = self.done * 100 // self.total
+                self._json(0.9 * self.done / self.total, f"features: {self.done}/{self.total}")
         elif not self.quiet and self.done * 10 // self.total > self.said:
             self.said = self.done * 10 // self.total
             print(f"features: {self.done}/{self.total}", file=sys.stderr, flush=True)
 
     def say(self, text: str) -> None:
-        if not self.quiet:
+        if self.as_json:
+            self._json(self.fraction, text)
+        elif not self.quiet:
             if self.bar is not None:
                 self.bar.console.print(text)
             else:
                 print(text, file=sys.stderr, flush=True)
+
+    def _json(self, fraction: float, text: str) -> None:
+        import json
+
+        self.fraction = fraction
+        print(json.dumps({"progress": round(fraction, 3), "message": text}), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,13 @@
 without stopping anything: no stage restarts and results keep coming.
 
 The request arrives on the run's `command` socket (in the run directory, which only its user can
-enter). The new model is planned as at start (a thread: an export or runtime measurement may take
-a while), checked against the config (watched classes, preprocessing), then every worker loads it
-beside the running one. Only when all have it does `model.json` (which a restarted worker and
-consumers read) name it, and the workers switch between two frames. Anything that fails on the
-way leaves the old model running and is the reply's one line.
+enter); requests of another `type` go to the handler registered for it (a region of interest:
+pipeline/supervisor/roi.py). The new model is planned as at start (a thread: an export or
+runtime measurement may take a while), checked against the config (watched classes,
+preprocessing), then every worker loads it beside the running one. Only when all have it does
+`model.json` (which a restarted worker and consumers read) name it, and the workers switch
+between two frames. Anything that fails on the way leaves the old model running and is the
+reply's one line.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class ModelDeploy:
         self.loaded: set[str] = set()
         self.started = 0.0
         self.deadline = 0.0
+        # other requests on the socket, by their "type": handler(who, request) replies itself
+        self.handlers: dict[str, Callable[[bytes, dict[str, Any]], None]] = {}
 
     @property
     def next_file(self) -> str:
@@ -67,18 +71,22 @@ class ModelDeploy:
             who, raw = frames
             try:
                 request = unpack(raw)
+                handler = self.handlers.get(str(request.get("type")))
+                if handler is not None:
+                    handler(who, request)
+                    continue
                 weights, labels = str(request["weights"]), str(request.get("labels") or "")
             except (ValueError, KeyError):
-                self._reply(who, False, "not a deploy request")
+                self.reply(who, False, "not a deploy request")
                 continue
             if self.asker is not None:
-                self._reply(who, False, "another model is being deployed now; try again when it is done")
+                self.reply(who, False, "another model is being deployed now; try again when it is done")
                 continue
             try:
                 model = self.config.model.model_copy(update={"weights": weights, "labels": labels})
                 config = self.config.model_copy(update={"model": model})
             except Exception as e:  # a frozen model refusing the update: a bug, said in one line
-                self._reply(who, False, f"{type(e).__name__}: {e}")
+                self.reply(who, False, f"{type(e).__name__}: {e}")
                 continue
             self.asker, self.started = who, time.monotonic()
             self.say(f"deploying {weights} ...")
@@ -148,12 +156,13 @@ class ModelDeploy:
         if not ok:
             self.say(f"deploy refused, the running model stays: {text}")
         if self.asker is not None:
-            self._reply(self.asker, ok, text, plan)
+            self.reply(self.asker, ok, text, plan)
         self.asker = None
 
-    def _reply(self, who: bytes, ok: bool, text: str, plan: str = "") -> None:
+    def reply(self, who: bytes, ok: bool, text: str, plan: str = "", **fields: Any) -> None:
+        """Answer a request on the command socket."""
         try:
-            self.socket.send_multipart([who, pack({"ok": ok, "message": text, "plan": plan})],
+            self.socket.send_multipart([who, pack({"ok": ok, "message": text, "plan": plan, **fields})],
                                        zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # the asker is gone

@@ -31,6 +31,7 @@ from pipeline.supervisor.deploy import COMMAND, ModelDeploy
 from pipeline.supervisor.lifecycle import StageProcesses
 from pipeline.supervisor.notify import SystemdNotifier
 from pipeline.supervisor.reporting import ResultsRecorder, StatusPublisher, ready_line
+from pipeline.supervisor.roi import ROI, RegionChanges
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.supervisor.shm import all_rings, frame_rings
 from pipeline.transport.messages import EOS, LOADED, READY, START, STOP
@@ -70,6 +71,7 @@ class Supervisor:
             for n, i in sorted(self.stages.items(), key=lambda kv: _display_order(kv[1]))})
         self.hub: ResultsHub | None = None
         self.deploy: ModelDeploy | None = None
+        self.regions: RegionChanges | None = None
         self.stop_reason: str | None = None
         self.failure: str | None = None
         self.notifier = SystemdNotifier()  # systemd's Type=notify and watchdog, when under it
@@ -136,6 +138,10 @@ class Supervisor:
             self.deploy = ModelDeploy(self.zctx, self.paths, self.config, self.control, self.workers,
                                       self._plan_for, self.say)
         preprocessors = [n for n, i in self.stages.items() if i.kind == "preprocess"]
+        if self.deploy:  # preprocessing runs beside inference: regions change over the same socket
+            self.regions = RegionChanges(self.config, self.control, {
+                self.stages[n].source: n for n in preprocessors}, self.say, self.deploy.reply)
+            self.deploy.handlers[ROI] = self.regions.request
         self.adaptive = AdaptiveInput(self.sizer, self.control, preprocessors, self.say) \
             if self.sizer else None
         self.children = StageProcesses(self.config, self.stages, self.paths, self.all_cores,
@@ -264,6 +270,8 @@ class Supervisor:
                 if self.deploy.socket in events:
                     self.deploy.receive()
                 self.deploy.tick(now)
+            if self.regions:
+                self.regions.tick(now)
             self.children.respawn_due(now)
             self.children.watchdog(now)
             eos_at = self._note_end_of_stream(now, eos, eos_at)
@@ -303,7 +311,7 @@ class Supervisor:
             elif msg.get("type") == LOADED and self.deploy:
                 self.deploy.on_loaded(stage, msg)
             elif msg.get("type") == READY and stage in self.children.down:
-                self.children.rejoin(stage, msg, self.adaptive.settings() if self.adaptive else {})
+                self.children.rejoin(stage, msg, self._settings(stage))
 
     def _note_end_of_stream(self, now: float, eos: set[str], eos_at: float | None) -> float | None:
         """When the stream ended (None: not yet); stops the pipeline once it has."""
@@ -329,6 +337,13 @@ class Supervisor:
     def _on_stats(self, stage: str, stats: dict[str, Any]) -> None:
         if stage == self._first_worker() and self.adaptive:
             self.adaptive.on_stats(stats)
+        if self.regions:
+            self.regions.on_stats(stage, stats)
+
+    def _settings(self, stage: str) -> dict[str, Any]:
+        """The run-time settings a restarted stage starts with: the input size, its region."""
+        return {**(self.adaptive.settings() if self.adaptive else {}),
+                **(self.regions.settings(stage) if self.regions else {})}
 
     def _first_worker(self) -> str | None:
         """The worker whose model time drives adaptive resolution (all run the same model)."""

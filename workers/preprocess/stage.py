@@ -4,7 +4,9 @@ interest (`source.roi`, a view: no copy) if it has one, resizes, crops and norma
 the inference workers, with the frame's slot so consumers can still read it.
 
 Adaptive resolution (pipeline/supervisor/adaptive.py) changes the crop size at run time; the
-tensors ring is sized for the largest.
+tensors ring is sized for the largest. The region of interest can change at run time too (the
+`roi` setting, pipeline/supervisor/roi.py): one that does not fit the frames is refused in the
+stats and the old one stays.
 """
 
 from __future__ import annotations
@@ -56,6 +58,9 @@ class Preprocess:
             log.warning("not every inference worker has subscribed to the tensors edge yet")
         self.ready_info: dict[str, Any] = {}
         self.roi_boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # per frame size
+        self.roi_source = ctx.source  # whose `roi` is in force: the config's, or a run-time one
+        self.roi_asked: Any = None  # the run-time `roi` setting last acted on
+        self.roi_refused: dict[str, Any] | None = None
         self.source_key = f"sources[{index}]" if config.sources else "source"
 
     def _reader(self) -> EdgeReader:
@@ -122,15 +127,32 @@ class Preprocess:
     def _region(self, frame: np.ndarray) -> np.ndarray:
         """The source's region of interest (`source.roi`) as a view of the frame, or the frame."""
         h, w = frame.shape[:2]
+        asked = self.ctx.settings.get("roi")
+        if asked is not self.roi_asked:
+            self.roi_asked = asked
+            self._change_region(asked, w, h)
         box = self.roi_boxes.get((h, w))
         if box is None:
             try:
-                box = self.ctx.source.roi_box(w, h) or (0, 0, w, h)
+                box = self.roi_source.roi_box(w, h) or (0, 0, w, h)
             except ValueError as e:
                 raise UserError(f"{self.source_key}.{e}") from None
             self.roi_boxes[(h, w)] = box
         x0, y0, x1, y1 = box
         return frame[y0:y1, x0:x1]
+
+    def _change_region(self, roi: list[int | float] | None, width: int, height: int) -> None:
+        """A region from the supervisor (already checked as the config checks it): in force from
+        this frame on if it fits the frame, else refused and the old one kept."""
+        source = self.ctx.source.model_copy(update={"roi": roi})
+        try:
+            source.roi_box(width, height)
+        except ValueError as e:
+            self.roi_refused = {"roi": roi, "message": str(e)}
+            log.warning("%s.%s; the old region stays", self.source_key, e)
+            return
+        self.roi_source, self.roi_refused = source, None
+        self.roi_boxes.clear()
 
     def _for_size(self, size: int) -> Preprocessor:
         """The preprocessor for the input size the supervisor asked for (adaptive resolution)."""
@@ -146,5 +168,6 @@ class Preprocess:
         extra = {"rx_bytes": inp.bytes_received} if isinstance(inp, TcpEdgeReader) else {}
         return {**self.meter.snapshot(), "threads": cv2.getNumThreads(),
                 "input_size": self.prep.crop_size, "source": self.ctx.source_id, **extra,
+                "roi": self.roi_source.roi, **({"roi_refused": self.roi_refused} if self.roi_refused else {}),
                 "drops": {self.frames_edge: dict(inp.drops), self.tensors_edge: dict(out.drops)},
                 "in_use": {self.frames_edge: inp.in_use, self.tensors_edge: out.in_use}, **watched}

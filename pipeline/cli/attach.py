@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--allow-host", dest="allow_hosts", action="append", default=[], metavar="NAME",
                     help="preview: also answer requests addressed to host NAME (repeatable; by "
                          "default only this machine's names and any address are answered)")
+    te = ap.add_argument_group("preview consumer: the labelling page, /teach (with --dataset)")
+    te.add_argument("--dataset", metavar="DIR",
+                    help="the dataset folder (a subfolder per class, unlabelled/) the page labels")
+    te.add_argument("--token", help="the page's write token (default: a random one, printed at start)")
+    te.add_argument("--review-below", type=float, metavar="P",
+                    help="save results below this top-1 probability into DIR/unlabelled for review "
+                         "(default 0.6; 0: none)")
+    te.add_argument("--models", metavar="DIR",
+                    help="where models trained from the page go (default DATASET/../<dataset name>-models)")
     ap.add_argument("--fps", type=float, help="video: frame rate of the file (default: the source's)")
     ap.add_argument("--frames", action="store_true", help="give custom consumers the frames too")
     mq = ap.add_argument_group("mqtt consumer (credentials: MQTT_USERNAME, MQTT_PASSWORD in the "
@@ -103,7 +112,8 @@ def _bad_option(args: argparse.Namespace) -> str | None:
             return f"--{flag.replace('_', '-')} must be a positive number, got {value}"
     if not 0 <= args.port <= 65535:
         return f"--port must be 0-65535, got {args.port}"
-    for flag in ("out", "host", "ca", "broker", "topic_prefix", "discovery_prefix", "client_id"):
+    for flag in ("out", "host", "ca", "broker", "topic_prefix", "discovery_prefix", "client_id",
+                 "dataset", "token", "models"):
         problem = getattr(args, flag) and control_problem(f"--{flag.replace('_', '-')}",
                                                           getattr(args, flag))
         if problem:
@@ -167,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
                         discovery_prefix=args.discovery_prefix, snapshots=args.snapshots,
                         stats_interval=args.stats_interval, ca=args.ca, quality=args.quality,
                         min_interval=args.min_interval, min_difference=args.min_difference,
-                        max_examples=args.max_examples, verbose=args.verbose)
+                        max_examples=args.max_examples, verbose=args.verbose, dataset=args.dataset,
+                        token=args.token, review_below=args.review_below, models=args.models)
     except (UserError, ValueError, OSError) as e:
         print(f"pipeline-attach: {e}", file=sys.stderr)
         return 2

@@ -59,8 +59,8 @@ def _resolve_path(tree: dict, base: Path) -> None:
         resolve(tree.get(section), key)
     consumers = tree.get("consumers")
     for consumer in consumers if isinstance(consumers, list) else []:
-        resolve(consumer, "out")
-        resolve(consumer, "ca")
+        for key in ("out", "ca", "dataset", "models"):
+            resolve(consumer, key)
     sources = tree.get("sources")
     for src in sources if isinstance(sources, list) else []:
         resolve(src, "path")

@@ -433,6 +433,11 @@ class ConsumerConfig(_Strict):
     fps: float | None = Field(None, gt=0, le=1000)
     frames: bool = False
     allow_hosts: list[str] = []  # preview: more names it answers to (the Host header check)
+    # preview's labelling page (/teach): on with a dataset folder
+    dataset: str | None = None
+    token: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{16,128}$")  # default: random, printed
+    review_below: float = Field(0.6, ge=0, le=1)  # top-1 probability below which results are saved
+    models: str | None = None  # default DATASET/../<dataset name>-models
     # mqtt (username and password: MQTT_USERNAME, MQTT_PASSWORD in the environment)
     broker: str = "mqtt://localhost:1883"  # no credentials: those come from the environment
     topic_prefix: str | None = None
@@ -459,7 +464,7 @@ class ConsumerConfig(_Strict):
         return kind
 
     @field_validator("out", "host", "allow_hosts", "ca", "topic_prefix", "discovery_prefix",
-                     "broker")
+                     "broker", "dataset", "models")
     @classmethod
     def _usable_string(cls, value: str | list[str] | None, info: ValidationInfo
                        ) -> str | list[str] | None:
@@ -498,6 +503,10 @@ class ConsumerConfig(_Strict):
             args += ["--ca", self.ca] if self.ca else []
             args += ["--discovery"] if self.discovery else []
             args += ["--snapshots"] if self.snapshots else []
+        if self.kind == "preview" and self.dataset:
+            args += ["--dataset", self.dataset, "--review-below", str(self.review_below)]
+            args += ["--token", self.token] if self.token else []
+            args += ["--models", self.models] if self.models else []
         if self.kind == "collect":
             args += ["--quality", str(self.quality), "--min-interval", str(self.min_interval),
                      "--min-difference", str(self.min_difference),

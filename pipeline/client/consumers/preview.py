@@ -17,6 +17,9 @@ The HTTP server runs in threads of this consumer process; the pipeline never wai
 
 A request whose Host header names a host other than this machine is refused (403): otherwise a web
 page elsewhere could point its own domain name at 127.0.0.1 (DNS rebinding) and read the frames.
+
+With a dataset folder (`dataset`), `/teach` and the paths under it are the labelling page
+(pipeline.client.teach): its changes are POSTs that need the write token printed at start.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import secrets
 import socket
 import sys
 import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +43,7 @@ import numpy as np
 
 from pipeline.client.consumers.annotate import RateMeter, annotate
 from pipeline.client.subscription import Result
+from pipeline.errors import UserError
 from pipeline.observe.http import BoundedConnections, QuietErrors, TimedRequests, warn_if_exposed
 
 PAGE = """<!doctype html>
@@ -88,6 +94,8 @@ setInterval(refresh, 500); refresh();
 
 
 JPEG_QUALITY = (cv2.IMWRITE_JPEG_QUALITY, 80)
+REVIEW_BELOW = 0.6  # results below this top-1 probability are offered for labelling
+TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the labelling page's write token
 MAX_SOURCES = 64  # sources tracked for the per-source routes; a stream of odd names cannot grow memory
 SOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")  # what a source id may be (config schema)
 ANNOTATE = {"1": True, "true": True, "yes": True, "on": True,
@@ -199,23 +207,59 @@ class _Server(QuietErrors, BoundedConnections, ThreadingHTTPServer):
     max_connections = 256
 
 
-def _handler(shared: _Shared, page: bytes, names: set[str]) -> type[BaseHTTPRequestHandler]:
+def _handler(shared: _Shared, page: bytes, names: set[str], teach: Any = None
+             ) -> type[BaseHTTPRequestHandler]:
     refused_once = threading.Lock()  # taken by the first refusal, never released: one line
 
     class Handler(TimedRequests, BaseHTTPRequestHandler):
         def log_message(self, *args: Any) -> None:  # no per-request logging
             pass
 
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def _foreign_host(self) -> bool:
+            """Refuse (403) a request for a host that is not this machine; True if refused."""
             host = self.headers.get("Host")
-            if not host_allowed(host, names):
-                if refused_once.acquire(blocking=False):
-                    print(f"preview: refused a request for host {str(host)[:80]!r} (not a name of this "
-                          "machine); --allow-host NAME accepts one", file=sys.stderr, flush=True)
-                self._send(FOREIGN_HOST, "text/plain; charset=utf-8", HTTPStatus.FORBIDDEN)
+            if host_allowed(host, names):
+                return False
+            if refused_once.acquire(blocking=False):
+                print(f"preview: refused a request for host {str(host)[:80]!r} (not a name of this "
+                      "machine); --allow-host NAME accepts one", file=sys.stderr, flush=True)
+            self.close_connection = True  # a POST's body is not read
+            self._send(FOREIGN_HOST, "text/plain; charset=utf-8", HTTPStatus.FORBIDDEN)
+            return True
+
+        def _teach(self, path: str) -> bool:
+            """Hand /teach and the paths under it to the labelling page; True if handed."""
+            if path != "/teach" and not path.startswith("/teach/"):
+                return False
+            from pipeline.client.teach import api
+
+            if teach is None:
+                api.no_dataset(self)
+            elif self.command == "POST":
+                teach.post(self)
+            else:
+                teach.get(self)
+            return True
+
+        def do_POST(self) -> None:  # noqa: N802
+            path = urlsplit(self.path).path
+            if teach is not None and (path == "/teach" or path.startswith("/teach/")):
+                teach.post(self)  # its own Host, origin and token checks, answered in JSON
+                return
+            if self._foreign_host():
+                return
+            if not self._teach(path):
+                self.close_connection = True
+                self._send(b"only the labelling page (/teach) takes POST requests\n",
+                           "text/plain; charset=utf-8", HTTPStatus.METHOD_NOT_ALLOWED)
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            if self._foreign_host():
                 return
             url = urlsplit(self.path)
             path = url.path
+            if self._teach(path):
+                return
             if path == "/":
                 self._send(page, "text/html; charset=utf-8")
                 return
@@ -310,13 +354,19 @@ class PreviewConsumer:
     frames = True
     status = True
     max_age = 2.0  # a live view: after falling behind, skip to fresh results
-    OPTIONS = ("port", "host", "name", "allow_hosts")
+    OPTIONS = ("port", "host", "name", "allow_hosts", "config", "dataset", "token", "review_below", "models")
 
     def __init__(self, port: int = 8080, host: str = "127.0.0.1", name: str = "pipeline",
-                 allow_hosts: Iterable[str] = ()):
+                 allow_hosts: Iterable[str] = (), config: dict[str, Any] | None = None,
+                 dataset: str | None = None, token: str | None = None, review_below: float | None = None,
+                 models: str | None = None):
         self.shared = _Shared()
         page = PAGE.format(name=name).encode()
-        handler = _handler(self.shared, page, known_names(host, allow_hosts))
+        names = known_names(host, allow_hosts)
+        self.review: Any = None
+        teach = self._teach(dataset, token, review_below, models, name, config, names) if dataset else None
+        self.teach = teach
+        handler = _handler(self.shared, page, names, teach)
         try:
             self.server = _Server((host, port), handler)
         except OSError as e:
@@ -326,10 +376,50 @@ class PreviewConsumer:
         port = self.server.server_address[1]
         self.url = f"http://{host}:{port}/"
         print(f"preview: open {self.url}", file=sys.stderr, flush=True)
+        if teach is not None:
+            print(f"teach: {self.url}teach#token={teach.token.decode()}", file=sys.stderr, flush=True)
         warn_if_exposed("the preview", host, port, "its frames and status", "--host")
         self.meter = RateMeter()
         self.canvas: np.ndarray | None = None  # for the frames of sources not tracked
         self.missed = 0
+
+    def _teach(self, dataset: str, token: str | None, review_below: float | None, models: str | None,
+               name: str, config: dict[str, Any] | None, names: set[str]) -> Any:
+        """The labelling page of `dataset`, and the review of uncertain results into it."""
+        from pipeline.client.teach.api import TeachApp
+        from pipeline.client.teach.review import Review
+        from pipeline.client.teach.store import Store
+        from pipeline.outputs import check_folder
+
+        below = REVIEW_BELOW if review_below is None else review_below
+        if not 0 <= below <= 1:
+            raise UserError(f"--review-below must be a probability 0-1 (0: no review), got {below}")
+        if token is not None and not TOKEN.fullmatch(token):
+            raise UserError("--token: 16-128 letters, digits, - or _ (default: a random one, printed at start)")
+        problem = check_folder(dataset, "--dataset")
+        if problem:
+            raise UserError(problem)
+        try:
+            store = Store(dataset)
+        except OSError as e:
+            raise UserError(f"--dataset {dataset}: cannot use it ({e.strerror})") from None
+        if below > 0:
+            self.review = Review(store.root, below, config)
+        shared = self.shared
+        configured: list[str] = []
+        if config:
+            from pipeline.config import Config
+
+            configured = Config.model_validate(config).source_ids()
+
+        def sources() -> list[str]:
+            """The configured sources, and any other seen so far."""
+            with shared.cond:
+                return list(dict.fromkeys([*configured, *shared.sources]))
+
+        folder = Path(models) if models else store.root.parent / f"{store.root.name}-models"
+        return TeachApp(store, token or secrets.token_urlsafe(24), folder, name, sources,
+                        lambda host: host_allowed(host, names))
 
     def on_status(self, status: dict[str, Any]) -> None:
         with self.shared.cond:
@@ -362,6 +452,8 @@ class PreviewConsumer:
                     source.canvas = canvas
                 else:
                     self.canvas = canvas
+            if self.review is not None:
+                self.review.on_result(r)  # (a region copied out of the frame, about once a second)
             annotate(r, rate, canvas)
             if r.frame_still_valid():
                 ok, buf = cv2.imencode(".jpg", canvas, JPEG_QUALITY)
@@ -391,3 +483,5 @@ class PreviewConsumer:
             self.shared.cond.notify_all()
         self.server.shutdown()
         self.server.server_close()
+        if self.teach is not None:
+            self.teach.close()

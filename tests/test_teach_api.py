@@ -292,6 +292,24 @@ def test_every_change_needs_the_token_the_same_origin_and_a_known_host(teach):
     assert request(port, "POST", "/status.json", b"{}")[0] == 405
 
 
+def test_train_deploy_rollback_and_roi_answer_through_the_api(teach):
+    """The routes reach the training jobs and the pipeline: a dataset with one class cannot be
+    trained (the job fails saying why), nothing to deploy or roll back yet, a region the config
+    would refuse is 400, a good one comes back as the config line."""
+    assert request(teach["port"], "GET", "/teach/report/confusion.png")[0] == 404
+    assert post(teach, "/teach/api/deploy", {"model": None})[1]["ok"] is False
+    status, answer = post(teach, "/teach/api/rollback", {})
+    assert status == 200 and answer["ok"] is False and "nothing to roll back" in answer["message"]
+    status, job = post(teach, "/teach/api/train", {})
+    assert status == 200 and job["state"] in ("running", "failed")
+    wait_for(lambda: get_json(teach, "/teach/api/job")["state"] == "failed", 60, "the training to fail")
+    assert "class" in get_json(teach, "/teach/api/job")["message"]
+    status, answer = post(teach, "/teach/api/roi", {"source": "cam1", "roi": [0.5, 0.5, 0.9, 0.9]})
+    assert status == 400 and answer["error"]
+    status, answer = post(teach, "/teach/api/roi", {"source": "cam1", "roi": [0, 0, 1, 1]})
+    assert status == 200 and answer["line"].startswith("roi = [") and isinstance(answer["applied"], bool)
+
+
 def test_without_a_dataset_the_page_says_how(live):
     consumer = PreviewConsumer(port=0, name=NAME)
     try:

@@ -10,7 +10,6 @@ of at most 64 KiB; a refused request changes nothing and its body is not read.
 from __future__ import annotations
 
 import hmac
-import importlib
 import json
 import threading
 from http import HTTPStatus
@@ -25,9 +24,7 @@ from pipeline.train.dataset import UNLABELLED
 from .store import MAX_UPLOAD, NotFound, Store, StoreError
 
 PAGE = Path(__file__).with_name("page.html")
-PLACEHOLDER = b"<!doctype html><title>teach</title><p>The labelling page is not installed here.</p>\n"
 MAX_JSON = 64 << 10
-IDLE_JOB = {"state": "idle", "progress": 0.0, "message": "", "model": None, "report": None}
 NO_DATASET = ("the labelling page needs a dataset folder: pipeline-attach --consumer preview --dataset DIR "
               "(or dataset = \"DIR\" in the config's [[consumers]])")
 
@@ -53,8 +50,7 @@ class TeachApp:
         path, query = url.path, parse_qs(url.query)
         try:
             if path in ("/teach", "/teach/"):
-                page = PAGE.read_bytes() if PAGE.is_file() else PLACEHOLDER
-                send(h, HTTPStatus.OK, page, "text/html; charset=utf-8")
+                send(h, HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
             elif path == "/teach/api/state":
                 send_json(h, HTTPStatus.OK, self.state())
             elif path == "/teach/api/examples":
@@ -85,15 +81,10 @@ class TeachApp:
                 "job": self.job(), "can_undo": bool(undo), "undo": undo}
 
     def job(self) -> dict[str, Any]:
-        jobs = self._jobs()
-        return jobs.status() if jobs is not None else dict(IDLE_JOB)
+        return self._jobs().status()
 
     def _report(self, h: BaseHTTPRequestHandler, name: str) -> None:
-        jobs = self._jobs()
-        if jobs is None:
-            send_json(h, HTTPStatus.NOT_IMPLEMENTED, {"error": "not available yet"})
-            return
-        image = jobs.report_image(name.removesuffix(".png")) if name.endswith(".png") else None
+        image = self._jobs().report_image(name.removesuffix(".png")) if name.endswith(".png") else None
         if image is None:
             send_json(h, HTTPStatus.NOT_FOUND, {"error": f"no report image {name[:60]!r}: confusion.png "
                                                          "or errors.png, once a training is done"})
@@ -101,14 +92,12 @@ class TeachApp:
             send(h, HTTPStatus.OK, image.read_bytes(), "image/png")
 
     def _jobs(self) -> Any:
-        """The training jobs of this dataset, when the jobs module is there."""
+        """The training jobs of this dataset (made on first use: the import is not small)."""
         with self._jobs_lock:
             if self.jobs is None:
-                try:
-                    module = importlib.import_module("pipeline.client.teach.jobs")
-                except ImportError:
-                    return None
-                self.jobs = module.TrainingJobs(self.store.root, self.models, self.pipeline)
+                from .jobs import TrainingJobs
+
+                self.jobs = TrainingJobs(self.store.root, self.models, self.pipeline)
             return self.jobs
 
     # -- POST -----------------------------------------------------------------------------------
@@ -192,13 +181,17 @@ class TeachApp:
         if path in ("/teach/api/train", "/teach/api/deploy", "/teach/api/rollback"):
             return self._job_action(path, request)
         if path == "/teach/api/roi":
-            return HTTPStatus.NOT_IMPLEMENTED, {"error": "not available yet"}
+            from .roi import apply_roi
+
+            source = _text(request, "source")
+            applied, line, message = apply_roi(self.pipeline, source, request.get("roi"))
+            if not line:  # a region the config would refuse
+                raise StoreError(message)
+            return HTTPStatus.OK, {"line": line, "applied": applied, "message": message}
         return HTTPStatus.NOT_FOUND, {"error": f"no such action: {path[:80]}"}
 
     def _job_action(self, path: str, request: dict[str, Any]) -> tuple[HTTPStatus, dict[str, Any]]:
         jobs = self._jobs()
-        if jobs is None:
-            return HTTPStatus.NOT_IMPLEMENTED, {"error": "not available yet"}
         if path == "/teach/api/train":
             try:
                 return HTTPStatus.OK, jobs.start()

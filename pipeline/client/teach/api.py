@@ -105,8 +105,9 @@ class TeachApp:
         url = urlsplit(h.path)
         refused = self.refusal(h)
         if refused:
-            h.close_connection = True  # the body is not read
+            h.close_connection = True
             send_json(h, HTTPStatus.FORBIDDEN, {"error": refused})
+            _drain(h)
             return
         try:
             length = int(h.headers.get("Content-Length", ""))
@@ -214,6 +215,17 @@ class TeachApp:
     def _undo(self) -> dict[str, Any]:
         undo = self.store.undo_text()
         return {"can_undo": bool(undo), "undo": undo}
+
+
+def _drain(h: BaseHTTPRequestHandler) -> None:
+    """Read a refused request's body if it is small, so that closing the connection does not
+    reset it before the client reads the answer; a large one is left unread (it is cut)."""
+    try:
+        length = int(h.headers.get("Content-Length", "0"))
+        if 0 < length <= MAX_JSON:
+            h.rfile.read(length)
+    except (ValueError, OSError):
+        pass
 
 
 def _text(request: dict[str, Any], key: str) -> str:

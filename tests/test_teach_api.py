@@ -166,7 +166,8 @@ def test_classes_labels_delete_and_undo(teach):
         status, answer = post(teach, "/teach/api/class", {"action": "create", "name": bad})
         assert status == 400 and "class name" in answer["error"], (bad, answer)
     assert post(teach, "/teach/api/class", {"action": "create", "name": "bottle"})[0] == 400
-    assert post(teach, "/teach/api/class", {"action": "rename", "name": "empty shelf", "to": "empty"})[0] == 200
+    rename = {"action": "rename", "name": "empty shelf", "to": "empty"}
+    assert post(teach, "/teach/api/class", rename)[0] == 200
     assert (ds / "empty").is_dir() and not (ds / "empty shelf").exists()
 
     # Many at once: all or nothing.
@@ -175,7 +176,8 @@ def test_classes_labels_delete_and_undo(teach):
     assert answer["undo"] == "label 5 examples as bottle"
     assert sorted(os.listdir(ds / "bottle")) == sorted(i.split("/")[1] for i in ids[:5])
     before = tree(ds)
-    status, answer = post(teach, "/teach/api/label", {"ids": [ids[5], "unlabelled/nosuch-x.jpg"], "class": "empty"})
+    status, answer = post(teach, "/teach/api/label",
+                          {"ids": [ids[5], "unlabelled/nosuch-x.jpg"], "class": "empty"})
     assert status == 404 and tree(ds) == before
     assert post(teach, "/teach/api/label", {"ids": [ids[5]], "class": "nosuch"})[0] == 400
     assert post(teach, "/teach/api/label", {"ids": ids[5:8], "class": "empty"})[0] == 200
@@ -201,7 +203,8 @@ def test_classes_labels_delete_and_undo(teach):
     assert not (ds / "empty shelf").exists()
     post(teach, "/teach/api/undo", {})
     status, answer = post(teach, "/teach/api/undo", {})
-    assert status == 400 and answer["error"] == "nothing to undo" and sorted(os.listdir(ds)) == [".trash", "unlabelled"]
+    assert status == 400 and answer["error"] == "nothing to undo"
+    assert sorted(os.listdir(ds)) == [".trash", "unlabelled"]
 
 
 def test_uploads_are_limited_checked_and_named_safely(teach):
@@ -211,8 +214,8 @@ def test_uploads_are_limited_checked_and_named_safely(teach):
     auth = {"X-Teach-Token": teach["token"], "Content-Type": "image/jpeg"}
 
     def upload(name: str, body: bytes, headers: dict = auth, send_body: bool = True) -> tuple[int, dict]:
-        status, _, answer = request(teach["port"], "POST", f"/teach/api/upload?class=fish&name={quote(name, safe='')}",
-                                    body, headers, send_body)
+        path = f"/teach/api/upload?class=fish&name={quote(name, safe='')}"
+        status, _, answer = request(teach["port"], "POST", path, body, headers, send_body)
         return status, json.loads(answer)
 
     status, answer = upload("my tench!.JPEG", photo)
@@ -275,7 +278,8 @@ def test_every_change_needs_the_token_the_same_origin_and_a_known_host(teach):
                                ("", {"Origin": "http://evil.example"}),
                                ("", {"Origin": f"http://localhost:{port}"}),
                                ("", {"Host": "evil.example"}),
-                               ("", {"Host": f"evil.example:{port}", "Origin": f"http://evil.example:{port}"})]:
+                               ("", {"Host": f"evil.example:{port}",
+                                     "Origin": f"http://evil.example:{port}"})]:
             status, answer = post(teach, path, obj, token, **headers)
             assert status == 403 and answer["error"], (path, token, headers, answer)
     assert tree(ds) == before and get_json(teach, "/teach/api/job")["state"] == "idle"
@@ -329,7 +333,8 @@ def test_bad_options_are_one_line_and_the_consumers_schema_carries_them(live, tm
         cmd = [*ATTACH, "--name", NAME, "--consumer", "preview", "--port", "0"]
         cmd += [] if "--dataset" in args else ["--dataset", str(tmp_path / "ds")]
         done = subprocess.run(cmd + args, cwd=ROOT, text=True, capture_output=True, timeout=60)
-        assert done.returncode == 2 and said in done.stderr and len(done.stderr.splitlines()) == 1, done.stderr
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+        assert len(done.stderr.splitlines()) == 1, done.stderr
     assert not (tmp_path / "ds").exists()
     cfg = ConsumerConfig(kind="preview", dataset="/d", token="t" * 20, review_below=0.3, models="/m")
     assert cfg.attach_args()[-8:] == ["--dataset", "/d", "--review-below", "0.3", "--token", "t" * 20,

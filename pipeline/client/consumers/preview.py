@@ -395,7 +395,8 @@ class PreviewConsumer:
         if not 0 <= below <= 1:
             raise UserError(f"--review-below must be a probability 0-1 (0: no review), got {below}")
         if token is not None and not TOKEN.fullmatch(token):
-            raise UserError("--token: 16-128 letters, digits, - or _ (default: a random one, printed at start)")
+            raise UserError("--token: 16-128 letters, digits, - or _ (default: a random one, printed "
+                            "at start)")
         problem = check_folder(dataset, "--dataset")
         if problem:
             raise UserError(problem)

@@ -50,7 +50,8 @@ def class_problem(name: str) -> str | None:
     if not isinstance(name, str) or not CLASS_NAME.fullmatch(name):
         return (f"a class name is 1-64 letters, digits, spaces, _ . or -: not {str(name)[:80]!r}")
     if name.startswith(".") or name.lower().startswith(UNLABELLED) or name != name.strip():
-        return f"a class name may not start with '.' or {UNLABELLED!r} nor start or end with a space: {name!r}"
+        return (f"a class name may not start with '.' or {UNLABELLED!r} nor start or end with a "
+                f"space: {name!r}")
     return None
 
 
@@ -286,7 +287,8 @@ class Store:
                 raise StoreError(problem)
         folder = self.root / cls
         if folder.is_symlink() or not folder.is_dir():
-            raise StoreError(f"no class {cls!r}: create it first (classes: {', '.join(self.classes()) or 'none'})")
+            known = ", ".join(self.classes()) or "none"
+            raise StoreError(f"no class {cls!r}: create it first (classes: {known})")
         return folder
 
     def _paths(self, ids: list[str]) -> list[Path]:

@@ -1,6 +1,6 @@
 """The labelling page in a real browser (playwright driving Debian's chromium): bottle-detection.mp4
 plays as a camera in a loop, the preview consumer serves the page over a dataset of frames saved
-as the collect consumer names them, and the page alone labels 20 of them (bottle / empty, by
+as the collect consumer names them, and the page alone labels 21 of them (bottle / empty, one of them wrongly, by
 click, shift-click, ctrl-click, a class button and a number key), trains, shows the report, and
 deploys; the state the page shows then follows the middle bottle (away at frames 537-659). Write
 actions without the token, from a page opened without it or a fetch without the header, are
@@ -45,6 +45,7 @@ VIEWPORT = {"width": 1000, "height": 700}
 BOTTLE_FRAMES = list(range(20, 500, 40))  # 12
 EMPTY_FRAMES = list(range(548, 650, 9))  # 12
 TRANSITION_FRAMES = [532, 668]
+MISTAKE = EMPTY_FRAMES[1]  # labelled bottle
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
@@ -227,9 +228,17 @@ def test_label_train_deploy_in_the_browser_and_the_state_follows_the_bottle(tmp_
             page.click("#classes button[data-class=bottle]")
             page.wait_for_function("document.querySelectorAll('.group[data-group=bottle] .thumb').length == 10")
             assert frames_of(data / "bottle") == set(BOTTLE_FRAMES[3:]) | {BOTTLE_FRAMES[1]}
-            assert "bottle (10)" in page.inner_text("#classes") and "empty (10)" in page.inner_text("#classes")
-            # Delete a transition frame, and ctrl-Z brings it back.
-            thumb(page, TRANSITION_FRAMES[0]).click()
+            # A mistake: an empty frame, later than every bottle one, labelled bottle by key 1; the
+            # time split holds it out, and the report shows it taken for empty.
+            thumb(page, MISTAKE).click()
+            page.keyboard.press("1")
+            page.wait_for_function("document.querySelectorAll('.group[data-group=bottle] .thumb').length == 11")
+            assert MISTAKE in frames_of(data / "bottle")
+            assert "bottle (11)" in page.inner_text("#classes") and "empty (10)" in page.inner_text("#classes")
+            # By keyboard: space selects a transition frame, Delete deletes it, ctrl-Z brings it back.
+            thumb(page, TRANSITION_FRAMES[0]).focus()
+            page.keyboard.press(" ")
+            assert page.locator(".thumb[aria-pressed=true]").count() == 1
             page.keyboard.press("Delete")
             page.wait_for_function(f"!document.querySelector(\".thumb[data-id$='-f{TRANSITION_FRAMES[0]}.jpg']\")")
             assert TRANSITION_FRAMES[0] not in frames_of(data / UNLABELLED)
@@ -267,6 +276,8 @@ def test_label_train_deploy_in_the_browser_and_the_state_follows_the_bottle(tmp_
             assert [rows.nth(i).locator("td").first.inner_text() for i in range(rows.count())] == \
                 ["bottle", "empty"]
             page.wait_for_function("document.getElementById('confusion').naturalWidth > 0")
+            assert f"-f{MISTAKE}.jpg: bottle taken for empty" in page.inner_text("#report")
+            page.wait_for_function("document.getElementById('errors').naturalWidth > 0")
             page.locator("#report").scroll_into_view_if_needed()
             shot(page, shots, "report")
 

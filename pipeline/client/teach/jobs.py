@@ -25,6 +25,7 @@ from typing import IO, Any
 from pipeline.client.deploy import request_deploy
 from pipeline.client.model import running_model
 from pipeline.config import WEIGHTS_SPECIAL
+from pipeline.outputs import write_whole
 from pipeline.train.report import report_files
 from workers.inference.model_files import builtin_onnx, builtin_weights
 
@@ -45,7 +46,8 @@ class TrainingJobs:
         self.proc: subprocess.Popen | None = None
         self.job: dict[str, Any] = {"state": IDLE, "progress": 0.0, "message": "", "model": None,
                                     "report": None}
-        self.previous: str | None = None  # the weights that ran before the last deploy
+        self.previous: tuple[str, list[str]] | None = None  # what ran before the last deploy
+        self.switching = threading.Lock()  # one deploy or rollback at a time
 
     # -- training -------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -148,14 +150,21 @@ class TrainingJobs:
         """Switch back to the model that ran before the last deploy."""
         if self.previous is None:
             return False, "nothing to roll back to: no model was deployed from this page"
-        return self._switch(self.previous)
+        return self._switch(*self.previous)
 
-    def _switch(self, weights: str) -> tuple[bool, str]:
-        before = _weights_of(running_model(self.pipeline))
-        ok, message = request_deploy(self.pipeline, weights)
-        if ok and before is not None:
-            self.previous = before
-        return ok, message
+    def _switch(self, weights: str, labels: list[str] | None = None) -> tuple[bool, str]:
+        """Deploy `weights` (with these class names, if given); remember what ran before."""
+        with self.switching:
+            model = running_model(self.pipeline)
+            before = _weights_of(model)
+            labels_file = ""
+            if labels:  # the names it ran with (a file without its own, deployed with --labels)
+                labels_file = str(self.models_dir / ".rollback-labels.txt")
+                write_whole(labels_file, "".join(f"{name}\n" for name in labels))
+            ok, message = request_deploy(self.pipeline, weights, labels_file)
+            if ok and before is not None:
+                self.previous = (before, [] if before == "builtin" else list(model.get("labels") or []))
+            return ok, message
 
 
 def _weights_of(model: dict[str, Any]) -> str | None:

@@ -1,8 +1,8 @@
 """The labelling page in a real browser (playwright driving Debian's chromium): bottle-detection.mp4
 plays as a camera in a loop, the preview consumer serves the page over a dataset of frames saved
-as the collect consumer names them, and the page alone labels 21 of them (bottle / empty, one of them wrongly, by
-click, shift-click, ctrl-click, a class button and a number key), trains, shows the report, and
-deploys; the state the page shows then follows the middle bottle (away at frames 537-659). Write
+as the collect consumer names them, and the page alone labels 21 of them (bottle / empty, one
+wrongly, by click, shift-click, ctrl-click, a class button and number keys), trains, shows the
+report, and deploys; the state the page shows then follows the middle bottle (away at frames 537-659). Write
 actions without the token, from a page opened without it or a fetch without the header, are
 refused and change nothing.
 
@@ -146,6 +146,11 @@ def thumb(page, frame: int):
     return page.locator(f".thumb[data-id$='-f{frame}.jpg']")
 
 
+def wait_for_group(page, cls: str, n: int) -> None:
+    """Until the grid shows n examples under class cls."""
+    page.wait_for_function(f"document.querySelectorAll('.group[data-group={cls}] .thumb').length == {n}")
+
+
 def shot(page, out: list[Path], name: str) -> None:
     for folder in out:
         page.screenshot(path=str(folder / f"teach-{name}.png"))
@@ -216,7 +221,7 @@ def test_label_train_deploy_in_the_browser_and_the_state_follows_the_bottle(tmp_
             thumb(page, EMPTY_FRAMES[2]).click(modifiers=["Shift"])
             assert page.locator(".thumb[aria-pressed=true]").count() == 10
             page.keyboard.press("2")
-            page.wait_for_function("document.querySelectorAll('.group[data-group=empty] .thumb').length == 10")
+            wait_for_group(page, "empty", 10)
             assert frames_of(data / "empty") == set(EMPTY_FRAMES[2:])
             # Bottle: a range, one toggled off and another on, the class button.
             thumb(page, BOTTLE_FRAMES[-1]).click()
@@ -226,21 +231,22 @@ def test_label_train_deploy_in_the_browser_and_the_state_follows_the_bottle(tmp_
             assert page.locator(".thumb[aria-pressed=true]").count() == 10
             shot(page, shots, "label")
             page.click("#classes button[data-class=bottle]")
-            page.wait_for_function("document.querySelectorAll('.group[data-group=bottle] .thumb').length == 10")
+            wait_for_group(page, "bottle", 10)
             assert frames_of(data / "bottle") == set(BOTTLE_FRAMES[3:]) | {BOTTLE_FRAMES[1]}
             # A mistake: an empty frame, later than every bottle one, labelled bottle by key 1; the
             # time split holds it out, and the report shows it taken for empty.
             thumb(page, MISTAKE).click()
             page.keyboard.press("1")
-            page.wait_for_function("document.querySelectorAll('.group[data-group=bottle] .thumb').length == 11")
+            wait_for_group(page, "bottle", 11)
             assert MISTAKE in frames_of(data / "bottle")
-            assert "bottle (11)" in page.inner_text("#classes") and "empty (10)" in page.inner_text("#classes")
+            classes = page.inner_text("#classes")
+            assert "bottle (11)" in classes and "empty (10)" in classes, classes
             # By keyboard: space selects a transition frame, Delete deletes it, ctrl-Z brings it back.
             thumb(page, TRANSITION_FRAMES[0]).focus()
             page.keyboard.press(" ")
             assert page.locator(".thumb[aria-pressed=true]").count() == 1
             page.keyboard.press("Delete")
-            page.wait_for_function(f"!document.querySelector(\".thumb[data-id$='-f{TRANSITION_FRAMES[0]}.jpg']\")")
+            thumb(page, TRANSITION_FRAMES[0]).wait_for(state="detached")
             assert TRANSITION_FRAMES[0] not in frames_of(data / UNLABELLED)
             page.keyboard.press("Control+z")
             thumb(page, TRANSITION_FRAMES[0]).wait_for()
@@ -309,14 +315,14 @@ def test_label_train_deploy_in_the_browser_and_the_state_follows_the_bottle(tmp_
                                    timeout=60000)
             # The region applied to the running pipeline: the answer shown.
             page.click("#roi-apply")
-            page.wait_for_function("/^(not )?applied/.test(document.getElementById('roi-message').textContent)",
-                                   timeout=30000)
+            page.wait_for_function("/^(not )?applied/.test(document.getElementById('roi-message')"
+                                   ".textContent)", timeout=30000)
             assert page.inner_text("#roi-message").startswith("applied"), page.inner_text("#roi-message")
             # Pictures one already has, uploaded into a class; a class renamed.
             page.select_option("#upload-class", "empty")
             page.set_input_files("#upload-files", pictures)
             page.click("#upload")
-            page.wait_for_function("document.querySelectorAll('.group[data-group=empty] .thumb').length == 12")
+            wait_for_group(page, "empty", 12)
             assert len(list((data / "empty").iterdir())) == 12
             page.select_option("#rename-from", "empty")
             page.fill("#rename-to", "away")

@@ -90,7 +90,8 @@ def test_a_training_job_reports_progress_to_done_with_its_report(trained):
     report = job["report"]
     assert report["model"] == "shelf" and report["classes"] == ["bottle", "empty"]
     assert report["images"] == {"bottle": PER_CLASS, "empty": PER_CLASS}
-    assert 0 <= report["accuracy_deployed"] <= 1 and f"{100 * report['accuracy_deployed']:.1f}%" in job["message"]
+    accuracy = report["accuracy_deployed"]
+    assert 0 <= accuracy <= 1 and f"{100 * accuracy:.1f}%" in job["message"]
     assert report == json.loads(model.with_suffix(".report.json").read_text())
     confusion = jobs.report_image("confusion")
     assert confusion == model.with_suffix(".confusion.png") and confusion.read_bytes()[:4] == b"\x89PNG"

@@ -66,7 +66,7 @@ def write_collected(folder: Path) -> None:
     `<source>-<capture time>-f<frame>.jpg`, a capture time per frame at the video's rate."""
     wanted = set(BOTTLE_FRAMES + EMPTY_FRAMES + TRANSITION_FRAMES)
     folder.mkdir(parents=True)
-    video = cv2.VideoCapture(str(BOTTLE))
+    video = cv2.VideoCapture(str(need(BOTTLE)))
     start = time.time() - 3600
     try:
         for n in range(max(wanted) + 1):

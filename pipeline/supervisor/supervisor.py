@@ -31,8 +31,8 @@ from pipeline.supervisor.deploy import COMMAND, ModelDeploy
 from pipeline.supervisor.lifecycle import StageProcesses
 from pipeline.supervisor.notify import SystemdNotifier
 from pipeline.supervisor.reporting import ResultsRecorder, StatusPublisher, ready_line
-from pipeline.supervisor.roi import ROI, RegionChanges
 from pipeline.supervisor.results_hub import ResultsHub
+from pipeline.supervisor.roi import ROI, RegionChanges
 from pipeline.supervisor.shm import all_rings, frame_rings
 from pipeline.transport.messages import EOS, LOADED, READY, START, STOP
 from pipeline.transport.ring import Ring

@@ -29,14 +29,9 @@ SOI = b"\xff\xd8"  # every JPEG starts with it
 BAND = int(34 * max(0.4, 640 / 900)) + 8  # rows of cam1's label band (annotate.py)
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    """The two-source pipeline, shared by the tests; stopped with Ctrl-C and checked clean."""
-    bottle = need(BOTTLE)
-    config = write_config(tmp_path_factory.mktemp("snapshots") / f"{NAME}.toml", [
-        {"kind": "video", "id": "cam1", "path": str(bottle), "loop": True, "fps": 30},
-        {"kind": "synthetic", "id": "cam2", "width": 320, "height": 240, "fps": 30},
-    ], name=NAME, model={"weights": "builtin", "runtime": "onnxruntime"})
+def running(config):
+    """Yield a quiet pipeline-up on `config` once it runs; then stop it and check that it exited
+    cleanly and left no segment and no stage behind."""
     proc = up(config, "--quiet")
     try:
         wait_running(proc)
@@ -46,6 +41,17 @@ def live(tmp_path_factory):
         assert proc.returncode == 0, err
         assert not [s for s in shm_segments() if f"-{proc.pid}-" in s]
         assert not [p for p in stage_pids() if _parent_of(p) == proc.pid]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """The two-source pipeline, shared by the tests; stopped with Ctrl-C and checked clean."""
+    bottle = need(BOTTLE)
+    config = write_config(tmp_path_factory.mktemp("snapshots") / f"{NAME}.toml", [
+        {"kind": "video", "id": "cam1", "path": str(bottle), "loop": True, "fps": 30},
+        {"kind": "synthetic", "id": "cam2", "width": 320, "height": 240, "fps": 30},
+    ], name=NAME, model={"weights": "builtin", "runtime": "onnxruntime"})
+    yield from running(config)
 
 
 @pytest.fixture(scope="module")

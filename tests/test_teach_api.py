@@ -26,9 +26,9 @@ from pipeline.config.schema import ConsumerConfig
 from pipeline.train.dataset import COLLECTED
 from pipeline.transport.rundir import find_pipeline
 
-from .conftest import BOTTLE, IMAGES, ROOT, _parent_of, need, shm_segments, stage_pids
-from .test_pipeline import wait_running
-from .topologies import finish, up, wait_for, write_config
+from .conftest import BOTTLE, IMAGES, ROOT, need
+from .test_snapshots import running
+from .topologies import wait_for, write_config
 
 NAME = "teachlab"
 ATTACH = [sys.executable, "-m", "pipeline.cli.attach"]
@@ -41,15 +41,7 @@ def live(tmp_path_factory):
     config = write_config(tmp_path_factory.mktemp("teach") / f"{NAME}.toml", [
         {"kind": "video", "id": "cam1", "path": str(bottle), "loop": True, "fps": 30},
     ], name=NAME, model={"weights": "builtin", "runtime": "onnxruntime"})
-    proc = up(config, "--quiet")
-    try:
-        wait_running(proc)
-        yield proc
-    finally:
-        _, err = finish(proc)
-        assert proc.returncode == 0, err
-        assert not [s for s in shm_segments() if f"-{proc.pid}-" in s]
-        assert not [p for p in stage_pids() if _parent_of(p) == proc.pid]
+    yield from running(config)
 
 
 def seed(dataset: Path) -> list[str]:

@@ -101,7 +101,9 @@ def clean_machine():
     assert not strays, f"stage processes left running: {strays}"
 
 
-ACCURACY_MARGIN = 0.04  # 8 of the 200 images: OpenCV's area resize is not PIL's antialiased one
+# 4 of the 200 images: the preprocessing is torchvision's to within one grey level (0.865 against
+# 0.865 torch, 0.870 onnxruntime measured), the rest is another runtime's or CPU's int8 rounding.
+ACCURACY_MARGIN = 0.02
 
 
 @pytest.fixture(scope="session")

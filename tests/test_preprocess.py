@@ -1,4 +1,5 @@
-"""Preprocessing equals torchvision's eval transform: same geometry, same numbers (< 1e-5)."""
+"""Preprocessing is torchvision's eval transform on a PIL image: same geometry, same numbers
+(within one grey level, from floating-point rounding at filter-window edges)."""
 
 from __future__ import annotations
 
@@ -55,27 +56,25 @@ def test_squash_resizes_whole_frame():
     assert out[2, :, :100].min() == pytest.approx(blue, abs=1e-5)  # RGB channel 2 = blue
     assert out[2, :, 124:].max() == pytest.approx(-IMAGENET_MEAN[2] / IMAGENET_STD[2], abs=1e-5)
 
-
-def test_buffers_are_reused_not_reallocated():
-    prep = Preprocessor()
-    frame = np.random.default_rng(0).integers(0, 255, (360, 640, 3), dtype=np.uint8)
-    a = prep.crop(frame)
-    b = prep.crop(frame)
-    assert a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-
-
-def test_close_to_torchvision_full_eval_transform():
-    """Whole transform vs torchvision's (PIL antialiased bilinear): the same picture, not bit-equal."""
+def test_equals_torchvision_full_eval_transform_on_real_photos():
+    """The whole transform is torchvision's eval transform on the PIL image (antialiased
+    bilinear Resize(256), CenterCrop(224)): at most one grey level apart, where a pixel's filter
+    window starts exactly on a source pixel's edge and the last bit of a float decides (for some
+    frame sizes a whole row or column in every few)."""
     from PIL import Image
 
-    full = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224),
-                               TO_TENSOR_NORMALIZE])
+    resize_crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
+    full = transforms.Compose([resize_crop, TO_TENSOR_NORMALIZE])
     prep = Preprocessor()
     out = np.empty(prep.output_shape, np.float32)
-    for bgr in sample_images(6):
+    for bgr in sample_images(12):
+        pil = Image.fromarray(bgr[:, :, ::-1])
+        expected = np.asarray(resize_crop(pil)).astype(np.int16)
+        ours = prep.crop(bgr)[:, :, ::-1].astype(np.int16)
+        assert np.abs(ours - expected).max() <= 1
+        assert np.abs(ours - expected).mean() < 0.25
         prep(bgr, out)
-        ref = full(Image.fromarray(bgr[:, :, ::-1])).numpy()
-        assert np.abs(out - ref).mean() < 0.05  # ~3 grey levels on average
+        assert np.abs(out - full(pil).numpy()).max() <= 1 / 255 / min(IMAGENET_STD) + 1e-5
 
 
 def test_uint8_ring_then_normalise_equals_float_path():
@@ -94,14 +93,29 @@ def test_uint8_ring_then_normalise_equals_float_path():
         assert np.array_equal(direct, via_ring)
 
 
-@pytest.mark.parametrize("shape", [(360, 640), (720, 1280), (480, 640), (432, 768), (500, 375),
-                                   (224, 224), (300, 200), (257, 1000), (1080, 1920)])
-def test_resizing_only_the_needed_window_gives_the_same_pixels(shape):
-    """The crop equals the crop of the whole frame resized, bit for bit, whatever the size."""
+@pytest.mark.parametrize("shape", [(360, 640), (720, 1280), (480, 640), (500, 375), (224, 224),
+                                   (300, 200), (100, 150), (257, 1000), (1080, 1920)])
+@pytest.mark.parametrize("resize", ["crop", "squash"])
+def test_only_the_crop_is_computed_yet_equals_resizing_the_whole_frame(shape, resize):
+    """Resizing only the box the crop needs gives the crop of the whole frame resized (shrunk
+    or enlarged), to within one grey level, whatever the size."""
+    from PIL import Image
+
     rng = np.random.default_rng(0)
     img = cv2.GaussianBlur(rng.integers(0, 255, (*shape, 3), dtype=np.uint8), (5, 5), 0)
-    prep = Preprocessor()
+    prep = Preprocessor(resize)
     rh, rw, top, left = prep.geometry(*shape)
-    interp = cv2.INTER_AREA if rh < shape[0] else cv2.INTER_LINEAR
-    whole = cv2.resize(img, (rw, rh), interpolation=interp)[top:top + 224, left:left + 224]
-    assert np.array_equal(prep.crop(img), whole)
+    whole = np.asarray(Image.fromarray(img).resize((rw, rh), Image.Resampling.BILINEAR))
+    expected = whole[top:top + 224, left:left + 224].astype(np.int16)
+    assert np.abs(prep.crop(img).astype(np.int16) - expected).max() <= 1
+
+
+def test_a_region_is_the_same_as_cropping_it_out_first():
+    rng = np.random.default_rng(1)
+    frame = cv2.GaussianBlur(rng.integers(0, 255, (360, 640, 3), dtype=np.uint8), (5, 5), 0)
+    prep = Preprocessor()
+    for x0, y0, x1, y1 in ((300, 0, 640, 360), (10, 20, 410, 220), (0, 0, 100, 300)):
+        cut = np.ascontiguousarray(frame[y0:y1, x0:x1])
+        a, b = prep.crop(frame, (x0, y0, x1, y1)), prep.crop(cut)
+        assert np.abs(a.astype(np.int16) - b).max() <= 1
+        assert np.array_equal(prep.crop(frame[y0:y1, x0:x1]), b)  # a view works too

@@ -1,5 +1,5 @@
 """Preprocess stage: takes a source's raw BGR frame from the frames ring, cuts out its region of
-interest (`source.roi`, a view: no copy) if it has one, resizes, crops and normalises it
+interest (`source.roi`) if it has one, resizes, crops and normalises it
 (workers/preprocess/transform.py) straight into a slot of the tensors ring, and announces it to
 the inference workers, with the frame's slot so consumers can still read it.
 
@@ -57,7 +57,7 @@ class Preprocess:
         if not self.out.wait_for_readers(config.inference.workers, lambda: not ctx.stopping):
             log.warning("not every inference worker has subscribed to the tensors edge yet")
         self.ready_info: dict[str, Any] = {}
-        self.roi_boxes: dict[tuple[int, int], tuple[int, int, int, int]] = {}  # per frame size
+        self.roi_boxes: dict[tuple[int, int], tuple[int, int, int, int] | None] = {}  # per frame size
         self.roi_source = ctx.source  # whose `roi` is in force: the config's, or a run-time one
         self.roi_asked: Any = None  # the run-time `roi` setting last acted on
         self.roi_refused: dict[str, Any] | None = None
@@ -95,7 +95,8 @@ class Preprocess:
         prep = self._for_size(ctx.settings.get("input_size", cfg.crop_size))
         if self.delay_s and self.meter.frames_in % cfg.delay_every == 0:
             time.sleep(self.delay_s)  # preprocess.delay_ms: a deliberately slow stage
-        cropped = prep.crop(self._region(inp.frame(desc)))  # a copy: the frame is read
+        frame = inp.frame(desc)
+        cropped = prep.crop(frame, self._region(frame))  # a copy: the frame is read
         if not inp.intact(desc):
             inp.release()
             return
@@ -124,22 +125,19 @@ class Preprocess:
         inp.release()
         self.meter.done((t1 - t0) / 1e6)
 
-    def _region(self, frame: np.ndarray) -> np.ndarray:
-        """The source's region of interest (`source.roi`) as a view of the frame, or the frame."""
+    def _region(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
+        """The source's region of interest (`source.roi`) as (x0, y0, x1, y1), or None."""
         h, w = frame.shape[:2]
         asked = self.ctx.settings.get("roi")
         if asked is not self.roi_asked:
             self.roi_asked = asked
             self._change_region(asked, w, h)
-        box = self.roi_boxes.get((h, w))
-        if box is None:
+        if (h, w) not in self.roi_boxes:
             try:
-                box = self.roi_source.roi_box(w, h) or (0, 0, w, h)
+                self.roi_boxes[(h, w)] = self.roi_source.roi_box(w, h)
             except ValueError as e:
                 raise UserError(f"{self.source_key}.{e}") from None
-            self.roi_boxes[(h, w)] = box
-        x0, y0, x1, y1 = box
-        return frame[y0:y1, x0:x1]
+        return self.roi_boxes[(h, w)]
 
     def _change_region(self, roi: list[int | float] | None, width: int, height: int) -> None:
         """A region from the supervisor (already checked as the config checks it): in force from

@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     config = Config.model_validate_json(run.config_file.read_text())
     instance = {i.name: i for i in config.instances()}[args.stage]
     os.sched_setaffinity(0, config.cores_for(instance))  # before torch/OpenCV start threads
+    if instance.kind == "inference" and config.inference.nice:
+        os.nice(config.inference.nice)  # the stages that feed the model come first
 
     ctx = StageContext(instance, run, config)
     signal.signal(signal.SIGTERM, _stop_while_loading)

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from .checks import check_files
 from .errors import ConfigError, _describe
 from .schema import WEIGHTS_SPECIAL, Config
+from .topology import auto_layout
 
 # Keys whose values are file paths: relative to the config file when written there,
 # relative to the working directory when given with --set.
@@ -103,6 +104,10 @@ def validate(tree: dict[str, Any], host: str | None = None, files: bool = True) 
             src.setdefault("kind", "synthetic")
     try:
         config = Config.model_validate(tree)
+        layout = auto_layout(config)
+        if layout:  # validated again: the layout is then the config's own, as if written in it
+            tree = {**tree, **{k: {**tree.get(k, {}), **v} for k, v in layout.items()}}
+            config = Config.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(_describe(e, tree)) from None
     if host is not None and host not in config.hosts():

@@ -344,6 +344,9 @@ class InferenceStage(_Strict):
     threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core (per worker)
     spinning: bool = False  # onnxruntime's pool threads poll for work between frames
     workers: int = Field(1, ge=1, le=64)  # model processes sharing the sources' frames
+    # Niceness of the workers: below capture and preprocess, which then get a shared core the
+    # moment they have a frame to make (see topology.auto_layout); 0: the same as every stage.
+    nice: int = Field(10, ge=0, le=19)
     host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where preprocess and inference run
     delay_ms: float = Field(0.0, ge=0, le=10000)  # extra time per frame: to study a slow stage
     delay_every: int = Field(1, ge=1, le=1_000_000)  # the delay hits every Nth frame only

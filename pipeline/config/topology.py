@@ -20,6 +20,36 @@ def keep_off_inference_cores(config: "Config") -> None:
     keep_off(config.cores_of("inference"))
 
 
+def auto_layout(config: "Config") -> dict[str, Any] | None:
+    """The inference layout a config that sets neither `inference.workers` nor `inference.cores`
+    gets, where it differs from the default (one worker on every core but the first, which
+    capture and preprocess keep to themselves: a camera's frames never wait for the model).
+
+    With several sources, or a file read as fast as possible, there are more frames than one
+    worker can classify, and the first core idles between decoding them: then one worker per
+    core on every core. The workers run below capture and preprocess in priority
+    (`inference.nice`), so those still take their share of the first core the moment they have
+    a frame to make; and a file is read two frames ahead per worker (`edges.credits`, unless
+    set), so a worker never waits for the core it shares to decode its next frame. Returns
+    the settings to add to the config's tree; None: the default stands (and for stages on
+    other hosts, whose cores are not known here)."""
+    from .schema import LOCAL  # schema imports this module
+
+    inf = config.inference
+    if {"workers", "cores"} & inf.model_fields_set or inf.host != LOCAL \
+            or any(s.host != LOCAL for s in config.source_list):
+        return None
+    allowed = allowed_cores()
+    sources = range(len(config.source_list))
+    if len(allowed) < 2 or (len(sources) == 1 and not config.pulled(0)):
+        return None
+    layout: dict[str, Any] = {"inference": {"cores": allowed, "workers": len(allowed)}}
+    edges = config.edges
+    if not edges.credits:
+        layout["edges"] = {"credits": min(2 * len(allowed), edges.frames.slots, edges.tensors.slots)}
+    return layout
+
+
 @dataclass(frozen=True)
 class Instance:
     """One stage process: `name` is how stats, status and restarts refer to it."""

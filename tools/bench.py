@@ -25,12 +25,14 @@ worker's).
 
 Options add sections: --spikes (stall, CPU hog, slow model frames, each beside the tutorial),
 --tuning (threads, engine, TorchScript, channels-last, uint8 input ring), --adaptive (input size
-224/192/160: fps and accuracy, and the controller reacting), --models (the tutorial's model table).
+224/192/160: fps and accuracy, and the controller reacting), --models (the tutorial's model table),
+--cost (the pipeline's own cost per frame, piece by piece, and its targets as ratios against the
+single loop, the 2-core limit and torchvision's eval transform: tools/benchkit/cost.py).
 
 Usage:
     .venv/bin/python tools/bench.py [--duration 15] [--json out.json] [--onnx FILE] [--spikes]
                                     [--tuning] [--adaptive] [--models [--model-names A,B]]
-                                    [--no-main]
+                                    [--cost [--cost-rounds 3]] [--no-main]
 """
 
 from __future__ import annotations
@@ -246,6 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--tuning", action="store_true", help="tuning section")
     ap.add_argument("--adaptive", action="store_true", help="adaptive-resolution section")
     ap.add_argument("--models", action="store_true", help="the tutorial's model table")
+    ap.add_argument("--cost", action="store_true",
+                    help="the pipeline's own cost per frame and its five targets as ratios")
+    ap.add_argument("--cost-rounds", type=int, default=3, metavar="N",
+                    help="with --cost: 30 fps rounds, the single loop and the pipeline in turns "
+                         "(default: 3)")
     ap.add_argument("--model-names", default="", metavar="A,B",
                     help="with --models: only these models (default: the tutorial's list)")
     ap.add_argument("--no-main", action="store_true", help="skip the a/b/c/d table")
@@ -276,10 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(report), flush=True)
         if args.json:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
-    from tools.benchkit import sections
+    from tools.benchkit import cost, sections
 
     for flag, section in (("spikes", sections.spikes), ("tuning", sections.tuning),
-                          ("adaptive", sections.adaptive), ("models", sections.models)):
+                          ("adaptive", sections.adaptive), ("models", sections.models),
+                          ("cost", cost.section)):
         if getattr(args, flag):
             res[flag], lines = section(b, res.get("main"))
             report += ["", *lines]
@@ -287,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:  # written as sections finish: a long run keeps what it measured
                 args.json.write_text(json.dumps(res, indent=2) + "\n")
     if len(report) > 0 and not args.no_main and any(
-            getattr(args, f) for f in ("spikes", "tuning", "adaptive", "models")):
+            getattr(args, f) for f in ("spikes", "tuning", "adaptive", "models", "cost")):
         print("\n" + "\n".join(report))  # everything together at the end
     return 0
 

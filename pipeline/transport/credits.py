@@ -55,6 +55,8 @@ class CreditGate:
         except zmq.ZMQError:
             self.close()
             raise
+        self._poller = zmq.Poller()  # one for its life: Socket.poll makes one per call
+        self._poller.register(self.sock, zmq.POLLIN)
 
     def in_flight(self) -> int:
         """Frames decoded and not yet taken by a worker, from the rings' own counters."""
@@ -69,7 +71,7 @@ class CreditGate:
         return n
 
     def _drain(self) -> None:
-        while True:
+        while self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             try:
                 msg = unpack(self.sock.recv(zmq.NOBLOCK))
             except zmq.Again:
@@ -88,7 +90,7 @@ class CreditGate:
         while self.available == 0:
             if not alive():
                 return False
-            if self.sock.poll(RECOUNT_S * 1000):
+            if self._poller.poll(RECOUNT_S * 1000):
                 self._drain()
             elif self.in_flight() < self.credits:  # credits lost with a restarted stage
                 self.available = self.credits - max(0, self.in_flight())

@@ -66,7 +66,8 @@ def test_pipeline_lowers_the_input_size_when_the_model_is_too_slow(runtime, tmp_
     still recognised at the smaller size."""
     need(BOTTLE)
     common = ["--set", f"source.path={BOTTLE}", "--set", "source.loop=true",
-              "--set", "source.realtime=false", "--set", f"model.runtime={runtime}", "--quiet"]
+              "--set", "source.realtime=false", "--set", f"model.runtime={runtime}", "--quiet",
+              "--set", "inference.workers=1"]  # one worker on its own core: its rate is the model's
     summary = tmp_path / "s.json"
     p = run_pipeline("video.toml", *common, "--duration", "4", "--summary-json", str(summary))
     assert p.returncode == 0, p.stderr

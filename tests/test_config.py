@@ -235,3 +235,36 @@ def test_files_of_other_hosts_are_not_required_here(tmp_path):
     assert [i.kind for i in cfg.instances("box")] == ["inference", "preprocess"]
     msg = error_of(tmp_path, text, "model.weights=none")  # all hosts here: the file must exist
     assert msg == "source.path: no such video file: /elsewhere/cam.mp4"
+
+
+def test_the_pipeline_picks_a_worker_per_core_where_one_core_cannot_keep_up(tmp_path, monkeypatch):
+    """Several sources, or a file read as fast as it decodes, with no layout in the config: a
+    worker per core on every core, two frames in flight per worker. A live single source, an
+    explicit layout, or consumers in the config keep the default: one worker off the first core."""
+    from pipeline.config import CORES_ENV
+
+    monkeypatch.setenv(CORES_ENV, "0,1,2,3")
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"")
+    one = ["source.kind=video", f"source.path={video}"]
+
+    def layout(*sets: str) -> tuple[int, list[int], int]:
+        config = load_config(None, list(sets), files=False)
+        return config.inference.workers, config.cores_of("inference"), config.credits()
+
+    assert layout(*one, "source.realtime=false") == (4, [0, 1, 2, 3], 4)  # slots cap the credits
+    assert layout(*one, "source.realtime=false", "edges.frames.slots=8",
+                  "edges.tensors.slots=8") == (4, [0, 1, 2, 3], 8)
+    assert layout(*one, "source.realtime=true") == (1, [1, 2, 3], 1)
+    assert layout(*one, "source.realtime=false", "inference.workers=1") == (1, [1, 2, 3], 1)
+    assert layout(*one, "source.realtime=false", "inference.cores=[2, 3]") == (1, [2, 3], 1)
+    assert layout(*one, "source.realtime=false", "edges.credits=1") == (4, [0, 1, 2, 3], 1)
+    path = tmp_path / "three.toml"
+    path.write_text("".join(f'[[sources]]\nkind = "synthetic"\nid = "s{i}"\nfps = 30\n' for i in range(3)))
+    config = load_config(str(path), files=False)
+    assert (config.inference.workers, config.cores_of("inference")) == (4, [0, 1, 2, 3])
+    path.write_text(path.read_text() + '[[consumers]]\nkind = "print"\n')
+    config = load_config(str(path), files=False)
+    assert (config.inference.workers, config.cores_of("inference")) == (1, [1, 2, 3])
+    monkeypatch.setenv(CORES_ENV, "0")
+    assert layout(*one, "source.realtime=false") == (1, [0], 1)  # one core: nothing to spread

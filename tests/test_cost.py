@@ -60,6 +60,9 @@ def test_waits_and_cpu_per_frame_around_the_model_stay_small(tmp_path, clean_mac
         time.sleep(3.0)  # warm caches, the first status line out
         procs = tree(proc.pid)
         assert {"capture", "preprocess", "inference"} <= set(procs), procs
+        # the model runs below the stages that feed it (inference.nice), so they come first
+        assert procs["inference"].nice() - procs["capture"].nice() == 10
+        assert procs["preprocess"].nice() == procs["capture"].nice()
         lines0, before = len(record.read_text().splitlines()), snapshot(procs)
         time.sleep(WINDOW_S)
         lines1, after = len(record.read_text().splitlines()), snapshot(procs)

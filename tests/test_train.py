@@ -217,6 +217,10 @@ def test_the_time_split_holds_out_each_class_latest_images(tmp_path):
 
 def test_warnings_for_few_images_imbalance_near_copies_and_unreadable_files(tmp_path, frames):
     data = make_dataset(tmp_path / "data", frames, {"bottle": 4, "empty": 1}, {"empty": 6})
+    for path in sorted((data / "bottle").iterdir()):  # each photo twice, saved again: near copies
+        image = cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_COLOR)
+        (path.parent / f"again-{path.name}").write_bytes(
+            cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 80])[1].tobytes())
     (data / "bottle" / "broken.jpg").write_bytes(b"not a jpeg")
     out = tmp_path / "m.onnx"
     p = subprocess.run([sys.executable, "-m", "pipeline.cli.train", str(data), "--out", str(out),

@@ -31,13 +31,15 @@ def auto_layout(config: "Config") -> dict[str, Any] | None:
     (`inference.nice`), so those still take their share of the first core the moment they have
     a frame to make; and a file is read two frames ahead per worker (`edges.credits`, unless
     set), so a worker never waits for the core it shares to decode its next frame. Returns
-    the settings to add to the config's tree; None: the default stands (and for stages on
-    other hosts, whose cores are not known here)."""
+    the settings to add to the config's tree; None: the default stands, also where the config
+    runs `[[consumers]]` (they run below everything, on the time the first core has spare: with
+    every core busy they would fall behind, and frames would be gone before they read them) and
+    for stages on other hosts, whose cores are not known here."""
     from .schema import LOCAL  # schema imports this module
 
     inf = config.inference
     if {"workers", "cores"} & inf.model_fields_set or inf.host != LOCAL \
-            or any(s.host != LOCAL for s in config.source_list):
+            or any(s.host != LOCAL for s in config.source_list) or config.consumers:
         return None
     allowed = allowed_cores()
     sources = range(len(config.source_list))

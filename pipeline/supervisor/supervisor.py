@@ -261,6 +261,7 @@ class Supervisor:
         poller.register(self.control.socket, zmq.POLLIN)
         if self.deploy:
             poller.register(self.deploy.socket, zmq.POLLIN)
+        self.children.watchdog(time.monotonic())  # from now on, a gap in its rounds is a pause of ours
         while self.stop_reason is None:
             # Results do not wake this loop: they wait in the hub's queue to be taken in batches,
             # ten times a second, instead of costing a wake-up and these checks each.

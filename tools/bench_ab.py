@@ -25,6 +25,9 @@ CONFIGS = {
     "onnxruntime, 30 fps": ["source.realtime=true", "source.fps=30"],
     "onnxruntime, 2 workers, fast": ["source.realtime=false", "inference.workers=2",
                                      "inference.cores=[0, 1]"],
+    "torch, fast": ["source.realtime=false", "model.runtime=torch", "model.weights=builtin"],
+    "torch, 30 fps": ["source.realtime=true", "source.fps=30", "model.runtime=torch",
+                      "model.weights=builtin"],
 }
 
 

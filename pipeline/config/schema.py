@@ -327,7 +327,7 @@ class CaptureStage(_Strict):
 class PreprocessStage(_Strict):
     cores: list[int] | None = None  # None: first allowed core
     restart: Restart = "never"
-    threads: int = Field(1, ge=1, le=64)  # OpenCV threads
+    threads: int = Field(1, ge=1, le=64)  # OpenCV threads (the resize is PIL's: unused today)
     resize: Literal["crop", "squash"] = "crop"
     resize_size: int = Field(256, ge=16, le=4096)  # shorter side before the center crop
     crop_size: int = Field(224, ge=16, le=4096)  # model input is crop_size x crop_size

@@ -126,7 +126,8 @@ def test_bench_ab_runs_a_revision_and_this_tree_in_turns(tmp_path, clean_machine
     need(BOTTLE)
     out = tmp_path / "ab.json"
     p = subprocess.run([sys.executable, "tools/bench_ab.py", "--base", "HEAD", "--rounds", "1",
-                        "--duration", "2", "--warmup", "1", "--only", "30 fps", "--json", str(out)],
+                        "--duration", "2", "--warmup", "1", "--only", "onnxruntime, 30 fps", "--json",
+                        str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     medians = json.loads(out.read_text())

@@ -42,8 +42,7 @@ def auto_layout(config: "Config") -> dict[str, Any] | None:
             or any(s.host != LOCAL for s in config.source_list) or config.consumers:
         return None
     allowed = allowed_cores()
-    sources = range(len(config.source_list))
-    if len(allowed) < 2 or (len(sources) == 1 and not config.pulled(0)):
+    if len(allowed) < 2 or (len(config.source_list) == 1 and not config.pulled(0)):
         return None
     layout: dict[str, Any] = {"inference": {"cores": allowed, "workers": len(allowed)}}
     edges = config.edges

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-export: {msg}", file=sys.stderr)
         return 2
 
-    from workers.inference.classifier import ModelError
+    from workers.inference.errors import ModelError
     from workers.inference.model_plan import exported_file, installed, resolve_weights
 
     try:

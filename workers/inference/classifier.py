@@ -12,17 +12,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from pipeline.errors import UserError
+from workers.inference.errors import ModelError
 from workers.inference.model_meta import own_labels
 from workers.normalize import Normalizer
 
 if TYPE_CHECKING:
     from pipeline.config import Config
     from workers.inference.model_plan import ModelPlan
-
-
-class ModelError(UserError):
-    """A model that cannot be built as configured."""
 
 
 class Classifier(Protocol):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config.classes import imagenet_classes
-from workers.inference.classifier import ModelError
+from workers.inference.errors import ModelError
 from workers.inference.model_files import BUILTIN_MODEL, builtin_onnx, builtin_weights
 from workers.inference.model_meta import (
     ID_DIGITS,

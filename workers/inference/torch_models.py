@@ -13,7 +13,7 @@ import warnings
 import torch
 from torchvision.models import get_model, get_model_weights
 
-from workers.inference.classifier import ModelError
+from workers.inference.errors import ModelError
 
 log = logging.getLogger("inference")
 

@@ -64,7 +64,7 @@ class StateConfig(_Strict):
 
     min_prob: float = Field(0.0, ge=0, le=1)  # a class counts only at this probability or more
     watch: list[int | str] = []  # the model's class names or indices; empty: any class
-    smoothing: Literal["consecutive", "majority"] = "consecutive"
+    smoothing: Literal["consecutive", "majority"] = "consecutive"  # how `window` results decide
     # consecutive: `window` results in a row agree; majority: more than half of the last `window`
     window: int = Field(3, ge=1, le=1000)
     # Home Assistant (mqtt consumer, --discovery): a class of the model (e.g. "open" of a door
@@ -121,11 +121,11 @@ MIN_ROI_PIXELS = 8  # a region narrower or lower than this holds nothing to clas
 
 
 class _SourceBase(_Strict):
-    id: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$")
+    id: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,40}$")  # carried in every result; "": the kind
     host: str = Field(LOCAL, pattern=HOST_PATTERN)  # where this source's capture stage runs
     # A source that stops delivering for stall_ms every stall_every_s: to study camera hiccups.
     stall_ms: float = Field(0.0, ge=0, le=60000)
-    stall_every_s: float = Field(0.0, ge=0, le=3600)
+    stall_every_s: float = Field(0.0, ge=0, le=3600)  # how often the stall_ms stall comes (0: never)
     # Largest frame the source may deliver, in pixels: a ring slot is sized for the largest frame,
     # so a file declaring a huge size must not reserve its shared memory. Default: 8K UHD.
     max_frame_pixels: int = Field(MAX_FRAME_PIXELS, ge=1, le=MAX_FRAME_PIXELS_CEILING)
@@ -178,16 +178,16 @@ class SyntheticSource(_SourceBase):
     """Built-in moving test pattern: runs anywhere, needs no file or device."""
 
     kind: Literal["synthetic"]
-    width: int = Field(640, ge=16, le=7680)
-    height: int = Field(480, ge=16, le=4320)
+    width: int = Field(640, ge=16, le=7680)  # frame width in pixels
+    height: int = Field(480, ge=16, le=4320)  # frame height in pixels
     fps: float = Field(30.0, ge=0, le=1000)  # 0: as fast as possible
     frames: int = Field(0, ge=0)  # 0: endless
 
 
 class VideoSource(_SourceBase):
     kind: Literal["video"]
-    path: str
-    loop: bool = False
+    path: str  # a file OpenCV can decode (relative to the config file)
+    loop: bool = False  # start again at the end instead of ending the run
     realtime: bool = True  # pace at `fps` (or the file's own rate); false: as fast as possible
     fps: float = Field(0.0, ge=0, le=1000)  # 0: the file's own frame rate
 
@@ -195,7 +195,7 @@ class VideoSource(_SourceBase):
 class ImagesSource(_SourceBase):
     kind: Literal["images"]
     path: str  # a folder or a glob pattern
-    loop: bool = False
+    loop: bool = False  # start again after the last image instead of ending the run
     fps: float = Field(0.0, ge=0, le=1000)  # 0: as fast as possible
 
 
@@ -205,15 +205,15 @@ STREAM_URL = re.compile(r"^(rtsps?|rtmp|https?)://", re.IGNORECASE)
 class CameraSource(_SourceBase):
     kind: Literal["camera"]
     device: int | str = 0  # index N for /dev/videoN, or a device path
-    width: int = Field(640, ge=16, le=7680)
-    height: int = Field(480, ge=16, le=4320)
-    fps: float = Field(30.0, gt=0, le=1000)
+    width: int = Field(640, ge=16, le=7680)  # requested; the size the driver grants is used
+    height: int = Field(480, ge=16, le=4320)  # requested; the size the driver grants is used
+    fps: float = Field(30.0, gt=0, le=1000)  # requested frame rate
     fourcc: str = Field("", pattern=r"^([A-Za-z0-9 ]{4})?$")  # e.g. "MJPG"; empty: driver default
     backend: Literal["v4l2", "any"] = "v4l2"  # "any": let OpenCV choose (files)
     # An IP camera (device = "rtsp://...", "http://..."), read through OpenCV's FFmpeg backend:
     # a stream that does not open or stops delivering within these is a reconnect, not a hang.
     open_timeout_s: float = Field(5.0, gt=0, le=300)
-    read_timeout_s: float = Field(5.0, gt=0, le=300)
+    read_timeout_s: float = Field(5.0, gt=0, le=300)  # no frame this long: reconnect
     rtsp_transport: Literal["tcp", "udp"] = "tcp"  # tcp: no lost packets, no smeared frames
     # An IP camera's user and password: a file holding one line USER:PASSWORD, mode 0600, or a
     # bare name: $CREDENTIALS_DIRECTORY/NAME (systemd's LoadCredential=); see credentials.py.
@@ -264,8 +264,8 @@ class LoresStream(_Strict):
     """Picamera2's second, smaller stream, scaled by the ISP at no CPU cost; when given, it is the
     one the pipeline reads (the main stream still sets the field of view)."""
 
-    width: int = Field(224, ge=16, le=7680)
-    height: int = Field(224, ge=16, le=4320)
+    width: int = Field(224, ge=16, le=7680)  # even
+    height: int = Field(224, ge=16, le=4320)  # even
     format: Picamera2Format = "YUV420"  # a Pi 4 gives lores as YUV420 only
 
 
@@ -275,13 +275,13 @@ class Picamera2Source(_SourceBase):
 
     kind: Literal["picamera2"]
     camera: int = Field(0, ge=0, le=15)  # libcamera's camera number (rpicam-hello --list-cameras)
-    width: int = Field(640, ge=16, le=7680)
-    height: int = Field(480, ge=16, le=4320)
+    width: int = Field(640, ge=16, le=7680)  # main stream width (even)
+    height: int = Field(480, ge=16, le=4320)  # main stream height (even)
     fps: float = Field(30.0, gt=0, le=1000)  # the sensor's frame duration is fixed at 1/fps
     # RGB888 is B,G,R in memory, the ring's own layout: one plain copy a frame. The tutorial's
     # BGR888 is R,G,B (swapped on the copy); X...8888 carry a fourth byte; YUV420 is converted.
     format: Picamera2Format = "RGB888"
-    lores: LoresStream | None = None
+    lores: LoresStream | None = None  # a second, smaller stream; when given, the one read
     buffer_count: int = Field(4, ge=1, le=32)  # libcamera buffers in flight (none wait for us)
 
     @property
@@ -313,21 +313,23 @@ class Supervision(_Strict):
     """Restart budget and watchdog, shared by all stages."""
 
     max_restarts: int = Field(5, ge=0, le=1000)  # per stage within restart_window_s
-    restart_window_s: float = Field(60.0, gt=0, le=86400)
+    restart_window_s: float = Field(60.0, gt=0, le=86400)  # the window max_restarts counts in
     backoff_s: float = Field(0.5, ge=0, le=60)  # first delay; doubles per recent restart
-    backoff_max_s: float = Field(10.0, ge=0, le=600)
+    backoff_max_s: float = Field(10.0, ge=0, le=600)  # the longest delay before a restart
     watchdog_s: float = Field(5.0, ge=0, le=3600)  # no heartbeat this long: hung (0: off)
 
 
 class CaptureStage(_Strict):
     cores: list[int] | None = None  # None: first allowed core
-    restart: Restart = "never"
+    restart: Restart = "never"  # never: its death stops the pipeline; else restarted (supervision)
 
 
 class PreprocessStage(_Strict):
     cores: list[int] | None = None  # None: first allowed core
-    restart: Restart = "never"
+    restart: Restart = "never"  # never: its death stops the pipeline; else restarted (supervision)
     threads: int = Field(1, ge=1, le=64)  # OpenCV threads (the resize is PIL's: unused today)
+    # crop: shorter side to resize_size, centre crop crop_size (torchvision's eval transform);
+    # squash: the whole frame (or region of interest) to crop_size square
     resize: Literal["crop", "squash"] = "crop"
     resize_size: int = Field(256, ge=16, le=4096)  # shorter side before the center crop
     crop_size: int = Field(224, ge=16, le=4096)  # model input is crop_size x crop_size
@@ -340,7 +342,7 @@ class PreprocessStage(_Strict):
 
 class InferenceStage(_Strict):
     cores: list[int] | None = None  # None: every allowed core but the first
-    restart: Restart = "never"
+    restart: Restart = "never"  # never: its death stops the pipeline; else restarted (supervision)
     threads: int = Field(0, ge=0, le=256)  # 0: one per pinned core (per worker)
     spinning: bool = False  # onnxruntime's pool threads poll for work between frames
     workers: int = Field(1, ge=1, le=64)  # model processes sharing the sources' frames
@@ -355,9 +357,9 @@ class InferenceStage(_Strict):
 class AdaptiveConfig(_Strict):
     """Opt-in adaptive input resolution (see pipeline/supervisor/adaptive.py)."""
 
-    enabled: bool = False
+    enabled: bool = False  # lower the model input size when the model cannot hold target_fps
     sizes: list[int] = [224, 192, 160]  # largest first; the largest is preprocess.crop_size
-    target_fps: float = Field(30.0, gt=0, le=1000)
+    target_fps: float = Field(30.0, gt=0, le=1000)  # the frame rate to hold
     low: float = Field(0.95, gt=0, le=1)  # step down below low x target
     high: float = Field(1.15, ge=1, le=10)  # step up when the next size keeps high x target
     hold_s: float = Field(2.0, ge=0, le=600)  # how long a condition must hold
@@ -372,31 +374,35 @@ class AdaptiveConfig(_Strict):
 
 
 class ModelConfig(_Strict):
-    name: ModelName = "mobilenet_v2"
+    name: ModelName = "mobilenet_v2"  # a quantizable torchvision classifier
     # "builtin" (the shipped MobileNetV2), a state-dict or .onnx path, "DEFAULT" (torchvision's
     # download) or "none" (random weights, for timing)
     weights: str = "builtin"
     # A file of class names, one per line (line i = class i), for a model whose file names none
     # (an ONNX classifier from elsewhere); "": the names the model file carries, else ImageNet's.
     labels: str = ""
+    # auto: the runtime measured faster on this machine for this model (cached)
     runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    # torch's quantized engine; auto: qnnpack on Arm and for the MobileNets, else x86
     engine: Literal["auto", "qnnpack", "x86", "fbgemm", "onednn"] = "auto"
     jit: bool = True  # TorchScript
     channels_last: bool = False  # NHWC weights and input
-    top_k: int = Field(5, ge=1, le=1000)
-    warmup: int = Field(10, ge=0, le=10000)
+    top_k: int = Field(5, ge=1, le=1000)  # classes per result
+    warmup: int = Field(10, ge=0, le=10000)  # model runs before the stage reports ready
 
 
 TCP_ENDPOINT = r"^(tcp://[^\s/]+:[0-9]{1,5})?$"  # empty: not a tcp edge
 
 
 class Edge(_Strict):
+    # latest: the newest frame wins (older ones dropped); drop_new: a full ring drops the new
+    # frame; block: the writer waits (every frame is processed)
     policy: Policy = "latest"
-    slots: int = Field(4, ge=2, le=256)
+    slots: int = Field(4, ge=2, le=256)  # frames the edge's shared-memory ring holds
     # Across hosts (frames edge only): the writer binds `bind`, the reader connects to `connect`
     # ("{host}" stands for the capture host's name); source i of several uses port + i.
     bind: str = Field("", pattern=TCP_ENDPOINT)
-    connect: str = Field("", pattern=TCP_ENDPOINT)
+    connect: str = Field("", pattern=TCP_ENDPOINT)  # e.g. "tcp://{host}:5550"
     encoding: Literal["raw", "jpeg"] = "raw"  # how a frame travels over tcp
     quality: int = Field(90, ge=1, le=100)  # JPEG quality
 
@@ -430,11 +436,11 @@ class ConsumerConfig(_Strict):
     """A consumer started and supervised with the pipeline (same options as pipeline-attach)."""
 
     kind: str  # print, jsonl, video, preview, mqtt, collect, or MODULE:NAME / FILE.py:NAME
-    out: str | None = None
-    port: int = Field(8080, ge=0, le=65535)
-    host: str = "127.0.0.1"
-    fps: float | None = Field(None, gt=0, le=1000)
-    frames: bool = False
+    out: str | None = None  # jsonl, video: the file; collect: the dataset folder
+    port: int = Field(8080, ge=0, le=65535)  # preview: 0 picks a free port
+    host: str = "127.0.0.1"  # preview: the address it listens on
+    fps: float | None = Field(None, gt=0, le=1000)  # video: frame rate; unset: the source's
+    frames: bool = False  # a custom consumer receives the frames too
     allow_hosts: list[str] = []  # preview: more names it answers to (the Host header check)
     # preview's labelling page (/teach): on with a dataset folder
     dataset: str | None = None
@@ -443,13 +449,13 @@ class ConsumerConfig(_Strict):
     models: str | None = None  # default DATASET/../<dataset name>-models
     # mqtt (username and password: MQTT_USERNAME, MQTT_PASSWORD in the environment)
     broker: str = "mqtt://localhost:1883"  # no credentials: those come from the environment
-    topic_prefix: str | None = None
-    client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    qos: int = Field(1, ge=0, le=2)
+    topic_prefix: str | None = None  # unset: edge-pipeline/<hostname>/<pipeline name>
+    client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # unset: unique per process
+    qos: int = Field(1, ge=0, le=2)  # MQTT quality of service
     discovery: bool = False  # Home Assistant MQTT discovery
-    discovery_prefix: str = "homeassistant"
+    discovery_prefix: str = "homeassistant"  # Home Assistant's discovery topic prefix
     snapshots: bool = False  # a JPEG of the frame behind each state change
-    stats_interval: float = Field(5.0, gt=0, le=3600)
+    stats_interval: float = Field(5.0, gt=0, le=3600)  # s between stats and state refreshes
     ca: str | None = None  # mqtts: CA certificate file
     # collect (out: the dataset folder; examples go to out/unlabelled)
     quality: int = Field(90, ge=1, le=100)  # JPEG quality
@@ -522,7 +528,7 @@ WORKERS_PER_CORE = 4  # inference workers a core can hold usefully (they take tu
 
 
 class Config(_Strict, Topology):
-    name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    name: str = Field("pipeline", pattern=r"^[A-Za-z0-9_-]{1,32}$")  # instance name (--name overrides)
     source: Source = SyntheticSource(kind="synthetic")
     sources: list[Source] = []  # several sources instead of `source`
     capture: CaptureStage = CaptureStage()

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline.config.schema import Picamera2Source
 
 from .pixel_formats import converter
-from .sources import BufferFor, Source, SourceError
+from .source_base import BufferFor, Source, SourceError
 
 log = logging.getLogger("capture")
 

@@ -13,7 +13,7 @@ import io
 import logging
 import os
 import stat
-from typing import Any, BinaryIO, Callable, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import cv2
 import numpy as np
@@ -22,39 +22,17 @@ from PIL import Image
 from pipeline.config import CameraSource, ImagesSource, SyntheticSource, VideoSource, image_files
 from pipeline.config.credentials import mask_url, read_credentials, with_credentials
 from pipeline.config.schema import Picamera2Source
-from pipeline.errors import UserError
 
+from .picamera2_source import Picamera2Camera, not_for_v4l2, pi_hint
+from .source_base import BufferFor, Source, SourceError
 from .stream_probe import jpeg_size, why_not_open
 
 log = logging.getLogger("capture")
-BufferFor = Callable[[tuple[int, int, int]], np.ndarray]
 # Undecodable video frames in a row read past before the file counts as ended there: every failed
 # read moves on by one packet, and the decoder resumes at the next frame it can decode.
 SKIP_LIMIT = 250
 # PIL only reads image headers here (sizes); source.max_frame_pixels is the limit that applies.
 Image.MAX_IMAGE_PIXELS = None
-
-
-class SourceError(UserError):
-    """A source that cannot be opened or read."""
-
-
-class Source:
-    max_frame_bytes: int = 0
-    fps: float = 0.0  # pacing for the capture loop; 0: no pacing (as fast as possible / device-paced)
-    corrupt = 0  # items skipped because they could not be decoded
-    roi = 0  # images skipped because source.roi does not fit them
-    decode = 0  # video frames skipped mid-file or missing at its end because they cannot be decoded
-    damage = ""  # the first frames the file could not deliver, for the user ("": none)
-    gap = 0  # undecodable frames skipped just before the last one read (they keep their time)
-    strict = False  # every frame matters (block edges): damage ends the stream, even looping
-    live = False  # a failed read means "reconnect", not "end of stream"
-
-    def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 class Synthetic(Source):
@@ -256,8 +234,6 @@ class Camera(Source):
     IP camera's RTSP/HTTP stream through OpenCV's FFmpeg backend (`open_stream`)."""
 
     def __init__(self, cfg: CameraSource):
-        from .picamera2_source import not_for_v4l2, pi_hint  # (it imports this module)
-
         self.name = f"/dev/video{cfg.device}" if isinstance(cfg.device, int) else cfg.device
         if cfg.stream:
             self.name = mask_url(cfg.device)  # never a password in a log
@@ -526,8 +502,6 @@ def frame_bytes_estimate(cfg: AnySource) -> int:
 
 def open_source(cfg: AnySource) -> Source:
     if isinstance(cfg, Picamera2Source):
-        from .picamera2_source import Picamera2Camera  # (it imports this module)
-
         return Picamera2Camera(cfg)
     kinds = {"synthetic": Synthetic, "video": Video, "images": Images, "camera": Camera}
     return kinds[cfg.kind](cfg)

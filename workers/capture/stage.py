@@ -28,7 +28,8 @@ from pipeline.transport.tcp_edge import Curve, TcpEdgeWriter
 from workers.context import StageContext
 
 from .pacing import Pacer, Stall
-from .sources import FrameTooLarge, Source, SourceError, open_source
+from .source_base import Source, SourceError
+from .sources import FrameTooLarge, open_source
 
 RECONNECT_FIRST_S = 0.5  # back-off doubles up to RECONNECT_MAX_S between attempts
 RECONNECT_MAX_S = 8.0

@@ -1,89 +1,38 @@
-"""Shared test helpers: where the real test assets are, and running `pipeline-up` for real."""
+"""Fixtures every test may use, the `e2e` marker, and the closing line on skipped assets.
+
+Tests under tests/e2e/ run the pipeline's own processes (`pipeline-up`, stages, consumers) and
+are marked `e2e`: `pytest -m "not e2e"` runs the unit tests alone in a few seconds."""
 
 from __future__ import annotations
 
 import csv
-import glob
-import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
-WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
-BOTTLE = ASSETS / "video" / "bottle-detection.mp4"
-IMAGES = ASSETS / "images"
-# The model's cores where a test chooses them: the last two this process may use, or the one there
-# is (the shipped configs' core 1 may not exist: a 1-core machine, taskset).
-WORKER_CORES = sorted(os.sched_getaffinity(0))[-2:]
-MODEL_CORE = f"inference.cores=[{WORKER_CORES[-1]}]"
+from tests.support.assets import ASSETS, ASSETS_README, IMAGES, MISSING_ASSET, WEIGHTS, need
+from tests.support.processes import alive, owner, parent_of, shm_segments, stage_pids
+
+E2E = Path(__file__).parent / "e2e"
 
 
-def need(path: Path) -> Path:
-    if not path.exists():
-        pytest.skip(f"test asset missing: {path} (see shared/assets/README.md)")
-    return path
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
 
 
-def shm_segments() -> set[str]:
-    return set(glob.glob("/dev/shm/edge-pipeline-*"))
-
-
-def stage_pids() -> set[int]:
-    """Stage processes of any pipeline on this machine."""
-    out = subprocess.run(["pgrep", "-f", "workers.stage --stage"], capture_output=True, text=True)
-    return {int(p) for p in out.stdout.split()}
-
-
-def _alive(pid: int) -> bool:
-    return os.path.exists(f"/proc/{pid}")
-
-
-def _owner(segment: str) -> int:
-    """Supervisor pid in a segment name edge-pipeline-NAME-PID-START.EDGE (-1 if not one)."""
-    from pipeline.supervisor.shm import SEGMENT
-
-    m = SEGMENT.match(os.path.basename(segment))
-    return int(m["pid"]) if m else -1
-
-
-def _parent_of(stage_pid: int) -> int:
-    try:
-        args = open(f"/proc/{stage_pid}/cmdline").read().split("\0")
-    except FileNotFoundError:
-        return -1
-    return int(args[args.index("--parent") + 1]) if "--parent" in args else -1
-
-
-def pipeline_cmd(config: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / config), *args]
-
-
-def launch(cmd: list[str], **popen: object) -> subprocess.Popen:
-    """Start `pipeline-up` (stdout and stderr piped) and return once it says `running:`."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **popen)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if line.startswith("running:") or not line:
-            break
-    assert proc.poll() is None, proc.stderr.read()
-    return proc
-
-
-def run_pipeline(config: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(pipeline_cmd(config, *args), cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Say how many tests were skipped for want of the large assets, and where those come from."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    missing = sum(1 for r in skipped if MISSING_ASSET in str(r.longrepr))
+    if missing:
+        terminalreporter.write_line(
+            f"{missing} of {len(skipped)} skipped tests need {ASSETS_README}: "
+            f"not found at {ASSETS}; every other test ran.")
+    elif skipped:
+        terminalreporter.write_line(f"{len(skipped)} skipped (see -rs); none for missing assets.")
 
 
 @pytest.fixture
@@ -95,15 +44,10 @@ def clean_machine():
     before_shm, before_pids = shm_segments(), stage_pids()
     yield
     time.sleep(0.2)
-    leaked = {s for s in shm_segments() - before_shm if not _alive(_owner(s))}
+    leaked = {s for s in shm_segments() - before_shm if not alive(owner(s))}
     assert not leaked, f"leaked /dev/shm segments: {leaked}"
-    strays = {p for p in stage_pids() - before_pids if not _alive(_parent_of(p))}
+    strays = {p for p in stage_pids() - before_pids if not alive(parent_of(p))}
     assert not strays, f"stage processes left running: {strays}"
-
-
-# 4 of the 200 images: the preprocessing is torchvision's to within one grey level (0.865 against
-# 0.865 torch, 0.870 onnxruntime measured), the rest is another runtime's or CPU's int8 rounding.
-ACCURACY_MARGIN = 0.02
 
 
 @pytest.fixture(scope="session")
@@ -116,7 +60,6 @@ def reference_accuracy() -> float:
     from torchvision import transforms
     from torchvision.models.quantization import mobilenet_v2
 
-    need(WEIGHTS)
     with open(need(IMAGES) / "labels.csv") as f:
         labels = {row["file"]: int(row["class_index"]) for row in csv.DictReader(f)}
     torch.backends.quantized.engine = "qnnpack"

@@ -29,7 +29,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pipeline.client.subscription import Result
+from pipeline.client.result import Result
 from pipeline.config import Config, StateConfig
 
 NONE = "none"  # the state's label when no watched class qualifies

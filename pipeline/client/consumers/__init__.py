@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from pipeline.client.subscription import Result, Subscription
+from pipeline.client.result import Result
+from pipeline.client.subscription import Subscription
 from pipeline.errors import UserError
 
 BUILTIN = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from pipeline.client.subscription import Result
+from pipeline.client.result import Result
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 

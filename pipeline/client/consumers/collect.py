@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from pipeline.client.subscription import Result
+from pipeline.client.result import Result
 from pipeline.errors import UserError
 from pipeline.outputs import check_folder
 from pipeline.train.dataset import COLLECTED, IMAGE_SUFFIXES, UNLABELLED

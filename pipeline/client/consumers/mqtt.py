@@ -52,8 +52,8 @@ import paho.mqtt.client as mqtt
 
 from pipeline.client.consumers.homeassistant import discovery_configs, node_id, object_id
 from pipeline.client.model import running_model
+from pipeline.client.result import Result
 from pipeline.client.states import State, StateEvent, Tracker
-from pipeline.client.subscription import Result
 from pipeline.config import Config
 from pipeline.config.classes import imagenet_classes
 from pipeline.errors import UserError

@@ -6,8 +6,8 @@ import json
 import sys
 from typing import IO, Any
 
+from pipeline.client.result import Result
 from pipeline.client.states import Tracker
-from pipeline.client.subscription import Result
 from pipeline.errors import UserError
 
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 
 from pipeline.client.consumers.annotate import RateMeter, annotate
-from pipeline.client.subscription import Result
+from pipeline.client.result import Result
 from pipeline.errors import UserError
 from pipeline.outputs import Replacement
 

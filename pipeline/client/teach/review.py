@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.client.consumers.collect import MAX_EXAMPLES, ExampleSaver, source_configs
+from pipeline.client.result import Result
 from pipeline.client.states import Tracker
-from pipeline.client.subscription import Result
 from pipeline.errors import UserError
 
 from .store import mark_review

@@ -10,9 +10,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from pipeline.strings import broker_problem, control_problem, topic_prefix_problem
-
 from .classes import class_indices
+from .consumers import ConsumerConfig
 from .credentials import has_user_info, mask_url
 from .topology import Topology, _core_list, allowed_cores
 
@@ -427,101 +426,6 @@ class CurveConfig(_Strict):
 
     keys: str = ""  # empty: tcp edges are plain
 
-
-
-BUILTIN_CONSUMERS = ("print", "jsonl", "video", "preview", "mqtt", "collect")
-
-
-class ConsumerConfig(_Strict):
-    """A consumer started and supervised with the pipeline (same options as pipeline-attach)."""
-
-    kind: str  # print, jsonl, video, preview, mqtt, collect, or MODULE:NAME / FILE.py:NAME
-    out: str | None = None  # jsonl, video: the file; collect: the dataset folder
-    port: int = Field(8080, ge=0, le=65535)  # preview: 0 picks a free port
-    host: str = "127.0.0.1"  # preview: the address it listens on
-    fps: float | None = Field(None, gt=0, le=1000)  # video: frame rate; unset: the source's
-    frames: bool = False  # a custom consumer receives the frames too
-    allow_hosts: list[str] = []  # preview: more names it answers to (the Host header check)
-    # preview's labelling page (/teach): on with a dataset folder
-    dataset: str | None = None
-    token: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{16,128}$")  # default: random, printed
-    review_below: float = Field(0.6, ge=0, le=1)  # top-1 probability below which results are saved
-    models: str | None = None  # default DATASET/../<dataset name>-models
-    # mqtt (username and password: MQTT_USERNAME, MQTT_PASSWORD in the environment)
-    broker: str = "mqtt://localhost:1883"  # no credentials: those come from the environment
-    topic_prefix: str | None = None  # unset: edge-pipeline/<hostname>/<pipeline name>
-    client_id: str | None = Field(None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")  # unset: unique per process
-    qos: int = Field(1, ge=0, le=2)  # MQTT quality of service
-    discovery: bool = False  # Home Assistant MQTT discovery
-    discovery_prefix: str = "homeassistant"  # Home Assistant's discovery topic prefix
-    snapshots: bool = False  # a JPEG of the frame behind each state change
-    stats_interval: float = Field(5.0, gt=0, le=3600)  # s between stats and state refreshes
-    ca: str | None = None  # mqtts: CA certificate file
-    # collect (out: the dataset folder; examples go to out/unlabelled)
-    quality: int = Field(90, ge=1, le=100)  # JPEG quality
-    min_interval: float = Field(1.0, ge=0, le=86400)  # s of capture time between frames considered
-    min_difference: float = Field(0.1, ge=0, le=2)  # thumbnail difference from every kept example
-    max_examples: int = Field(200, ge=1, le=1_000_000)  # per source and run
-    verbose: bool = False  # a line per example saved
-
-    @field_validator("kind")
-    @classmethod
-    def _known_kind(cls, kind: str) -> str:
-        if kind not in BUILTIN_CONSUMERS and not re.fullmatch(r"[\w./-]+:\w+", kind):
-            raise ValueError(f"consumers.kind: {kind!r} is not {', '.join(BUILTIN_CONSUMERS)} "
-                             f"or MODULE:NAME")
-        return kind
-
-    @field_validator("out", "host", "allow_hosts", "ca", "topic_prefix", "discovery_prefix",
-                     "broker", "dataset", "models")
-    @classmethod
-    def _usable_string(cls, value: str | list[str] | None, info: ValidationInfo
-                       ) -> str | list[str] | None:
-        """No control characters (a NUL byte cannot even be passed on); a broker URL and topic
-        prefixes the mqtt consumer can use."""
-        for item in value if isinstance(value, list) else [value]:
-            what = f"consumers.{info.field_name}"
-            problem = item is not None and (
-                broker_problem(item) if info.field_name == "broker"
-                else topic_prefix_problem(what, item) if info.field_name.endswith("prefix")
-                else control_problem(what, item))
-            if problem:
-                raise ValueError(problem if problem.startswith("consumers.") else f"consumers.{problem}")
-        return value
-
-    @model_validator(mode="after")
-    def _video_needs_out(self) -> "ConsumerConfig":
-        if self.kind == "video" and not self.out:
-            raise ValueError("consumers: a video consumer needs out = \"FILE.mp4\"")
-        if self.kind == "collect" and not self.out:
-            raise ValueError("consumers: a collect consumer needs out = \"FOLDER\" (the dataset)")
-        return self
-
-    def attach_args(self) -> list[str]:
-        """The pipeline-attach arguments that run this consumer."""
-        args = ["--consumer", self.kind, "--port", str(self.port), "--host", self.host]
-        args += ["--out", self.out] if self.out else []
-        args += ["--fps", str(self.fps)] if self.fps else []
-        args += ["--frames"] if self.frames else []
-        args += [arg for h in self.allow_hosts for arg in ("--allow-host", h)]
-        if self.kind == "mqtt":
-            args += ["--broker", self.broker, "--qos", str(self.qos), "--discovery-prefix",
-                     self.discovery_prefix, "--stats-interval", str(self.stats_interval)]
-            args += ["--topic-prefix", self.topic_prefix] if self.topic_prefix else []
-            args += ["--client-id", self.client_id] if self.client_id else []
-            args += ["--ca", self.ca] if self.ca else []
-            args += ["--discovery"] if self.discovery else []
-            args += ["--snapshots"] if self.snapshots else []
-        if self.kind == "preview" and self.dataset:
-            args += ["--dataset", self.dataset, "--review-below", str(self.review_below)]
-            args += ["--token", self.token] if self.token else []
-            args += ["--models", self.models] if self.models else []
-        if self.kind == "collect":
-            args += ["--quality", str(self.quality), "--min-interval", str(self.min_interval),
-                     "--min-difference", str(self.min_difference),
-                     "--max-examples", str(self.max_examples)]
-            args += ["--verbose"] if self.verbose else []
-        return args
 
 
 WORKERS_PER_CORE = 4  # inference workers a core can hold usefully (they take turns on it)

@@ -14,7 +14,6 @@ from .errors import ConfigError
 from .load import PATH_KEYS, load_config, parse_override, validate
 from .schema import (
     HOST_PATTERN,
-    LOCAL,
     MODEL_NAMES,
     TCP_ENDPOINT,
     WEIGHTS_SPECIAL,
@@ -39,7 +38,7 @@ from .schema import (
     SyntheticSource,
     VideoSource,
 )
-from .topology import CORES_ENV, Instance, allowed_cores, keep_off_inference_cores
+from .topology import CORES_ENV, LOCAL, Instance, allowed_cores, keep_off_inference_cores
 
 __all__ = [
     "CORES_ENV",

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from .classes import class_indices
 from .consumers import ConsumerConfig
 from .credentials import has_user_info, mask_url
-from .topology import Topology, _core_list, allowed_cores
+from .topology import LOCAL, Topology, _core_list, allowed_cores
 
 MODEL_NAMES = (
     "mobilenet_v2",
@@ -42,7 +42,6 @@ class _Strict(BaseModel):
 MAX_FRAME_PIXELS = 7680 * 4320  # source.max_frame_pixels by default: the largest width x height allowed
 MAX_FRAME_PIXELS_CEILING = 1 << 30  # OpenCV decodes no larger image anyway
 HOST_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-LOCAL = "local"  # the host of every stage a config does not place elsewhere
 
 
 # Home Assistant's binary sensor device classes (BinarySensorDeviceClass, as of Home Assistant
@@ -134,6 +133,12 @@ class _SourceBase(_Strict):
     roi: list[int | float] | None = None
     state: StateConfig | None = None  # how results become a state; None: the smoothed top-1
 
+    @property
+    def clockless(self) -> bool:
+        """Whether the source has no clock of its own (a file read as fast as possible): its
+        frames can be read on demand (`Topology.pulled`)."""
+        return False
+
     @field_validator("roi")
     @classmethod
     def _roi_shape(cls, roi: list[int | float] | None) -> list[int | float] | None:
@@ -182,6 +187,10 @@ class SyntheticSource(_SourceBase):
     fps: float = Field(30.0, ge=0, le=1000)  # 0: as fast as possible
     frames: int = Field(0, ge=0)  # 0: endless
 
+    @property
+    def clockless(self) -> bool:
+        return self.fps == 0
+
 
 class VideoSource(_SourceBase):
     kind: Literal["video"]
@@ -190,12 +199,20 @@ class VideoSource(_SourceBase):
     realtime: bool = True  # pace at `fps` (or the file's own rate); false: as fast as possible
     fps: float = Field(0.0, ge=0, le=1000)  # 0: the file's own frame rate
 
+    @property
+    def clockless(self) -> bool:
+        return not self.realtime
+
 
 class ImagesSource(_SourceBase):
     kind: Literal["images"]
     path: str  # a folder or a glob pattern
     loop: bool = False  # start again after the last image instead of ending the run
     fps: float = Field(0.0, ge=0, le=1000)  # 0: as fast as possible
+
+    @property
+    def clockless(self) -> bool:
+        return self.fps == 0
 
 
 STREAM_URL = re.compile(r"^(rtsps?|rtmp|https?)://", re.IGNORECASE)

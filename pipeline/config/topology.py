@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from .schema import Config
 
 __all__ = ["CORES_ENV", "allowed_cores"]  # re-exported: the config is where callers look
+LOCAL = "local"  # the host of every stage a config does not place elsewhere
 
 
 def keep_off_inference_cores(config: "Config") -> None:
@@ -35,8 +36,6 @@ def auto_layout(config: "Config") -> dict[str, Any] | None:
     runs `[[consumers]]` (they run below everything, on the time the first core has spare: with
     every core busy they would fall behind, and frames would be gone before they read them) and
     for stages on other hosts, whose cores are not known here."""
-    from .schema import LOCAL  # schema imports this module
-
     inf = config.inference
     if {"workers", "cores"} & inf.model_fields_set or inf.host != LOCAL \
             or any(s.host != LOCAL for s in config.source_list) or config.consumers:
@@ -114,12 +113,8 @@ class Topology:
     def pulled(self, source: int) -> bool:
         """Whether a source is read on demand: it has no clock of its own, its frames stay on
         this host, and `edges.pull` is "auto"."""
-        from .schema import ImagesSource, SyntheticSource, VideoSource  # schema imports this module
-
-        src = self.source_list[source]
-        clockless = (isinstance(src, VideoSource) and not src.realtime) or \
-            (isinstance(src, (ImagesSource, SyntheticSource)) and src.fps == 0)
-        return self.edges.pull == "auto" and clockless and not self.edges.frames.tcp
+        return self.edges.pull == "auto" and self.source_list[source].clockless \
+            and not self.edges.frames.tcp
 
     def policy(self, edge: str, source: int) -> str:
         """The back-pressure policy of a source's edge: in order ("block") when it is pulled."""

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.client.result import Result
 from pipeline.client.states import Tracker
-from pipeline.client.subscription import Result
 from tests.support.assets import BOTTLE, ROOT, need
 from tests.support.processes import MODEL_CORE, launch, pipeline_cmd, read_jsonl
 from tests.support.subset_model import feature_map_model, subset_model

@@ -20,7 +20,8 @@ from pipeline.config import ConfigError, load_config
 from pipeline.supervisor.shm import frame_bytes
 from tests.support.assets import BOTTLE, IMAGES, ROOT, need
 from tests.support.processes import run_pipeline, shm_segments
-from workers.capture.sources import Images, SourceError
+from workers.capture.source_base import SourceError
+from workers.capture.sources import Images
 
 SMALL = ("n01440764_tench.JPEG", "n02356798_fox_squirrel.JPEG")  # 2 real photos
 HUGE = 12000  # a 12000x12000 frame: 432 MB decoded, 1.6 GB for a ring of 4 slots

@@ -25,7 +25,8 @@ import pytest
 from pipeline.config import ConfigError, load_config
 from tests.support.assets import IMAGES, ROOT, need
 from tests.support.processes import launch, pipeline_cmd, read_jsonl, run_pipeline
-from workers.capture.sources import Images, SourceError
+from workers.capture.source_base import SourceError
+from workers.capture.sources import Images
 
 GIB = 2 ** 30
 MIB = 2 ** 20

@@ -265,7 +265,8 @@ def huge_jpeg() -> bytes:
 OPEN_ONLY = """
 import sys
 from pipeline.config import CameraSource
-from workers.capture.sources import SourceError, open_source
+from workers.capture.source_base import SourceError
+from workers.capture.sources import open_source
 try:
     open_source(CameraSource(kind="camera", device=sys.argv[1], open_timeout_s=20))
 except SourceError as e:

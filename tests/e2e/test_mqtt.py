@@ -22,8 +22,8 @@ import tomli_w
 from pipeline import attach
 from pipeline.client.consumers.homeassistant import discovery_configs
 from pipeline.client.consumers.mqtt import host_name
+from pipeline.client.result import Result
 from pipeline.client.states import StateMachine
-from pipeline.client.subscription import Result
 from pipeline.config import StateConfig
 from tests.support.assets import BOTTLE, ROOT, need
 from tests.support.mqtt_broker import Broker, Watcher

@@ -22,7 +22,8 @@ from tests.support.assets import ROOT
 from tests.support.processes import pipeline_cmd
 from workers.capture import picamera2_source as pc
 from workers.capture.pixel_formats import FORMATS, converter, from_rgb888, from_yuv420
-from workers.capture.sources import Camera, SourceError, frame_bytes_estimate, open_source
+from workers.capture.source_base import SourceError
+from workers.capture.sources import Camera, frame_bytes_estimate, open_source
 
 PACKED = ("RGB888", "BGR888", "XRGB8888", "XBGR8888")
 # (width, height): no row padding for RGB888 at 640; 224 and a lores width of 250 (not a multiple

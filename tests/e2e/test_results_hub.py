@@ -19,7 +19,8 @@ import msgpack
 import pytest
 import zmq
 
-from pipeline.client.subscription import Result, Subscription
+from pipeline.client.result import Result
+from pipeline.client.subscription import Subscription
 from pipeline.transport.rundir import (
     RESULTS_IN,
     NotRunning,

@@ -16,7 +16,8 @@ import pytest
 from pipeline.config.schema import ModelConfig
 from tests.support.assets import ACCURACY_MARGIN, ASSETS, IMAGES, ROOT, need
 from tests.support.processes import read_jsonl, run_pipeline
-from workers.inference.classifier import ModelError, OnnxClassifier, TorchClassifier, top_k
+from workers.inference.classifier import OnnxClassifier, TorchClassifier, top_k
+from workers.inference.errors import ModelError
 from workers.inference.model_files import builtin_onnx, builtin_weights
 from workers.inference.model_plan import plan_model
 from workers.inference.onnx_export import file_sha256

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.client.result import Prediction, Result
 from pipeline.client.states import StateMachine, Tracker
-from pipeline.client.subscription import Prediction, Result
 from pipeline.config import ConfigError, StateConfig, load_config
 from pipeline.config.classes import CLASSES_FILE, imagenet_classes
 from tests.support.assets import BOTTLE, IMAGES, ROOT, need

@@ -15,7 +15,8 @@ from pipeline.config import load_config
 from tests.support.assets import ASSETS, BOTTLE, need
 from tests.support.processes import read_jsonl, run_pipeline
 from workers.capture.pacing import Pacer
-from workers.capture.sources import SourceError, Video
+from workers.capture.source_base import SourceError
+from workers.capture.sources import Video
 
 CAR = ASSETS / "video" / "car-detection.mp4"  # its index (moov) comes first: a cut copy still opens
 

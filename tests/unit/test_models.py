@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.support.assets import IMAGES, WEIGHTS, need
-from workers.inference.torch_models import ModelError, categories, choose_engine, load_classifier, warm_up
+from workers.inference.errors import ModelError
+from workers.inference.torch_models import categories, choose_engine, load_classifier, warm_up
 from workers.preprocess.transform import Preprocessor
 
 

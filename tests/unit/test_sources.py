@@ -11,7 +11,8 @@ from PIL import Image, ImageOps
 
 from pipeline.config import load_config
 from tests.support.assets import BOTTLE, IMAGES, need
-from workers.capture.sources import Camera, Images, SourceError, Synthetic, Video, open_source
+from workers.capture.source_base import SourceError
+from workers.capture.sources import Camera, Images, Synthetic, Video, open_source
 
 
 class Buffers:

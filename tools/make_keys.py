@@ -1,4 +1,4 @@
-"""Make a CURVE key pair for each named host: `python tools/make_keys.py keys cam box`.
+"""Make a CURVE key pair for each named host: `python -m tools.make_keys keys cam box`.
 
 Writes KEYS/HOST.key (public: copy it to every host of the pipeline) and KEYS/HOST.key_secret
 (secret, mode 0600: it stays on HOST). Point the topology's `curve.keys` at the folder.
@@ -16,7 +16,7 @@ import zmq.auth
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="make_keys.py", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.make_keys", description=__doc__.splitlines()[0])
     ap.add_argument("folder", help="where the keys go (created if missing)")
     ap.add_argument("hosts", nargs="+", help="host names as the topology names them")
     ap.add_argument("--force", action="store_true", help="replace existing key pairs")

@@ -71,7 +71,7 @@ def _check_keys(config: Config, host: str | None) -> None:
     for h, suffix in needed:
         if not os.path.isfile(os.path.join(keys, h + suffix)):
             raise ConfigError(f"curve.keys: no {h}{suffix} in {keys} (make a key pair with "
-                              f"`python tools/make_keys.py {keys} {h}`; copy only the .key "
+                              f"`python -m tools.make_keys {keys} {h}`; copy only the .key "
                               f"files to other hosts)")
 
 

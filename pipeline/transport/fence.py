@@ -10,7 +10,7 @@ How: `atomic_thread_fence` from libatomic (GCC's runtime library, Debian package
 called through ctypes, so the target needs no compiler. Its whole body is one barrier: `dmb ish`
 on aarch64, `lock or $0,(%rsp)` on x86-64 (libatomic is compiled without knowing the order it
 will be given, so it always fences seq_cst). A call costs about 150 ns on x86-64, nearly all of
-it ctypes (`tools/bench_fence.py`).
+it ctypes (`python -m tools.bench.fence`).
 
 Without libatomic, x86 falls back to no fence at all (the ring never needs a store ordered before
 a later load, the one reordering TSO allows); any other machine fails here, naming the package,

@@ -11,7 +11,7 @@ Ordering: Arm may reorder plain loads among themselves and plain stores among th
 the reader fences in `intact`, before re-reading the words, so a byte of a newer frame implies it
 sees the newer `begin`. A reader learns of a frame through a descriptor; its path through ZeroMQ
 and the kernel is a chain of release and acquire operations, so the payload is visible to the
-reader when its read starts. (tools/bench_fence.py: three fences cost about 1% of writing a
+reader when its read starts. (tools/bench/fence.py: three fences cost about 1% of writing a
 640x480 frame.)
 
 Two counters in the header carry flow control for the `block` and `drop_new` policies: `written`

@@ -120,9 +120,9 @@ def test_video_consumer_writes_decodable_annotated_mp4(live, tmp_path):
 
 
 def test_plain_pyzmq_subscriber_from_the_docs(live):
-    src = (ROOT / "tools" / "subscribe_plain.py").read_text()
+    src = (ROOT / "tools" / "examples" / "subscribe_plain.py").read_text()
     assert "import pipeline" not in src and "from pipeline" not in src and "workers" not in src
-    p = subprocess.run([sys.executable, str(ROOT / "tools" / "subscribe_plain.py"), "attachlab",
+    p = subprocess.run([sys.executable, str(ROOT / "tools" / "examples" / "subscribe_plain.py"), "attachlab",
                         "--count", "10"], capture_output=True, text=True, timeout=60,
                        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"}, cwd="/")
     lines = p.stdout.splitlines()
@@ -131,10 +131,10 @@ def test_plain_pyzmq_subscriber_from_the_docs(live):
 
 def test_custom_consumers_function_and_class(live):
     p = attach_cmd("--name", "attachlab", "--consumer",
-                   "tools/example_consumer.py:print_changes", "--count", "30")
+                   "tools/examples/consumer.py:print_changes", "--count", "30")
     assert p.returncode == 0 and p.stdout.startswith("seq ") and "now " in p.stdout
     p = attach_cmd("--name", "attachlab", "--consumer",
-                   "tools/example_consumer.py:LabelCounter", "--count", "30")
+                   "tools/examples/consumer.py:LabelCounter", "--count", "30")
     counts = [int(line.split()[0]) for line in p.stdout.splitlines()]
     assert p.returncode == 0 and sum(counts) <= 30 and counts[0] > 10
     bad = attach_cmd("--name", "attachlab", "--consumer", "tools/nope.py:x")

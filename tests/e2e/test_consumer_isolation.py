@@ -4,7 +4,7 @@ Kept apart from test_attach.py so no other pipeline shares the cores while throu
 The model runs in torch here: isolation means a consumer never makes the pipeline wait, which is
 only measurable where the consumers have CPU time to run on. With onnxruntime this pipeline keeps
 both cores busy by itself, and ten consumers reading 250 results a second each take their CPU
-time from capture's core (tools/bench_consumers.py measures that case).
+time from capture's core (tools/bench/consumers.py measures that case).
 Throughput with consumers is compared with the same run's throughput without them just before and
 after, so a machine that is slow or loaded (by anything) is so on both sides of the comparison.
 """

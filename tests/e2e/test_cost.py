@@ -3,7 +3,7 @@ the work around the model (a busy wait, a message or wake-up too many per frame,
 logging) shows as more waits per frame or more CPU beside the model's, whatever the machine's
 speed. Measured here at 30 fps: about 10.5 voluntary context switches a frame across every
 thread of every process, and the processes around the model using about 0.65x the model
-worker's CPU (tools/bench.py --cost has the figures in milliseconds)."""
+worker's CPU (tools/bench/pipeline.py --cost has the figures in milliseconds)."""
 
 from __future__ import annotations
 

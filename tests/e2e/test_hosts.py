@@ -142,7 +142,7 @@ def test_two_hosts_over_tcp_classify_and_recover_when_either_side_is_stopped(tmp
 def test_curve_admits_only_clients_whose_key_is_in_the_folder(tmp_path, clean_machine):
     keys, strangers = tmp_path / "keys", tmp_path / "strangers"
     for folder, hosts in ((keys, ["cam", "box"]), (strangers, ["box"])):
-        p = subprocess.run([sys.executable, "tools/make_keys.py", str(folder), *hosts], cwd=ROOT,
+        p = subprocess.run([sys.executable, "-m", "tools.make_keys", str(folder), *hosts], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
     assert oct((keys / "cam.key_secret").stat().st_mode & 0o777) == "0o600"

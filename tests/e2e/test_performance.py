@@ -1,5 +1,5 @@
 """Performance features on real runs: the uint8 input ring and channels-last give the same
-answers, spikes stay in their stage, and tools/bench.py measures what it claims."""
+answers, spikes stay in their stage, and tools/bench/pipeline.py measures what it claims."""
 
 from __future__ import annotations
 
@@ -96,12 +96,12 @@ def test_a_slow_model_frame_neither_delays_capture_nor_queues_frames(tmp_path, c
 
 
 def test_bench_tool_measures_all_four_runs(tmp_path):
-    """A short run of tools/bench.py: every run of both runtimes measured, the ratios computed
+    """A short run of tools.bench.pipeline: every run of both runtimes measured, the ratios computed
     from them."""
     need(BOTTLE)
     need(WEIGHTS)
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, "tools/bench.py", "--duration", "2", "--json", str(out)],
+    p = subprocess.run([sys.executable, "-m", "tools.bench.pipeline", "--duration", "2", "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(out.read_text())["main"]
@@ -122,11 +122,11 @@ def test_bench_tool_measures_all_four_runs(tmp_path):
 
 
 def test_bench_ab_runs_a_revision_and_this_tree_in_turns(tmp_path, clean_machine):
-    """tools/bench_ab.py against HEAD: both trees run the paced config, their medians compared,
+    """tools.bench.ab against HEAD: both trees run the paced config, their medians compared,
     and the base revision's worktree is gone afterwards."""
     need(BOTTLE)
     out = tmp_path / "ab.json"
-    p = subprocess.run([sys.executable, "tools/bench_ab.py", "--base", "HEAD", "--rounds", "1",
+    p = subprocess.run([sys.executable, "-m", "tools.bench.ab", "--base", "HEAD", "--rounds", "1",
                         "--duration", "2", "--warmup", "1", "--only", "onnxruntime, 30 fps", "--json",
                         str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -145,6 +145,6 @@ def test_bench_ab_runs_a_revision_and_this_tree_in_turns(tmp_path, clean_machine
 
 def test_bench_ab_refuses_an_unknown_revision():
     need(BOTTLE)
-    p = subprocess.run([sys.executable, "tools/bench_ab.py", "--base", "no-such-revision"],
+    p = subprocess.run([sys.executable, "-m", "tools.bench.ab", "--base", "no-such-revision"],
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--base no-such-revision" in p.stderr

@@ -292,10 +292,8 @@ def test_restart_budget_exhausted_stops_with_the_stage_and_its_last_error():
 
 def test_bounded_soak_shows_no_growth():
     """About a minute of the soak tool: memory, descriptors and shared memory stay flat."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import soak
-
     from tests.support.assets import BOTTLE, WEIGHTS, need
+    from tools.bench import soak
 
     need(BOTTLE), need(WEIGHTS)
     rows = soak.run(minutes=1.0, every=5.0, warmup=20.0, name="minisoak")
@@ -350,9 +348,7 @@ def test_a_stage_restarts_with_dev_shm_full(tmp_path):
 
     from pipeline import attach
     from tests.support.processes import stage_pid
-
-    sys.path.insert(0, str(ROOT / "tools"))
-    from private_mounts import PrivateMounts, fill
+    from tools.bench.private_mounts import PrivateMounts, fill
 
     try:
         ns = PrivateMounts(shm_bytes=64 * 2**20)
@@ -464,9 +460,7 @@ def _account_after_kills(tmp_path, name: str, sets: list[str], kills: list[str])
 
     from pipeline import attach
     from tests.support.processes import stage_pid
-
-    sys.path.insert(0, str(ROOT / "tools"))
-    from soak_faults import account
+    from tools.bench.soak_faults import account
 
     record, summary = tmp_path / f"{name}.jsonl", tmp_path / f"{name}.json"
     restart = [f"{stage}.restart=always" for stage in ("capture", "preprocess", "inference")]

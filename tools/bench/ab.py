@@ -2,9 +2,10 @@
 
 A change that should not cost speed (a refactor) is checked here: the same input, the same
 configs, the two trees alternating round by round (before-after, then after-before), so the
-machine's drift hits both alike. Prints each run and the median per config and tree.
+machine's drift hits both alike. Prints each run and the median per config and tree;
+`--markdown` prints the medians as a markdown table for docs/performance.md.
 
-    .venv/bin/python tools/bench_ab.py --base HEAD~3 --rounds 3
+    .venv/bin/python -m tools.bench.ab --base HEAD~3 --rounds 3 [--markdown]
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-BOTTLE = ROOT.parent / "shared" / "assets" / "video" / "bottle-detection.mp4"
+from tools.assets import ROOT, default_video
+from tools.bench.kit import markdown
+
 CONFIGS = {
     "onnxruntime, fast": ["source.realtime=false"],
     "onnxruntime, 30 fps": ["source.realtime=true", "source.fps=30"],
@@ -91,15 +93,30 @@ def summary(runs: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any
     return out
 
 
+def markdown_table(medians: dict[str, Any]) -> str:
+    """The medians as a markdown table: a row per config, its runtime named by the config."""
+    rows = []
+    for config, m in medians.items():
+        before, after = m["before"], m["after"]
+        rows.append([config, f"{before['fps']:.1f}", f"{after['fps']:.1f}", f"{m['fps after/before']:.2f}",
+                     f"{before['p50']:.1f} / {before['p99']:.1f} → {after['p50']:.1f} / {after['p99']:.1f}",
+                     *markdown.provenance(config.split(",")[0])])
+    return markdown.table(["config", "before fps", "after fps", "after / before",
+                           "e2e p50 / p99 ms, before → after", *markdown.PROVENANCE], rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="the git revision to compare against (before)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every config in both trees (3)")
     ap.add_argument("--duration", type=float, default=12.0, help="seconds counted per run (12)")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds left out at the start (3)")
-    ap.add_argument("--video", type=Path, default=BOTTLE, help=f"input video (default: {BOTTLE})")
+    ap.add_argument("--video", type=Path, default=default_video(),
+                    help="input video (default: %(default)s)")
     ap.add_argument("--only", help="run only the configs whose name contains this")
     ap.add_argument("--json", help="also write the medians here")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the medians as a markdown table, each row with its runtime, date, machine")
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0:
         ap.error("--rounds must be at least 1, --duration positive, --warmup not negative")
@@ -125,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{config:<30} {tree:<7} {m[tree]['fps']:7.1f} fps  e2e p50 {m[tree]['p50']:6.2f}  "
                   f"p99 {m[tree]['p99']:6.2f} ms")
         print(f"{config:<30} fps after/before {m['fps after/before']:.3f}")
+    if args.markdown:
+        print("\n" + markdown_table(medians))
     if args.json:
         Path(args.json).write_text(json.dumps(medians, indent=1) + "\n")
     return 0

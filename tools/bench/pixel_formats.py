@@ -3,7 +3,7 @@ mapped camera buffer into a frames-ring slot, for every format it accepts, again
 `np.copyto` of the same-sized BGR frame into a slot (the least any source does), measured in the
 same run.
 
-    .venv/bin/python tools/bench_pixel_formats.py [--sizes 640x480 224x224] [--repeats 9]
+    .venv/bin/python -m tools.bench.pixel_formats [--sizes 640x480 224x224] [--repeats 9]
 
 Camera buffers have rows padded to 64 bytes, as the Pi's ISP gives them (a 224-pixel row of
 RGB888 is 704 bytes, of YUV420 256): the conversion reads them the way Picamera2's MappedArray

@@ -1,9 +1,9 @@
 """Soak test: run a pipeline for a long time the way an unattended camera box runs, with
 consumers attaching and detaching, and watch for slow leaks.
 
-    .venv/bin/python tools/soak.py --minutes 20 [--json soak.json] [--plot soak.png]
+    .venv/bin/python -m tools.bench.soak --minutes 20 [--json soak.json] [--plot soak.png]
 
-Plays bottle-detection.mp4 as a live 30 fps camera (loop, every stage on restart = "always").
+Plays the bottle clip as a live 30 fps camera (loop, every stage on restart = "always").
 Every few seconds a consumer (print, jsonl, video or preview, in turn) attaches for a few seconds
 and detaches. Every `--every` seconds it samples RSS and open file descriptors of the supervisor
 and each stage, /dev/shm usage, drops and restarts; it prints a line per sample and, at the end,
@@ -26,11 +26,9 @@ from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-ASSETS = ROOT.parent / "shared" / "assets"
-VIDEO = ASSETS / "video" / "bottle-detection.mp4"
-WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
+from tools.assets import CONFIGS, ROOT, WEIGHTS, default_video, missing
+
+VIDEO = default_video()
 CONSUMERS = (["--consumer", "print"], ["--format", "jsonl", "--out", os.devnull],
              ["--consumer", "video", "--out", "{tmp}/soak.mp4"], ["--consumer", "preview", "--port", "0"])
 
@@ -78,7 +76,7 @@ def run(minutes: float, every: float, warmup: float, name: str = "soak") -> list
 
     sets = [f"source.path={VIDEO}", f"model.weights={WEIGHTS}", "source.loop=true",
             "capture.restart=always", "preprocess.restart=always", "inference.restart=always"]
-    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"), "--name", name,
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(CONFIGS / "video.toml"), "--name", name,
            "--quiet"]
     for s in sets:
         cmd += ["--set", s]
@@ -161,7 +159,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     axes[2].set(title="Shared memory", xlabel="time (min)", ylabel="MiB")
     for ax in axes:
         ax.legend(loc="best", fontsize=8)
-    fig.suptitle("Soak: bottle-detection.mp4 at 30 fps, consumers attaching and detaching")
+    fig.suptitle(f"Soak: {VIDEO.name} at 30 fps, consumers attaching and detaching")
     fig.tight_layout()
     fig.savefig(path)
 
@@ -174,10 +172,9 @@ def main() -> int:
     ap.add_argument("--json")
     ap.add_argument("--plot")
     args = ap.parse_args()
-    for p in (VIDEO, WEIGHTS):
-        if not p.exists():
-            print(f"soak: missing asset {p}", file=sys.stderr)
-            return 2
+    for p in missing(VIDEO):
+        print(f"tools.bench.soak: missing asset {p}", file=sys.stderr)
+        return 2
     rows = run(args.minutes, args.every, args.warmup)
     g = growth(rows, min(args.warmup, rows[-1]["t"]))
     print(json.dumps(g, indent=1))

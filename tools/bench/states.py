@@ -2,9 +2,9 @@
 pipeline-train on the training part of a video, the pipeline run over the whole video with it, its
 results made states as a consumer makes them, and compared with what the video shows.
 
-    .venv/bin/python tools/bench_states.py [--step 3] [--states consecutive:3 majority:5] [--before 1]
+    .venv/bin/python -m tools.bench.states [--step 3] [--states consecutive:3 majority:5] [--before 1]
 
-Per video: every `--step`th frame of the training part (tests/video_truth.py) is written as JPEG,
+Per video: every `--step`th frame of the training part (tests/support/video_truth.py) is written as JPEG,
 named as the collect consumer names its files, and trained on with pipeline-train's defaults. The
 pipeline then classifies every frame of the video once (realtime = false, both edges "block",
 `--record`), and the recorded results go, in frame order, through `pipeline.client.states.Tracker`
@@ -27,13 +27,11 @@ from pathlib import Path
 
 import tomli_w
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from bench_train import VIDEOS, read_frames, write_dataset  # noqa: E402
-
-from pipeline.client.states import Tracker  # noqa: E402
-from pipeline.client.subscription import Result  # noqa: E402
-from tests.video_truth import BOTTLE, PERSON, frames_in, label_at, transitions  # noqa: E402
+from pipeline.client.states import Tracker
+from pipeline.client.subscription import Result
+from tests.support.video_truth import BOTTLE, PERSON, frames_in, label_at, transitions
+from tools.assets import ROOT, VIDEOS
+from tools.bench.train import read_frames, write_dataset
 
 TASKS = {"bottle": BOTTLE, "person": PERSON}
 

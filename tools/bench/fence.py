@@ -2,7 +2,7 @@
 the three a frame takes (two by its writer, one by each reader), against copying one 640x480x3
 frame into a ring slot, measured in the same run.
 
-    .venv/bin/python tools/bench_fence.py [--repeats 9] [--calls 200000] [--frames 300]
+    .venv/bin/python -m tools.bench.fence [--repeats 9] [--calls 200000] [--frames 300]
 
 The two measurements alternate, `--repeats` times each, so slow drift of a shared machine hits
 both; medians are printed.

@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .baselines import WARMUP_S
-from .common import ROOT, child_env, cpu_seconds, rss_mb, spread
+from tools.assets import ROOT
+from tools.bench.kit.baselines import WARMUP_S
+from tools.bench.kit.common import child_env, cpu_seconds, rss_mb, spread
 
 STARTUP_TIMEOUT_S = 240.0
 

@@ -1,7 +1,7 @@
 """A results subscriber with nothing but pyzmq and msgpack: no import from this project.
 
 It shows that docs/protocol.md is enough to consume a pipeline from any language:
-    python tools/subscribe_plain.py [NAME] [--count N]
+    python -m tools.examples.subscribe_plain [NAME] [--count N]
 finds the pipeline's endpoint in its discovery entry (a JSON file in the runtime directory),
 subscribes, and prints one line per result until the stream ends.
 """

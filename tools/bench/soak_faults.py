@@ -1,19 +1,19 @@
 """Fault-injection soak: the bottle video at 30 fps for a long time with an MQTT consumer (a real
 mosquitto on loopback), a preview and a jsonl consumer attached, and every few minutes a fault:
 
-    .venv/bin/python tools/soak_faults.py --minutes 60 --fault-every 180 [--json soak_faults.json]
+    .venv/bin/python -m tools.bench.soak_faults --minutes 60 --fault-every 180 [--json soak_faults.json]
 
 Faults, each kind once in random order (`--seed`), then again: SIGKILL or SIGSTOP/SIGCONT of a
 stage, of a consumer or of the broker; /dev/shm filled to the last byte while a stage is killed; the
 disk of the jsonl consumer's file filled, then freed. /dev/shm and that disk are small tmpfs in a
-mount namespace of the soak's own (tools/private_mounts.py; root only: without it those two faults
+mount namespace of the soak's own (tools/bench/private_mounts.py; root only: without it those two faults
 are skipped, saying so), so filling them touches nothing else on the machine.
 
 After each fault it waits for the pipeline to recover (a result captured after the fault, the
 consumer or broker back) and notes how long that took. At the end it accounts for every frame
 and result: the supervisor's `--record` (on the ordinary disk) against the drop counters of the
 summary, and checks what was left behind and how memory, descriptors and shared memory moved
-(sampled like tools/soak.py). It prints a verdict table and writes everything as JSON; exit 0
+(sampled like tools/bench/soak.py). It prints a verdict table and writes everything as JSON; exit 0
 only if every check passed.
 """
 
@@ -36,10 +36,10 @@ from typing import Any, Callable
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import soak  # noqa: E402
-from private_mounts import PrivateMounts, fill  # noqa: E402
-from soak import ROOT, VIDEO, WEIGHTS  # noqa: E402
+from tools.assets import CONFIGS, ROOT, WEIGHTS, missing
+from tools.bench import soak
+from tools.bench.private_mounts import PrivateMounts, fill
+from tools.bench.soak import VIDEO
 
 NAME = "soakfaults"
 TOPIC = f"soak/{NAME}"  # the mqtt consumer's topic prefix
@@ -51,7 +51,7 @@ SHM_BYTES = 64 * 2**20  # the private /dev/shm: the rings (about 8 MiB) and room
 DISK_BYTES = 512 * 2**20  # the private disk of the jsonl consumer (about 100 MiB an hour)
 CONSUMER_RESTART_S = 5.0  # a consumer that ended on its own is started again after this
 WINDOW_SLACK = 2  # frames: a fault window's drop counts come once a second, its seq bounds exactly
-RSS_GROWTH_MB, FD_GROWTH = 25, 3  # as tests/test_reliability.py's bounded soak
+RSS_GROWTH_MB, FD_GROWTH = 25, 3  # as tests/e2e/test_reliability.py's bounded soak
 
 
 class FaultSoak:
@@ -78,7 +78,7 @@ class FaultSoak:
 
     # -- setting up -------------------------------------------------------------------------
     def start(self) -> None:
-        from tests.mqtt_broker import Broker, Watcher, free_port
+        from tests.support.mqtt_broker import Broker, Watcher, free_port
 
         os.makedirs(self.disk_dir)
         try:
@@ -92,7 +92,7 @@ class FaultSoak:
                 "source.realtime=true", f"source.fps={self.args.fps}", f"supervision.watchdog_s={WATCHDOG_S}",
                 "supervision.max_restarts=20", "capture.restart=always", "preprocess.restart=always",
                 "inference.restart=always"]
-        cmd = [*self.prefix(), sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"),
+        cmd = [*self.prefix(), sys.executable, "-m", "pipeline.cli.up", str(CONFIGS / "video.toml"),
                "--name", NAME, "--record", str(self.work / "record.jsonl"),
                "--summary-json", str(self.work / "summary.json")]
         for s in sets:
@@ -543,10 +543,9 @@ def main() -> int:
     if args.minutes <= 0 or args.fault_every <= 0 or args.every <= 0 or args.fps <= 0:
         print("soak_faults: --minutes, --fault-every, --every and --fps must be positive", file=sys.stderr)
         return 2
-    for p in (VIDEO, WEIGHTS):
-        if not p.exists():
-            print(f"soak_faults: missing asset {p}", file=sys.stderr)
-            return 2
+    for p in missing(VIDEO):
+        print(f"tools.bench.soak_faults: missing asset {p}", file=sys.stderr)
+        return 2
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stopped: clean up as for Ctrl-C
     work = Path(tempfile.mkdtemp(prefix="soak-faults-"))
     soaker = FaultSoak(args, work)

@@ -12,7 +12,7 @@ ONNX file `"onnx"` in an onnxruntime session with `"threads"` threads (the model
 never imports torch; the tutorial keeps its torchvision preprocessing, on as many torch threads,
 and hands the session the tensor as numpy).
 
-Run as `python tools/benchkit/baselines.py KIND JSON-ARGS`; prints one JSON line.
+Run as `python -m tools.bench.kit.baselines KIND JSON-ARGS`; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -22,12 +22,9 @@ import os
 import sys
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from tools.benchkit.common import MEAN, STD, LiveVideo, cpu_seconds, rss_mb, spread  # noqa: E402
+from tools.bench.kit.common import MEAN, STD, LiveVideo, cpu_seconds, rss_mb, spread
 
 WARMUP_S = 2.0  # results in the first seconds of every run are not counted
 

@@ -1,9 +1,9 @@
 """What does watching cost? Pipeline throughput with status lines, the Prometheus endpoint
 (scraped every second) and pipeline-trace all on, against the same run with them all off.
 
-    .venv/bin/python tools/bench_overhead.py [--duration 15] [--pairs 2] [--json out.json]
+    .venv/bin/python -m tools.bench.overhead [--duration 15] [--pairs 2] [--json out.json]
 
-Runs alternate off/on for `--pairs` pairs on bottle-detection.mp4 decoded as fast as possible,
+Runs alternate off/on for `--pairs` pairs on the bottle clip decoded as fast as possible,
 so slow drift of the shared machine hits both sides; the ratio on/off is printed (target >= 0.98).
 """
 
@@ -20,10 +20,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
-VIDEO = ASSETS / "video" / "bottle-detection.mp4"
-WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
+from tools.assets import CONFIGS, ROOT, WEIGHTS, default_video, missing
+
+VIDEO = default_video()
 
 
 def scrape_every_second(url_holder: list[str], stop: threading.Event) -> None:
@@ -38,7 +37,7 @@ def scrape_every_second(url_holder: list[str], stop: threading.Event) -> None:
 def run(on: bool, duration: float, tmp: Path, i: int) -> float:
     name = f"overhead{i}"
     summary = tmp / f"{name}.json"
-    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"), "--name", name,
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(CONFIGS / "video.toml"), "--name", name,
            "--duration", str(duration), "--summary-json", str(summary),
            "--set", f"source.path={VIDEO}", "--set", f"model.weights={WEIGHTS}",
            "--set", "source.loop=true", "--set", "source.realtime=false"]
@@ -70,10 +69,9 @@ def main() -> int:
     ap.add_argument("--pairs", type=int, default=2)
     ap.add_argument("--json")
     args = ap.parse_args()
-    for p in (VIDEO, WEIGHTS):
-        if not p.exists():
-            print(f"bench_overhead: missing asset {p}", file=sys.stderr)
-            return 2
+    for p in missing(VIDEO):
+        print(f"tools.bench.overhead: missing asset {p}", file=sys.stderr)
+        return 2
     fps: dict[str, list[float]] = {"off": [], "on": []}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.pairs):

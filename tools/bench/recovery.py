@@ -1,8 +1,8 @@
 """How fast does the pipeline recover from a dead or hung stage, and what does it cost?
 
-    .venv/bin/python tools/bench_recovery.py [--trials 3] [--json out.json] [--set KEY=VALUE ...]
+    .venv/bin/python -m tools.bench.recovery [--trials 3] [--json out.json] [--set KEY=VALUE ...]
 
-Plays bottle-detection.mp4 as a 30 fps camera (configs/video.toml with its built-in model and
+Plays the bottle clip as a 30 fps camera (configs/video.toml with its built-in model and
 model.runtime unless `--set` says otherwise, e.g. `--set model.runtime=onnxruntime`) with every
 stage on restart = "always", a 3 s watchdog and trials spaced so every restart gets the first
 back-off (0.5 s); then for each stage in turn and each fault (SIGKILL; SIGSTOP = a hang) injects
@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-VIDEO = ROOT.parent / "shared" / "assets" / "video" / "bottle-detection.mp4"
+from tools.assets import CONFIGS, ROOT, default_video
+
+VIDEO = default_video()
 WATCHDOG_S = 3.0
 WINDOW_S = 5.0  # trials are spaced wider than this, so each restart gets the first back-off
 
@@ -78,7 +78,7 @@ def main() -> int:
             "capture.restart=always", "preprocess.restart=always", "inference.restart=always",
             f"supervision.watchdog_s={WATCHDOG_S}", "supervision.max_restarts=100",
             f"supervision.restart_window_s={WINDOW_S}", *args.set]
-    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"),
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(CONFIGS / "video.toml"),
            "--name", "recovery", "--quiet"]
     for s in sets:
         cmd += ["--set", s]
@@ -93,7 +93,7 @@ def main() -> int:
             except NotRunning:
                 if proc.poll() is not None:  # e.g. a bad --set
                     log.seek(0)
-                    raise SystemExit(f"bench_recovery: pipeline-up exited with {proc.returncode}:\n"
+                    raise SystemExit(f"tools.bench.recovery: pipeline-up exited with {proc.returncode}:\n"
                                      f"{log.read()[-3000:]}") from None
                 time.sleep(0.2)
         with sub:

@@ -1,9 +1,9 @@
 """Do consumers cost the pipeline anything? Throughput with 0, 1 and 10 attached consumers, and
 how long a result takes from publication to a subscriber (delivery latency), in one run.
 
-    .venv/bin/python tools/bench_consumers.py [--duration 15] [--json out.json]
+    .venv/bin/python -m tools.bench.consumers [--duration 15] [--json out.json]
 
-Each run plays bottle-detection.mp4 as fast as possible (loop) through configs/video.toml. With
+Each run plays the bottle clip as fast as possible (loop) through configs/video.toml. With
 N consumers, N-1 are `jsonl` consumers writing to /dev/null, started with the pipeline, and one is
 this script, subscribed through `pipeline.attach`, timing each result's arrival against the
 inference stage's publish timestamp (`t.inference_end`, the same CLOCK_MONOTONIC).
@@ -20,10 +20,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ASSETS = ROOT.parent / "shared" / "assets"
-VIDEO = ASSETS / "video" / "bottle-detection.mp4"
-WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
+from tools.assets import CONFIGS, ROOT, WEIGHTS, default_video, missing
+
+VIDEO = default_video()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -32,7 +31,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def measure_delivery(name: str, stop: threading.Event, out: list[float]) -> None:
-    sys.path.insert(0, str(ROOT))
     from pipeline import attach
     from pipeline.transport.rundir import NotRunning
 
@@ -62,7 +60,7 @@ def run(consumers: int, duration: float) -> dict:
         if consumers > 1:
             table = ", ".join('{kind="jsonl", out="/dev/null"}' for _ in range(consumers - 1))
             sets.append(f"consumers=[{table}]")
-        cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"),
+        cmd = [sys.executable, "-m", "pipeline.cli.up", str(CONFIGS / "video.toml"),
                "--name", name, "--quiet", "--duration", str(duration), "--summary-json", str(summary)]
         for s in sets:
             cmd += ["--set", s]
@@ -88,10 +86,9 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=15.0)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
-    for p in (VIDEO, WEIGHTS):
-        if not p.exists():
-            print(f"bench_consumers: missing asset {p}", file=sys.stderr)
-            return 2
+    for p in missing(VIDEO):
+        print(f"tools.bench.consumers: missing asset {p}", file=sys.stderr)
+        return 2
     rows = []
     for n in (0, 1, 10):
         print(f"running with {n} consumer(s) ...", file=sys.stderr, flush=True)

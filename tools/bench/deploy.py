@@ -1,9 +1,9 @@
 """What does switching a running pipeline's model cost? The longest gap between results around
 each switch, against the gaps of the same run without a switch.
 
-    .venv/bin/python tools/bench_deploy.py --model garage.onnx [--switches 6] [--set KEY=VALUE ...]
+    .venv/bin/python -m tools.bench.deploy --model garage.onnx [--switches 6] [--set KEY=VALUE ...]
 
-Plays bottle-detection.mp4 (../shared/assets) as a 30 fps camera (configs/video.toml,
+Plays the bottle clip as a 30 fps camera (configs/video.toml,
 onnxruntime), then deploys `--model` and the shipped model in turn, a few seconds apart, with
 `pipeline-deploy`, and reads the recorded results: for each switch, the gap between the last
 result of the old model and the first of the new one (when they were finished, `inference_end`),
@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-VIDEOS = [ROOT.parent / "shared" / "assets" / "video" / "bottle-detection.mp4"]
+from tools.assets import CONFIGS, ROOT, default_video
 
 
 def lines(path: Path) -> int:
@@ -36,7 +35,7 @@ def wait_lines(path: Path, n: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while lines(path) < n:
         if time.monotonic() > deadline:
-            sys.exit(f"bench_deploy: fewer than {n} results after {timeout:.0f} s")
+            sys.exit(f"tools.bench.deploy: fewer than {n} results after {timeout:.0f} s")
         time.sleep(0.1)
 
 
@@ -47,14 +46,14 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=90, help="results between switches")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    video = next((v for v in VIDEOS if v.is_file()), None)
-    if video is None:
-        sys.exit("bench_deploy: no video found (" + ", ".join(map(str, VIDEOS)) + ")")
+    video = default_video()
+    if not video.is_file():
+        sys.exit(f"tools.bench.deploy: no video found ({video})")
     tmp = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
     record = tmp / "results.jsonl"
     name = "benchdeploy"
     sets = ["source.loop=true", f"source.path={video}", "model.runtime=onnxruntime", *args.overrides]
-    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"), "--name", name,
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(CONFIGS / "video.toml"), "--name", name,
            "--quiet", "--record", str(record), *(a for s in sets for a in ("--set", s))]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     took = []
@@ -66,7 +65,7 @@ def main() -> int:
             p = subprocess.run([sys.executable, "-m", "pipeline.cli.deploy", "--name", name, target],
                                cwd=ROOT, capture_output=True, text=True, timeout=600)
             if p.returncode != 0:
-                sys.exit(f"bench_deploy: {p.stderr.strip()}")
+                sys.exit(f"tools.bench.deploy: {p.stderr.strip()}")
             took.append(time.monotonic() - t)
             wait_lines(record, lines(record) + args.every)
     finally:

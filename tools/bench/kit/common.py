@@ -1,4 +1,4 @@
-"""What every benchmark run shares: paths, percentiles, the emulated live camera, process figures."""
+"""What every benchmark run shares: percentiles, the emulated live camera, process figures."""
 
 from __future__ import annotations
 
@@ -6,14 +6,10 @@ import math
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[2]
-ASSETS = ROOT.parent / "shared" / "assets"
-DEFAULT_VIDEO = ASSETS / "video" / "bottle-detection.mp4"
-DEFAULT_WEIGHTS = ASSETS / "weights" / "mobilenet_v2_qnnpack_imagenet1k.pth"
-IMAGES = ASSETS / "images"
+from tools.assets import ROOT
+
 PACED_FPS = 30.0  # the live-camera rate of the paced runs
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 

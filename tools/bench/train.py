@@ -2,7 +2,7 @@
 accuracy against examples per class on two state tasks of the asset videos, trained on one part
 of a video and evaluated on another.
 
-    .venv/bin/python tools/bench_train.py [--sizes 50 200 1000] [--shots 5 10 20 50]
+    .venv/bin/python -m tools.bench.train [--sizes 50 200 1000] [--shots 5 10 20 50]
 
 Time and memory are those of `pipeline-train` run as a process of its own (wall time; peak RSS
 from wait4). The datasets are frames of the videos written as JPEG files named as the collect
@@ -25,11 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-VIDEOS = ROOT.parent / "shared" / "assets" / "video"
-
-from tests.video_truth import BOTTLE, PERSON, frames_in  # noqa: E402  (the tasks' truth, one place)
+from tests.support.video_truth import BOTTLE, PERSON, frames_in  # the tasks' truth, one place
+from tools.assets import ROOT, VIDEOS
 
 
 def collect_name(frame: int, fps: int) -> str:

@@ -1,4 +1,4 @@
-"""The optional sections of tools/bench.py: spike isolation, tuning, adaptive resolution, and
+"""The optional sections of `tools.bench.pipeline`: spike isolation, tuning, adaptive resolution, and
 the tutorial's model table. Each returns (figures, report lines)."""
 
 from __future__ import annotations
@@ -7,7 +7,8 @@ import subprocess
 import sys
 from typing import Any
 
-from .common import PACED_FPS, ROOT, progress, spread
+from tools.assets import CONFIGS, WEIGHTS
+from tools.bench.kit.common import PACED_FPS, progress, spread
 
 
 class Hog:
@@ -141,13 +142,13 @@ def accuracy(b: Any, size: int) -> dict[str, Any]:
     import json
     import tempfile
 
-    from .pipeline_run import run_to_end
+    from tools.bench.kit.pipeline_run import run_to_end
 
     with open(b.args.images / "labels.csv") as f:
         labels = {row["file"]: int(row["class_index"]) for row in csv.DictReader(f)}
     with tempfile.TemporaryDirectory(prefix="bench-acc-") as tmp:
         record = f"{tmp}/r.jsonl"
-        run_to_end(ROOT / "configs" / "images.toml",
+        run_to_end(CONFIGS / "images.toml",
                    [f"source.path={b.args.images}", f"model.weights={b.weights}",
                     f"preprocess.crop_size={size}",
                     f"preprocess.resize_size={round(size * 256 / 224)}"], record)
@@ -206,8 +207,6 @@ PI4_FPS = {"mobilenet_v2": 33.7, "mobilenet_v3_large": 29.3, "shufflenet_v2_x0_5
 
 
 def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
-    from .common import DEFAULT_WEIGHTS
-
     out: dict[str, Any] = {}
     duration = min(b.args.duration, 8.0)
     lines = ["Model table. FPS, total and model ms: the tutorial's loop (all cores, qnnpack, "
@@ -217,7 +216,7 @@ def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[st
              f"{'alone fps':>9} {'engine':>7} {'pipeline fps':>12} {'Pi 4 FPS':>9}"]
     chosen = [m for m in b.args.model_names.split(",") if m] or MODELS
     for name in chosen:
-        weights = str(DEFAULT_WEIGHTS) if name == "mobilenet_v2" else "none"
+        weights = str(WEIGHTS) if name == "mobilenet_v2" else "none"
         size = 299 if name == "inception_v3" else 224
         progress(f"models: {name} ({'pretrained' if weights != 'none' else 'random weights'}) ...")
         common = {"model": name, "weights": weights, "size": size, "duration": duration}

@@ -1,8 +1,8 @@
 """Does the mqtt consumer cost the pipeline anything, with the broker up, down, or hung?
 
-    .venv/bin/python tools/bench_mqtt.py [--duration 15] [--rounds 3] [--json out.json]
+    .venv/bin/python -m tools.bench.mqtt [--duration 15] [--rounds 3] [--json out.json]
 
-Each run plays bottle-detection.mp4 as fast as it goes (loop, onnxruntime, shipped model)
+Each run plays the bottle clip as fast as it goes (loop, onnxruntime, shipped model)
 through configs/video.toml for `--duration` seconds, watching for water bottles, with:
 - `none`: no consumer (the baseline);
 - `up`: an mqtt consumer (with snapshots) on a mosquitto started here on loopback;
@@ -30,8 +30,10 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchkit.common import DEFAULT_VIDEO, ROOT, child_env, progress  # noqa: E402
+from tools.assets import CONFIGS, ROOT, default_video
+from tools.bench.kit.common import child_env, progress
+
+DEFAULT_VIDEO = default_video()
 
 CONDITIONS = ("none", "up", "down", "hung")
 COUNTS = re.compile(r"mqtt: (\d+) messages published \((\d+) acknowledged by the broker\), "
@@ -57,7 +59,7 @@ def start_broker(folder: Path) -> tuple[subprocess.Popen, int]:
             return proc, port
         except OSError:
             time.sleep(0.05)
-    sys.exit("bench_mqtt: mosquitto did not start")
+    sys.exit("tools.bench.mqtt: mosquitto did not start")
 
 
 def run(condition: str, duration: float, folder: Path) -> dict:
@@ -70,7 +72,7 @@ def run(condition: str, duration: float, folder: Path) -> dict:
     if condition != "none":
         sets.append(f'consumers=[{{kind="mqtt", broker="mqtt://127.0.0.1:{port}", snapshots=true, '
                     f'stats_interval=1.0}}]')
-    cmd = [sys.executable, "-m", "pipeline.cli.up", str(ROOT / "configs" / "video.toml"), "--name",
+    cmd = [sys.executable, "-m", "pipeline.cli.up", str(CONFIGS / "video.toml"), "--name",
            f"benchmqtt{condition}", "--quiet", "--duration", str(duration), "--summary-json",
            str(summary)]
     for s in sets:
@@ -86,7 +88,7 @@ def run(condition: str, duration: float, folder: Path) -> dict:
         broker.terminate()
         broker.wait(10)
     if proc.returncode != 0:
-        sys.exit(f"bench_mqtt: pipeline failed ({condition}): {err.strip().splitlines()[-1]}")
+        sys.exit(f"tools.bench.mqtt: pipeline failed ({condition}): {err.strip().splitlines()[-1]}")
     s = json.loads(summary.read_text())
     counts = COUNTS.findall(err)
     published, acked, dropped = (int(n) for n in counts[-1]) if counts else (None, None, None)
@@ -101,10 +103,10 @@ def main() -> int:
     ap.add_argument("--json", help="write every run's figures here")
     args = ap.parse_args()
     if not DEFAULT_VIDEO.exists():
-        print(f"bench_mqtt: missing asset {DEFAULT_VIDEO}", file=sys.stderr)
+        print(f"tools.bench.mqtt: missing asset {DEFAULT_VIDEO}", file=sys.stderr)
         return 2
     if not (shutil.which("mosquitto") or Path("/usr/sbin/mosquitto").exists()):
-        print("bench_mqtt: needs mosquitto (apt-get install mosquitto)", file=sys.stderr)
+        print("tools.bench.mqtt: needs mosquitto (apt-get install mosquitto)", file=sys.stderr)
         return 2
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,7 @@
-"""Child process of `bench.py --cost`: what each piece of the per-frame path costs on its own,
+"""Child process of `tools.bench.pipeline --cost`: what each piece of the per-frame path costs on its own,
 single-threaded on one core, as CPU and wall time per frame (the median of several rounds).
 
-    python tools/benchkit/components.py JSON-ARGS   -> one JSON line
+    python -m tools.bench.kit.components JSON-ARGS   -> one JSON line
 
 Pieces: decoding the video (the capture stage's own source), preprocessing (today's, and the
 OpenCV area resize it replaced, kept here as the reference), the model in onnxruntime (1
@@ -21,10 +21,7 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any, Callable
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 ROUNDS = 5
 HOP_MESSAGES = 150

@@ -1,7 +1,7 @@
-"""`bench.py --cost`: what the pipeline costs per frame around the model, and its five targets,
+"""`tools.bench.pipeline --cost`: what the pipeline costs per frame around the model, and its five targets,
 each measured side by side in one run and printed as a ratio.
 
-1. Components (tools/benchkit/components.py): every piece of the per-frame path on its own,
+1. Components (tools/bench/kit/components.py): every piece of the per-frame path on its own,
    single-threaded on one core: the work (decode, preprocess, model) and the plumbing
    (descriptors, a hop and its wake-up, the result, the hub, stats).
 2. 30 fps: the single loop (the tutorial's, with the same onnxruntime session, 1 thread) and
@@ -31,8 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .common import PACED_FPS, ROOT, child_env, progress, spread
-from .pipeline_run import run_pipeline
+from tools.assets import ROOT
+from tools.bench.kit.common import PACED_FPS, child_env, progress, spread
+from tools.bench.kit.pipeline_run import run_pipeline
 
 ORT = "onnxruntime"
 SERVED_SHARE = 0.99
@@ -84,9 +85,8 @@ def components(b: Any, work_only: bool = False) -> dict[str, Any]:
     progress(f"cost 1. components, single-threaded on core {core}"
              f"{' (decode, preprocess, model)' if work_only else ''} ...")
     args = {"core": core, "video": b.video, "onnx": b.onnx, "work_only": work_only}
-    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "benchkit" / "components.py"),
-                           json.dumps(args)], cwd=ROOT, env=child_env(), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "tools.bench.kit.components", json.dumps(args)],
+                          cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         sys.stderr.write(proc.stderr[-3000:])
         raise SystemExit("bench: the components run failed")
@@ -180,7 +180,7 @@ def accuracy(b: Any) -> dict[str, Any]:
     images = Path(b.args.images)
     if not (images / "labels.csv").is_file():
         return {"skipped": f"no {images / 'labels.csv'}"}
-    code = ACCURACY_CHILD.format(root=str(ROOT), images=str(images), onnx=b.onnx)
+    code = ACCURACY_CHILD.format(images=str(images), onnx=b.onnx)
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(),
                           capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
@@ -190,8 +190,7 @@ def accuracy(b: Any) -> dict[str, Any]:
 
 
 ACCURACY_CHILD = """
-import csv, json, sys
-sys.path.insert(0, {root!r})
+import csv, json
 import cv2, numpy as np
 from pathlib import Path
 from PIL import Image

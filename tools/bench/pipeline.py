@@ -27,12 +27,14 @@ Options add sections: --spikes (stall, CPU hog, slow model frames, each beside t
 --tuning (threads, engine, TorchScript, channels-last, uint8 input ring), --adaptive (input size
 224/192/160: fps and accuracy, and the controller reacting), --models (the tutorial's model table),
 --cost (the pipeline's own cost per frame, piece by piece, and its targets as ratios against the
-single loop, the 2-core limit and torchvision's eval transform: tools/benchkit/cost.py).
+single loop, the 2-core limit and torchvision's eval transform: tools/bench/kit/cost.py).
+--markdown prints the a/b/c/d table and its targets as markdown for docs/performance.md.
 
-Usage:
-    .venv/bin/python tools/bench.py [--duration 15] [--json out.json] [--onnx FILE] [--spikes]
-                                    [--tuning] [--adaptive] [--models [--model-names A,B]]
-                                    [--cost [--cost-rounds 3]] [--no-main]
+Usage (from the project root):
+    .venv/bin/python -m tools.bench.pipeline [--duration 15] [--json out.json] [--markdown]
+                                    [--onnx FILE] [--spikes] [--tuning] [--adaptive]
+                                    [--models [--model-names A,B]] [--cost [--cost-rounds 3]]
+                                    [--no-main]
 """
 
 from __future__ import annotations
@@ -46,21 +48,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools.assets import CONFIGS, IMAGES, ONNX, ROOT, WEIGHTS, default_video
+from tools.bench.kit import markdown
+from tools.bench.kit.common import PACED_FPS, child_env, progress
+from tools.bench.kit.pipeline_run import run_pipeline
 
-from tools.benchkit.common import (  # noqa: E402
-    DEFAULT_VIDEO,
-    DEFAULT_WEIGHTS,
-    IMAGES,
-    PACED_FPS,
-    ROOT,
-    child_env,
-    progress,
-)
-from tools.benchkit.pipeline_run import run_pipeline  # noqa: E402
-from workers.inference.model_files import builtin_onnx  # noqa: E402
-
-CONFIG = ROOT / "configs" / "video.toml"
+CONFIG = CONFIGS / "video.toml"
 ORT = "onnxruntime"
 
 
@@ -84,8 +77,7 @@ class Bench:
         args = {"cores": cores or self.all_cores, "video": self.video, "weights": self.weights,
                 "onnx": self.onnx, "model": "mobilenet_v2", "duration": self.args.duration, **extra}
         progress(f"    {kind}: {json.dumps({k: v for k, v in extra.items() if k != 'weights'})}")
-        cmd = [sys.executable, str(ROOT / "tools" / "benchkit" / "baselines.py"), kind,
-               json.dumps(args)]
+        cmd = [sys.executable, "-m", "tools.bench.kit.baselines", kind, json.dumps(args)]
         proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
                               timeout=args["duration"] + 600)
         lines = proc.stdout.strip().splitlines()
@@ -229,13 +221,59 @@ def format_main(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def row_runtime(key: str) -> str:
+    """The runtime of a main-table row: its key names onnxruntime ("model_ort1", ...), else torch."""
+    return ORT if any(part.startswith("ort") for part in key.split("_")) else "torch"
+
+
+def markdown_row(name: str, key: str, r: dict[str, Any]) -> list[Any]:
+    lat, age = r["latency_ms"], r["age_ms"]
+    alone = key.startswith("model")  # one forward pass: no capture, no age
+    return [name, f"{r['fps']:.1f}",
+            f"{lat['p50']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f}" + (" (one pass)" if alone else ""),
+            "–" if alone else f"{age['p50']:.1f} / {age['max']:.1f}", f"{r['cpu_pct']:.0f}",
+            f"{r['rss_mb']:.0f}", f"{r['inference_rss_mb']:.0f}" if "inference_rss_mb" in r else "–",
+            *markdown.provenance(row_runtime(key))]
+
+
+def met(ok: bool) -> str:
+    return "met" if ok else "missed"
+
+
+def markdown_main(res: dict[str, Any]) -> list[str]:
+    """The a/b/c/d table and its targets as markdown, every row with its runtime, date, machine."""
+    rows = [markdown_row(name, key, res[key]) for key, name in ROWS if key in res]
+    r, o, oo = res["ratios"], res["paced_overhead_ms"], res["paced_overhead_ms_ort"]
+    ort_inf = max(res[k]["inference_rss_mb"] for k in res if k.startswith("pipeline_ort"))
+    torch_inf = max(res[k]["inference_rss_mb"] for k in ("pipeline_fast", "pipeline_paced"))
+    targets = [
+        ["d-ort, fast / a (torch model alone) ≥ 5", f"{r['d-ort/a']:.2f}", met(r["d-ort/a"] >= 5),
+         *markdown.provenance(ORT, "torch")],
+        ["d-ort, fast / best b-ort (single loop, same runtime) ≥ 1.25", f"{r['d-ort/b-ort']:.3f}",
+         met(r["d-ort/b-ort"] >= 1.25), *markdown.provenance(ORT)],
+        ["d-ort 1 worker, 30 fps: e2e over a-ort1, p50 ≤ +2 ms, p99 ≤ +4 ms",
+         f"{oo['p50']:+.1f} / {oo['p99']:+.1f} ms", met(oo["p50"] <= 2 and oo["p99"] <= 4),
+         *markdown.provenance(ORT)],
+        ["inference process RSS ≤ 150 MB", f"{ort_inf:.0f} MB (torch: {torch_inf:.0f} MB)",
+         met(ort_inf <= 150), *markdown.provenance(ORT)],
+        ["d / a ≥ 0.95", f"{r['d/a']:.3f}", met(r["d/a"] >= 0.95), *markdown.provenance("torch")],
+        ["d / b ≥ 1.25", f"{r['d/b']:.3f} (d / b' {r['d/b_model_cores']:.3f})", met(r["d/b"] >= 1.25),
+         *markdown.provenance("torch")],
+        ["d, 30 fps: e2e over a, p50 ≤ +3 ms, p99 ≤ +5 ms", f"{o['p50']:+.1f} / {o['p99']:+.1f} ms",
+         met(o["p50"] <= 3 and o["p99"] <= 5), *markdown.provenance("torch")]]
+    return [markdown.table(["run", "fps", "e2e p50 / p99 / max ms", "age p50 / max ms", "CPU %",
+                            "RSS MB (sum)", "inf MB", *markdown.PROVENANCE], rows), "",
+            markdown.table(["target", "measured", "result", *markdown.PROVENANCE], targets)]
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=CONFIG, help="pipeline config (default: %(default)s)")
-    ap.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video (default: %(default)s)")
-    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS,
-                    help="quantized mobilenet_v2 state dict (default: %(default)s)")
-    ap.add_argument("--onnx", type=Path, default=builtin_onnx(),
+    ap.add_argument("--video", type=Path, default=default_video(),
+                    help="video (default: %(default)s)")
+    ap.add_argument("--weights", type=Path, default=WEIGHTS,
+                    help="quantized mobilenet_v2 state dict (default: the shipped one)")
+    ap.add_argument("--onnx", type=Path, default=ONNX,
                     help="its ONNX export, for the onnxruntime rows (default: the shipped one)")
     ap.add_argument("--images", type=Path, default=IMAGES,
                     help="labelled images for --adaptive accuracy (default: %(default)s)")
@@ -257,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --models: only these models (default: the tutorial's list)")
     ap.add_argument("--no-main", action="store_true", help="skip the a/b/c/d table")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON")
+    ap.add_argument("--markdown", action="store_true",
+                    help="print the a/b/c/d table and its targets as markdown tables, each row "
+                         "with its runtime, date and machine")
     return ap
 
 
@@ -279,11 +320,11 @@ def main(argv: list[str] | None = None) -> int:
     report: list[str] = []
     if not args.no_main:
         res["main"] = main_table(b)
-        report += format_main(res["main"])
+        report += markdown_main(res["main"]) if args.markdown else format_main(res["main"])
         print("\n".join(report), flush=True)
         if args.json:
             args.json.write_text(json.dumps(res, indent=2) + "\n")
-    from tools.benchkit import cost, sections
+    from tools.bench.kit import cost, sections
 
     for flag, section in (("spikes", sections.spikes), ("tuning", sections.tuning),
                           ("adaptive", sections.adaptive), ("models", sections.models),

@@ -1,7 +1,7 @@
 """Custom consumers, two ways. Run either against a running pipeline:
 
-    pipeline-attach --consumer tools/example_consumer.py:print_changes
-    pipeline-attach --consumer tools/example_consumer.py:LabelCounter --duration 10
+    pipeline-attach --consumer tools/examples/consumer.py:print_changes
+    pipeline-attach --consumer tools/examples/consumer.py:LabelCounter --duration 10
 
 or from Python:
 

@@ -1,7 +1,7 @@
-"""Child process of `bench_scale.py --batching`: per-frame model time at batch sizes 1, 2, 4 on
+"""Child process of `tools.bench.scale --batching`: per-frame model time at batch sizes 1, 2, 4 on
 one core and one thread, the question micro-batching across sources would answer.
 
-    python tools/benchkit/batching.py CORE WEIGHTS   -> one JSON line
+    python -m tools.bench.kit.batching CORE WEIGHTS   -> one JSON line
 """
 
 from __future__ import annotations
@@ -10,13 +10,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
-os.sched_setaffinity(0, {int(sys.argv[1])})  # before torch starts its threads
+if __name__ == "__main__":
+    os.sched_setaffinity(0, {int(sys.argv[1])})  # before torch starts its threads
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from workers.inference.torch_models import load_classifier  # noqa: E402
 
 

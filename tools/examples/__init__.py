@@ -1,0 +1,1 @@
+"""Examples of using a running pipeline from other programs."""

@@ -38,7 +38,7 @@ class Stall:
         self.every = every_s
         self.next = time.monotonic() + every_s
 
-    def due(self) -> bool:
+    def sleep_if_due(self) -> bool:
         """Sleeps through the stall if one is due; True if it did."""
         if not self.seconds or time.monotonic() < self.next:
             return False

@@ -141,7 +141,7 @@ class Capture:
             return
         if self.slot is not None:
             out.begin(self.slot, self.seq)
-        if self.stall.due():
+        if self.stall.sleep_if_due():
             self.pacer.restart()
         t_start = time.monotonic_ns()
         try:

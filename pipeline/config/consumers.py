@@ -98,22 +98,22 @@ class ConsumerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     kind: str  # print, jsonl, video, preview, mqtt, collect, or MODULE:NAME / FILE.py:NAME
-    out: str | None = option(None, "output file (jsonl: default stdout; video: required .mp4); "
+    out: str | None = option(None, "jsonl: the file (default: stdout); video: the .mp4 (required); "
                                    "collect: the dataset folder", consumers=("jsonl", "video", "collect"))
-    fps: float | None = option(None, "video: frame rate of the file (default: the source's)",
+    fps: float | None = option(None, "frame rate of the file (default: the source's)",
                                consumers=("video",), gt=0, le=1000)
-    frames: bool = option(False, "give custom consumers the frames too")
-    port: int = option(8080, "preview: HTTP port", consumers=PREVIEW, ge=0, le=65535)
-    host: str = option("127.0.0.1", "preview: address", consumers=PREVIEW)
+    frames: bool = option(False, "give a custom consumer the frames too")
+    port: int = option(8080, "HTTP port; 0: a free one", consumers=PREVIEW, ge=0, le=65535)
+    host: str = option("127.0.0.1", "the address it listens on", consumers=PREVIEW)
     allow_hosts: list[str] = option(
-        [], "preview: also answer requests addressed to host NAME (repeatable; by default only this "
+        [], "also answer requests addressed to host NAME (repeatable; by default only this "
             "machine's names and any address are answered)", consumers=PREVIEW, flag="--allow-host",
         metavar="NAME")
-    # preview's labelling page (/teach): on with a dataset folder
+    # preview's labelling page (/teach), on with a dataset folder
     dataset: str | None = option(None, "the dataset folder (a subfolder per class, unlabelled/) the "
                                        "labelling page (/teach) labels", consumers=PREVIEW, metavar="DIR")
     review_below: float = option(0.6, "save results below this top-1 probability into "
-                                      "DATASET/unlabelled for review (0: none)", consumers=PREVIEW,
+                                      "DATASET/unlabelled for review; 0: none", consumers=PREVIEW,
                                  metavar="P", ge=0, le=1)
     token: str | None = option(None, "the labelling page's write token (default: a random one, "
                                      "printed at start)", consumers=PREVIEW,
@@ -121,7 +121,7 @@ class ConsumerConfig(BaseModel):
     models: str | None = option(None, "where models trained from the labelling page go (default "
                                       "DATASET/../<dataset name>-models)", consumers=PREVIEW,
                                 metavar="DIR")
-    # mqtt (username and password: MQTT_USERNAME, MQTT_PASSWORD in the environment)
+    # mqtt
     broker: str = option("mqtt://localhost:1883", "mqtt://HOST[:PORT], or mqtts://HOST[:PORT] for "
                                                   "TLS", consumers=MQTT, metavar="URL")
     topic_prefix: str | None = option(None, "topics start with this (default edge-pipeline/"
@@ -140,7 +140,7 @@ class ConsumerConfig(BaseModel):
                                    consumers=MQTT, metavar="SECONDS", gt=0, le=3600)
     ca: str | None = option(None, "mqtts: CA certificate file (default: the system's)", consumers=MQTT,
                             metavar="FILE")
-    # collect (out: the dataset folder; examples go to out/unlabelled)
+    # collect
     quality: int = option(90, "JPEG quality 1-100", consumers=COLLECT, ge=1, le=100)
     min_interval: float = option(1.0, "per source, at most one frame per this much capture time is "
                                       "considered", consumers=COLLECT, metavar="SECONDS", ge=0, le=86400)

@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.client.result import Result
 from pipeline.client.subscription import Subscription
+from pipeline.config.consumers import BUILTIN_CONSUMERS
 from pipeline.errors import UserError
-
-BUILTIN = {
-    "print": "pipeline.client.consumers.text:PrintConsumer",
-    "jsonl": "pipeline.client.consumers.text:JsonlConsumer",
-    "video": "pipeline.client.consumers.video:VideoConsumer",
-    "preview": "pipeline.client.consumers.preview:PreviewConsumer",
-    "mqtt": "pipeline.client.consumers.mqtt:MqttConsumer",
-    "collect": "pipeline.client.consumers.collect:CollectConsumer",
-}
 
 
 class ConsumerError(UserError):
@@ -41,10 +34,11 @@ class _FunctionConsumer:
 
 
 def _resolve(spec: str) -> Any:
-    target = BUILTIN.get(spec, spec)
+    target = BUILTIN_CONSUMERS[spec].target if spec in BUILTIN_CONSUMERS else spec
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ConsumerError(f"--consumer {spec!r}: use one of {', '.join(BUILTIN)} or MODULE:NAME")
+        raise ConsumerError(f"--consumer {spec!r}: use one of {', '.join(BUILTIN_CONSUMERS)} or "
+                            f"MODULE:NAME")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -62,12 +56,21 @@ def _resolve(spec: str) -> Any:
         raise ConsumerError(f"--consumer {spec!r}: cannot load it: {e}") from None
 
 
+def _takes(cls: type) -> set[str]:
+    """The options a consumer class takes: those its `OPTIONS` lists, else those its constructor
+    names."""
+    if hasattr(cls, "OPTIONS"):
+        return set(cls.OPTIONS)
+    return {name for name, p in inspect.signature(cls).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
 def load(spec: str, **options: Any) -> Any:
-    """A ready consumer object; built-ins take the CLI options they understand."""
+    """A ready consumer object; a class gets the options it takes (see `_takes`)."""
     obj = _resolve(spec)
     if isinstance(obj, type):
-        wanted = {k: v for k, v in options.items() if k in getattr(obj, "OPTIONS", ())}
-        return obj(**wanted)
+        wanted = _takes(obj)
+        return obj(**{k: v for k, v in options.items() if k in wanted})
     if callable(obj) and not hasattr(obj, "on_result"):
         return _FunctionConsumer(obj)
     if hasattr(obj, "on_result"):

@@ -27,15 +27,16 @@ import cv2
 import numpy as np
 
 from pipeline.client.result import Result
+from pipeline.config.consumers import default
 from pipeline.errors import UserError
 from pipeline.outputs import check_folder
 from pipeline.train.dataset import COLLECTED, IMAGE_SUFFIXES, UNLABELLED
 
 THUMB = 32  # thumbnail side, pixels: enough to tell scenes apart, cheap to compare against hundreds
-MIN_INTERVAL_S = 1.0
-MIN_DIFFERENCE = 0.1  # consecutive frames of a still camera differ by ~0.01, a moved object by >0.15
-MAX_EXAMPLES = 200  # per source
-QUALITY = 90
+MIN_INTERVAL_S = default("min_interval")
+MIN_DIFFERENCE = default("min_difference")  # a still camera's frames differ by ~0.01, a moved object by >0.15
+MAX_EXAMPLES = default("max_examples")  # per source
+QUALITY = default("quality")
 TIME_SLACK = 1e-6  # s: frame number x frame time rounds, an interval of exactly min_interval is enough
 
 
@@ -168,21 +169,18 @@ class CollectConsumer:
 
     frames = True
     max_age = None  # every result is looked at: an offline run collects from the whole file
-    OPTIONS = ("out", "config", "quality", "min_interval", "min_difference", "max_examples", "verbose")
 
     def __init__(self, out: str | None = None, config: dict[str, Any] | None = None,
-                 quality: int | None = None, min_interval: float | None = None,
-                 min_difference: float | None = None, max_examples: int | None = None,
+                 quality: int = QUALITY, min_interval: float = MIN_INTERVAL_S,
+                 min_difference: float = MIN_DIFFERENCE, max_examples: int = MAX_EXAMPLES,
                  verbose: bool = False):
         if not out:
             raise ValueError("the collect consumer needs --out FOLDER")
         problem = check_folder(out, "--out")
         if problem:
             raise UserError(problem)
-        self.quality = QUALITY if quality is None else quality
-        self.min_interval = MIN_INTERVAL_S if min_interval is None else min_interval
-        self.min_difference = MIN_DIFFERENCE if min_difference is None else min_difference
-        self.max_examples = MAX_EXAMPLES if max_examples is None else max_examples
+        self.quality, self.min_interval = quality, min_interval
+        self.min_difference, self.max_examples = min_difference, max_examples
         if not 1 <= self.quality <= 100:
             raise ValueError(f"--quality must be 1-100, got {self.quality}")
         for flag, value in (("--min-interval", self.min_interval), ("--min-difference", self.min_difference)):

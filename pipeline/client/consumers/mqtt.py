@@ -56,6 +56,7 @@ from pipeline.client.result import Result
 from pipeline.client.states import State, StateEvent, Tracker
 from pipeline.config import Config
 from pipeline.config.classes import imagenet_classes
+from pipeline.config.consumers import default
 from pipeline.errors import UserError
 from pipeline.observe.format import results_per_second
 from pipeline.strings import MQTT_PORTS, broker_problem, topic_prefix_problem
@@ -126,13 +127,12 @@ def _json(obj: Any) -> str:
 class MqttConsumer:
     status = True
     max_age = 2.0  # states and events are about now: after falling behind, skip to fresh results
-    OPTIONS = ("broker", "topic_prefix", "client_id", "qos", "discovery", "discovery_prefix",
-               "snapshots", "stats_interval", "ca", "name", "config")
 
-    def __init__(self, broker: str = "mqtt://localhost:1883", topic_prefix: str | None = None,
-                 client_id: str | None = None, qos: int = 1, discovery: bool = False,
-                 discovery_prefix: str = "homeassistant", snapshots: bool = False,
-                 stats_interval: float = 5.0, ca: str | None = None, name: str = "pipeline",
+    def __init__(self, broker: str = default("broker"), topic_prefix: str | None = None,
+                 client_id: str | None = None, qos: int = default("qos"), discovery: bool = False,
+                 discovery_prefix: str = default("discovery_prefix"), snapshots: bool = False,
+                 stats_interval: float = default("stats_interval"), ca: str | None = None,
+                 name: str = "pipeline",
                  config: dict[str, Any] | None = None):
         self.host, self.port, tls = parse_broker(broker)
         if qos not in (0, 1, 2):

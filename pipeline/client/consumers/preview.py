@@ -43,6 +43,7 @@ import numpy as np
 
 from pipeline.client.consumers.annotate import RateMeter, annotate
 from pipeline.client.result import Result
+from pipeline.config.consumers import default
 from pipeline.errors import UserError
 from pipeline.observe.http import BoundedConnections, QuietErrors, TimedRequests, warn_if_exposed
 
@@ -94,7 +95,6 @@ setInterval(refresh, 500); refresh();
 
 
 JPEG_QUALITY = (cv2.IMWRITE_JPEG_QUALITY, 80)
-REVIEW_BELOW = 0.6  # results below this top-1 probability are offered for labelling
 TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")  # the labelling page's write token
 MAX_SOURCES = 64  # sources tracked for the per-source routes; a stream of odd names cannot grow memory
 SOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")  # what a source id may be (config schema)
@@ -354,12 +354,11 @@ class PreviewConsumer:
     frames = True
     status = True
     max_age = 2.0  # a live view: after falling behind, skip to fresh results
-    OPTIONS = ("port", "host", "name", "allow_hosts", "config", "dataset", "token", "review_below", "models")
 
-    def __init__(self, port: int = 8080, host: str = "127.0.0.1", name: str = "pipeline",
+    def __init__(self, port: int = default("port"), host: str = default("host"), name: str = "pipeline",
                  allow_hosts: Iterable[str] = (), config: dict[str, Any] | None = None,
-                 dataset: str | None = None, token: str | None = None, review_below: float | None = None,
-                 models: str | None = None):
+                 dataset: str | None = None, token: str | None = None,
+                 review_below: float = default("review_below"), models: str | None = None):
         self.shared = _Shared()
         page = PAGE.format(name=name).encode()
         names = known_names(host, allow_hosts)
@@ -383,7 +382,7 @@ class PreviewConsumer:
         self.canvas: np.ndarray | None = None  # for the frames of sources not tracked
         self.missed = 0
 
-    def _teach(self, dataset: str, token: str | None, review_below: float | None, models: str | None,
+    def _teach(self, dataset: str, token: str | None, below: float, models: str | None,
                name: str, config: dict[str, Any] | None, names: set[str]) -> Any:
         """The labelling page of `dataset`, and the review of uncertain results into it."""
         from pipeline.client.teach.api import TeachApp
@@ -391,7 +390,6 @@ class PreviewConsumer:
         from pipeline.client.teach.store import Store
         from pipeline.outputs import check_folder
 
-        below = REVIEW_BELOW if review_below is None else review_below
         if not 0 <= below <= 1:
             raise UserError(f"--review-below must be a probability 0-1 (0: no review), got {below}")
         if token is not None and not TOKEN.fullmatch(token):

@@ -16,7 +16,6 @@ class PrintConsumer:
     whose loss it is: this consumer's, or the pipeline's."""
 
     max_age = 2.0  # a live view: after falling behind, skip to fresh results
-    OPTIONS = ("stream",)
 
     def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stdout
@@ -37,8 +36,6 @@ class JsonlConsumer:
     with state options (`source.state`), the state events a result causes follow it, one line
     each (`"type": "event"`). A file that can no longer be written (a full disk) ends the
     consumer with one line (exit code 1 from pipeline-attach); what was written stays."""
-
-    OPTIONS = ("out", "config")
 
     def __init__(self, out: str | None = None, config: dict[str, Any] | None = None):
         self.out = out

@@ -22,7 +22,6 @@ ROOM_CHECK_S = 1.0  # how often the free space of the file's disk is looked at
 class VideoConsumer:
     frames = True
     max_age = 2.0  # a live view: after falling behind, skip to fresh results
-    OPTIONS = ("out", "fps")
 
     def __init__(self, out: str | None = None, fps: float | None = None):
         if not out:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.samples import sample_clip
 from workers.inference.model_files import builtin_onnx, builtin_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,7 +14,7 @@ CONFIGS = ROOT / "configs"
 ASSETS = ROOT.parent / "shared" / "assets"
 VIDEOS = ASSETS / "video"
 IMAGES = ASSETS / "images"  # 200 labelled photos (labels.csv)
-SAMPLE_VIDEO = ROOT / "pipeline" / "samples" / "bottle-detection.mp4"
+SAMPLE_VIDEO = sample_clip()  # shipped: every clone has it
 BOTTLE_VIDEO = VIDEOS / "bottle-detection.mp4"
 SCALE_VIDEOS = [VIDEOS / name for name in ("bottle-detection.mp4", "car-detection.mp4",
                                            "one-by-one-person-detection.mp4", "vtest.avi")]

@@ -76,7 +76,7 @@ def test_an_intact_video_delivers_its_declared_count_with_no_decode_drops(asset,
         frames = read_all(src)
     assert len(frames) == src.declared == declared_frames(asset) > 0
     assert frames == list(range(src.declared))
-    assert src.decode == 0 and src.damage == "" and not warnings_of(caplog)
+    assert src.undecodable == 0 and src.damage == "" and not warnings_of(caplog)
 
 
 def test_frames_damaged_mid_file_are_skipped_counted_and_reading_goes_on(tmp_path, caplog):
@@ -85,13 +85,13 @@ def test_frames_damaged_mid_file_are_skipped_counted_and_reading_goes_on(tmp_pat
     with caplog.at_level(logging.WARNING, logger="capture"):
         frames = read_all(src, gaps=gaps)
     declared = declared_frames(BOTTLE)
-    assert 0 < src.decode < declared // 4, "the frames after the damage are read"
-    assert len(frames) + src.decode == declared
+    assert 0 < src.undecodable < declared // 4, "the frames after the damage are read"
+    assert len(frames) + src.undecodable == declared
     assert frames[-1] == declared - 1, "frame numbers stay positions in the file"
     first_lost = next(i for i, f in enumerate(frames) if f != i)
     lost = sorted(set(range(declared)) - set(frames))
-    assert lost == list(range(first_lost, first_lost + src.decode))
-    assert gaps[first_lost] == src.decode and sum(gaps) == src.decode  # paced as frames missed
+    assert lost == list(range(first_lost, first_lost + src.undecodable))
+    assert gaps[first_lost] == src.undecodable and sum(gaps) == src.undecodable  # paced as frames missed
     (line,) = warnings_of(caplog)
     assert str(path) in line and f"frames {first_lost}-{lost[-1]} cannot be decoded" in line
 
@@ -104,7 +104,7 @@ def test_a_truncated_video_reports_where_it_stopped_and_counts_the_rest(tmp_path
     declared = declared_frames(CAR)
     assert src.declared == declared and 0 < len(frames) < declared
     assert frames == list(range(len(frames)))
-    assert src.decode == declared - len(frames)
+    assert src.undecodable == declared - len(frames)
     (line,) = warnings_of(caplog)
     assert str(path) in line and f"stopped at frame {len(frames)} of the {declared}" in line
     assert src.read(lambda shape: np.empty(shape, np.uint8)) is None  # and stays ended
@@ -125,7 +125,7 @@ def test_looping_over_a_truncated_video_counts_every_pass_and_warns_once(tmp_pat
     per_pass = frames.index(0, 1)  # frames delivered before the first wrap
     assert len(frames) == 1000 and frames[:per_pass] == list(range(per_pass))
     passes = 1000 // per_pass  # full passes read to their end (a partial last one has not ended)
-    assert src.decode == passes * (declared_frames(CAR) - per_pass)
+    assert src.undecodable == passes * (declared_frames(CAR) - per_pass)
     assert len(warnings_of(caplog)) == 1
     strict = video(path, "source.loop=true")
     strict.strict = True  # block edges: the first short pass ends the stream

@@ -23,7 +23,7 @@ class Source:
     fps: float = 0.0  # pacing for the capture loop; 0: no pacing (as fast as possible / device-paced)
     corrupt = 0  # items skipped because they could not be decoded
     roi = 0  # images skipped because source.roi does not fit them
-    decode = 0  # video frames skipped mid-file or missing at its end because they cannot be decoded
+    undecodable = 0  # video frames skipped mid-file or missing at its end because they cannot be decoded
     damage = ""  # the first frames the file could not deliver, for the user ("": none)
     gap = 0  # undecodable frames skipped just before the last one read (they keep their time)
     strict = False  # every frame matters (block edges): damage ends the stream, even looping
@@ -31,6 +31,10 @@ class Source:
 
     def read(self, buffer_for: BufferFor) -> dict[str, Any] | None:
         raise NotImplementedError
+
+    def drop_counts(self) -> dict[str, int]:
+        """What the source skipped so far, under the drop reasons the status reports."""
+        return {"corrupt": self.corrupt, "roi": self.roi, "decode": self.undecodable}
 
     def close(self) -> None:
         pass

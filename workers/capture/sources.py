@@ -140,7 +140,7 @@ class Video(Source):
 
     def _lost(self, n: int, kind: str, what: str) -> None:
         """Counts undecodable frames as decode drops; says what happened once of each kind."""
-        self.decode += n
+        self.undecodable += n
         self.damage = self.damage or f"video {self.path}: {what}"
         if kind not in self._told:
             self._told.add(kind)

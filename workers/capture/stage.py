@@ -190,8 +190,8 @@ class Capture:
         if self.source.live and not damage:
             old = self.source
             self.source = self._reconnect(failure)
-            for kind in self.lost:  # the counts carry on across the reopened source
-                self.lost[kind] += getattr(old, kind)
+            for kind, n in old.drop_counts().items():  # the counts carry on across the reopened source
+                self.lost[kind] += n
             if self.source is not None:
                 self.pacer = Pacer(self.source.fps)
             return
@@ -200,7 +200,7 @@ class Capture:
         self.out.send_eos(self.ctx.alive)
         if damage:
             self.ctx.send(EOS, failure=f"source.path: {damage}; edges.frames.policy = \"block\" "
-                                       f"wants every frame ({self.source.decode} decode drops)")
+                                       f"wants every frame ({self.source.undecodable} decode drops)")
         else:
             self.ctx.send(EOS)
 
@@ -243,7 +243,8 @@ class Capture:
         sent = {"tx_bytes": out.bytes_sent, "tx_frames": out.frames_sent,
                 "encode_ms": round(out.encode_ms, 1)} if isinstance(out, TcpEdgeWriter) else {}
         src = self.source
-        lost = {kind: n + (getattr(src, kind) if src is not None else 0) for kind, n in self.lost.items()}
+        now = src.drop_counts() if src is not None else {}
+        lost = {kind: n + now.get(kind, 0) for kind, n in self.lost.items()}
         return {"frames_in": self.captured, "frames_out": self.published,
                 "source": self.ctx.source_id, "interval_ms": self.interval.take(),
                 "interval_run_ms": self.interval_run.summary(), **sent,

@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline.cli.describe import description
 from pipeline.supervisor.shm import orphaned_segments, others_segments, remove_orphans
 from pipeline.transport.rundir import RuntimeDirError, running_pipelines, runtime_root
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pipeline-clean", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="pipeline-clean", description=description(__doc__))
     ap.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     args = ap.parse_args(argv)
     try:
@@ -20,12 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeDirError as e:
         print(f"pipeline-clean: {e}", file=sys.stderr)
         return 1
-    if args.dry_run:
-        for name in orphaned_segments():
-            print(f"would remove /dev/shm/{name}")
-    else:
-        for name in remove_orphans():
-            print(f"removed /dev/shm/{name}")
+    names = orphaned_segments() if args.dry_run else remove_orphans()
+    for name in names:
+        print(f"{'would remove' if args.dry_run else 'removed'} /dev/shm/{name}")
+    if not names:
+        print("nothing to remove: no shared-memory segment left behind by a stopped pipeline")
     others = len(others_segments())
     if others:
         print(f"pipeline-clean: skipped {others} shared-memory segment(s) of other users",

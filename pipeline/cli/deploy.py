@@ -8,12 +8,13 @@ import argparse
 import os
 import sys
 
+from pipeline.cli.describe import description
 from pipeline.client.deploy import DEPLOY_TIMEOUT_S, request_deploy
 from pipeline.config import WEIGHTS_SPECIAL, ConfigError, load_config
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pipeline-deploy", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="pipeline-deploy", description=description(__doc__))
     ap.add_argument("model", nargs="?",
                     help="the model file (.onnx, or a state dict), or \"builtin\" for the shipped model")
     ap.add_argument("--name", help="the pipeline (default: the only one running)")

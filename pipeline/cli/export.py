@@ -1,6 +1,8 @@
 """`pipeline-export`: a quantized torchvision classifier's weights -> an ONNX file for the
-onnxruntime runtime (see workers/inference/onnx_export.py). `pipeline-up` runs it by itself when needed;
-run it by hand to make the file on a machine with torch and copy it to one without."""
+onnxruntime runtime. `pipeline-up` runs it by itself when needed; run it by hand to make the file
+on a machine with torch and copy it to one without.
+
+The export itself is workers/inference/onnx_export.py."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ import os
 import sys
 import time
 
+from pipeline.cli.describe import description
 from pipeline.config import MODEL_NAMES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="pipeline-export", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="pipeline-export", description=description(__doc__))
     ap.add_argument("--model", default="mobilenet_v2", choices=MODEL_NAMES, metavar="NAME",
                     help="torchvision quantizable classifier (default: %(default)s)")
     ap.add_argument("--weights", default="builtin",

@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.cli.common import join
+from pipeline.cli.describe import description
 from pipeline.observe.stats import written_slots
 from pipeline.transport.rundir import supervisor_alive
 
@@ -33,8 +34,9 @@ def _ms(d: dict[str, Any], key: str) -> str:
     return f"{d[key]:.1f}" if d and d.get(key) is not None else "-"
 
 
-def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
-    """The table for one status message; fits 80 columns."""
+def render(st: dict[str, Any], silent_for: float = 0.0, live: bool = True) -> Group:
+    """The table for one status message; fits 80 columns. `live`: refreshed until q is pressed
+    (not a snapshot)."""
     lat, age, tot = st["latency_ms"], st["frame_age_ms"], st["totals"]
     head = Text(f"{st['pipeline']}  up {st['elapsed_s']:.0f} s", style="bold")
     if silent_for > 3:
@@ -48,7 +50,7 @@ def render(st: dict[str, Any], silent_for: float = 0.0) -> Group:
              f" ms   frames {tot['captured']} captured, {tot['classified']} classified, "
              f"{sum(sum(r.values()) for r in tot['drops'].values())} dropped"),
         *_detail_lines(st),
-        Text("q quits", style="dim"),
+        *([Text("q quits", style="dim")] if live else []),
     ]
     return Group(*lines)
 
@@ -141,7 +143,7 @@ def _keys() -> Iterator[Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pipeline-top", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="pipeline-top", description=description(__doc__))
     ap.add_argument("--name", help="pipeline name (default: the only one running)")
     ap.add_argument("--once", action="store_true", help="print one snapshot and exit")
     ap.add_argument("--json", action="store_true", help="with --once: the snapshot as JSON")
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.json:
                 print(json.dumps(st, indent=1))
             else:
-                Console(width=80).print(render(st))
+                Console(width=80).print(render(st, live=False))
             return 0
         return _live(sub, info)
     except KeyboardInterrupt:

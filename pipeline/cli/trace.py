@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from pipeline.cli.common import join
+from pipeline.cli.describe import description
 from pipeline.observe.trace import chrome_trace, plot
 from pipeline.outputs import first_problem, replacing, write_whole
 
@@ -38,7 +39,7 @@ def record(name: str | None, seconds: float) -> tuple[dict[str, Any], list[dict[
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="pipeline-trace", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="pipeline-trace", description=description(__doc__))
     ap.add_argument("--name", help="pipeline name (default: the only one running)")
     ap.add_argument("--seconds", type=float, default=10.0, help="how long to record (10)")
     ap.add_argument("--out", default="trace.json", help="trace-event JSON file (trace.json)")

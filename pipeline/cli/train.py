@@ -1,17 +1,21 @@
 """`pipeline-train DATASET --out FILE.onnx`: train a model on your own classes (a subfolder of
 images per class) and write it as one .onnx file the pipeline runs with `model.weights = FILE`,
-with a report beside it. Needs no torch (see pipeline/train/)."""
+with a report beside it. Needs no torch.
+
+The training itself is pipeline/train/."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from pipeline.cli.describe import description
+
 PROG = "pipeline-train"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog=PROG, description=description(__doc__))
     ap.add_argument("dataset", metavar="DATASET",
                     help="folder with a subfolder of images per class (unlabelled/ is skipped)")
     ap.add_argument("--out", required=True, metavar="FILE.onnx", help="the model file to write")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, check_files, input_files, load_config
 from pipeline.outputs import check_folder, first_problem
+from pipeline.supervisor.file_lines import FORMATS, images_sources
 
 EXIT_CONFIG = 2
 
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--record", metavar="FILE", help="write every result as one JSON object per line")
     ap.add_argument("--summary-json", metavar="FILE", help="write the exit summary as JSON")
     ap.add_argument("--quiet", action="store_true", help="no per-second status lines")
+    ap.add_argument("--format", choices=FORMATS,
+                    help="an images source prints a line per file on stdout: its path, label and "
+                         "probability; text (default), csv (with a header) or jsonl")
     ap.add_argument("--metrics-port", type=int, metavar="PORT",
                     help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
     ap.add_argument("--host", metavar="NAME",
@@ -55,7 +59,8 @@ def _service_options(args: argparse.Namespace) -> list[str]:
     """The options the service runs with: those given here, but the service's own."""
     out = [arg for text in args.overrides for arg in ("--set", text)]
     for flag, value in (("--record", args.record), ("--summary-json", args.summary_json),
-                        ("--host", args.host), ("--metrics-port", args.metrics_port)):
+                        ("--host", args.host), ("--metrics-port", args.metrics_port),
+                        ("--format", args.format)):
         if value is not None:
             out += [flag, str(Path(value).resolve()) if flag in ("--record", "--summary-json")
                     else str(value)]
@@ -130,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"pipeline-up: {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.format and not images_sources(config):
+        kinds = ", ".join(sorted({s.kind for s in config.source_list}))
+        print(f"pipeline-up: --format: the line per file is for an images source; this config's "
+              f"source is {kinds} (--record FILE writes every result)", file=sys.stderr)
+        return EXIT_CONFIG
     if service:
         return _service(args, config)
     if args.check:
@@ -139,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
     from pipeline.transport.rundir import RuntimeDirError
 
+    file_lines = (args.format or "text") if images_sources(config) else None
     try:
         return Supervisor(config, duration=args.duration, record=args.record,
                           summary_json=args.summary_json, quiet=args.quiet,
                           metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-                          host=args.host).run()
+                          host=args.host, file_lines=file_lines).run()
     except RuntimeDirError as e:  # raised before anything starts
         print(f"pipeline-up: {e}", file=sys.stderr)
         return EXIT_CONFIG

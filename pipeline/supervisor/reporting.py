@@ -4,6 +4,7 @@ it publishes once a second, and its own subscription to the results (report, met
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,7 @@ from pipeline.config import Config
 from pipeline.observe.format import format_status
 from pipeline.observe.journal import STATUS_EVERY_S, WARNING, journald, logfmt, status_fields
 from pipeline.observe.report import RunReport
+from pipeline.supervisor.file_lines import FileLines
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.transport.messages import MAX_SUBSCRIPTION_BYTES, pack, unpack
 
@@ -84,12 +86,14 @@ class StatusPublisher:
 class ResultsRecorder:
     """The supervisor's own share of the results, handed over by the hub's thread (never lost to
     a subscriber's high-water mark): each one counts in the report and the metrics and, with
-    `--record`, is written to the record file as a JSON line."""
+    `--record`, is written to the record file as a JSON line; for an images source, each file's
+    label goes to stdout (`lines`)."""
 
     def __init__(self, zctx: zmq.Context, hub: ResultsHub | None, report: RunReport, metrics: Any,
-                 record_path: str | None, say: Callable[..., None]):
+                 record_path: str | None, say: Callable[..., None], lines: FileLines | None = None):
         """`hub`: the results hub (None on a host without workers: nothing to take)."""
         self.say = say
+        self.lines = lines
         self.report = report
         self.metrics = metrics
         self.hub = hub
@@ -102,6 +106,7 @@ class ResultsRecorder:
     def drain(self) -> None:
         """Take every waiting result (the hub has checked them), and the hub's counts of the
         results the pipeline dropped and of those there was no room for here."""
+        now = time.monotonic()
         while True:
             try:
                 msg = unpack(self.socket.recv(zmq.NOBLOCK))
@@ -114,6 +119,10 @@ class ResultsRecorder:
                 self.metrics.on_result(msg)
             if self.record:
                 self._write(json.dumps(msg) + "\n")
+            if self.lines:
+                self.lines.on_result(msg, now)
+        if self.lines:
+            self.lines.release(now)
         if self.hub is not None:
             self.report.results_issued = self.hub.issued
             self.report.results_dropped = self.hub.dropped

@@ -28,6 +28,7 @@ from pipeline.supervisor import startup
 from pipeline.supervisor.adaptive import AdaptiveInput, SizeController
 from pipeline.supervisor.control import ControlChannel
 from pipeline.supervisor.deploy import COMMAND, ModelDeploy
+from pipeline.supervisor.file_lines import FileLines
 from pipeline.supervisor.lifecycle import StageProcesses
 from pipeline.supervisor.notify import SystemdNotifier
 from pipeline.supervisor.reporting import ResultsRecorder, StatusPublisher, ready_line
@@ -49,7 +50,9 @@ class Supervisor:
     def __init__(self, config: Config, *, duration: float | None = None, record: str | None = None,
                  summary_json: str | None = None, quiet: bool = False, log: IO[str] = sys.stderr,
                  metrics_port: int | None = None, metrics_host: str = "127.0.0.1",
-                 host: str | None = None):
+                 host: str | None = None, file_lines: str | None = None):
+        """`file_lines`: for images sources, the format of the line per file on stdout
+        (file_lines.FORMATS; None: none)."""
         self.config = config
         self.host = host  # None: every stage of the topology runs here
         self.stages = {i.name: i for i in config.instances(host)}
@@ -58,6 +61,7 @@ class Supervisor:
         self.record_path = record
         self.summary_path = summary_json
         self.quiet = quiet
+        self.file_lines = file_lines
         self.metrics_address = (metrics_host, metrics_port) if metrics_port is not None else None
         self.metrics = None
         self.log = log
@@ -151,8 +155,10 @@ class Supervisor:
                                        self.report, self.control, self.say)
         self.status = StatusPublisher(self.zctx, self.paths.endpoint("status"), self.report, self.metrics,
                                       self.quiet, self.say)
+        lines = FileLines(self.config, self.file_lines, warn=lambda text: self.say(text, WARNING)) \
+            if self.file_lines and self.workers else None
         self.results = ResultsRecorder(self.zctx, self.hub, self.report, self.metrics, self.record_path,
-                                       self.say)
+                                       self.say, lines)
 
     def _start_and_monitor(self) -> None:
         self.children.spawn_all(with_consumers=bool(self.workers))
@@ -172,6 +178,8 @@ class Supervisor:
 
     def _finish(self) -> int:
         """The summary, if the pipeline ever ran, and the exit code."""
+        if self.results.lines:
+            self.results.lines.finish(ended=self.stop_reason == "end of stream")
         if self.started_at is not None:
             summary = self.report.summary(self.stop_reason or "failure", self.failure)
             if self.summary_path:
@@ -180,10 +188,7 @@ class Supervisor:
                 except OSError as e:  # a full disk: like --record, one line, and the summary below
                     self.say(f"--summary-json: cannot write {self.summary_path} ({e.strerror}); "
                              "the summary is only below", WARNING)
-            try:
-                print(format_summary(summary), flush=True)
-            except OSError:  # no terminal any more
-                pass
+            self.say(format_summary(summary))  # stderr, like the status: stdout is for results
         if self.failure:
             self.say(f"pipeline-up: {self.failure}", ERROR)
             return 1

@@ -40,6 +40,7 @@ import json
 import math
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -68,6 +69,7 @@ RECALL_S = 3.0  # how long after connecting the broker's copy of the states may 
 MAX_INCOMING = 64 * 1024  # bytes of a packet from the broker: what this consumer reads is small
 REDISCOVERY_S = 5.0  # Home Assistant's `online` is answered at most this often
 REFUSED_FOR_GOOD = ("Bad user name or password", "Not authorized", "Client identifier not valid")
+CREDENTIALS_REFUSED = ("Bad user name or password", "Not authorized")
 
 
 class MqttError(UserError):
@@ -91,6 +93,31 @@ def check_prefix(prefix: str, flag: str) -> str:
     return prefix
 
 
+def unreachable(error: OSError, host: str) -> str:
+    """Why a connection to the broker at `host` failed, in words a user can act on: the name
+    does not resolve (DNS), nothing accepts connections on the port (refused), no answer (timed
+    out), a certificate not trusted, or what the system said."""
+    if isinstance(error, socket.gaierror):
+        return f"DNS failure, the name {host!r} does not resolve ({error.strerror})"
+    if isinstance(error, ConnectionRefusedError):
+        return "connection refused, nothing listens on that port there or a firewall rejects it"
+    if isinstance(error, TimeoutError):
+        return "timed out, no answer from that address (the host is down or a firewall drops it)"
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return f"its TLS certificate is not trusted ({error.verify_message}; --ca FILE names the CA)"
+    if isinstance(error, ssl.SSLError):
+        return f"TLS failed ({error.reason or error})"
+    return error.strerror or str(error)
+
+
+def credentials_hint(user: str | None) -> str:
+    """What to do when the broker refuses the credentials given (or their absence)."""
+    if not user:
+        return (f"it wants a user name and password: set {USERNAME_ENV} and {PASSWORD_ENV} in the "
+                f"environment of pipeline-attach (of pipeline-up for [[consumers]])")
+    return f"check {USERNAME_ENV} ({user!r}) and {PASSWORD_ENV} in the environment"
+
+
 def host_name() -> str:
     """This machine's name as a topic level and a part of ids."""
     return object_id(socket.gethostname()) or "host"
@@ -102,6 +129,16 @@ class BoundedClient(mqtt.Client):
     of it into memory first)."""
 
     fault: str | None = None  # why the connection was dropped here, for the next report
+    connect_error: OSError | None = None  # why the latest connection attempt failed
+
+    def _create_socket(self) -> Any:
+        try:
+            sock = super()._create_socket()
+        except OSError as e:
+            self.connect_error = e
+            raise
+        self.connect_error = None
+        return sock
 
     def _sock_recv(self, bufsize: int) -> bytes:
         size = self._in_packet["remaining_length"]
@@ -188,8 +225,10 @@ class MqttConsumer:
         if self.connected.wait(FIRST_CONNECT_S) and self.refused is None:
             self.recalled.wait(RECALL_S)
         elif self.refused is None:
-            self._say(f"cannot reach the broker at {self.host}:{self.port} yet; retrying with "
-                      f"back-off (events, stats and snapshots are dropped and counted meanwhile)")
+            error = self.client.connect_error
+            why = unreachable(error, self.host) if error else f"no answer within {FIRST_CONNECT_S:g} s"
+            self._say(f"cannot reach the broker at {self.host}:{self.port} yet: {why}; retrying "
+                      f"with back-off (events, stats and snapshots are dropped and counted meanwhile)")
         if self.refused is not None:
             self._stop_client()
             raise MqttError(self.refused)
@@ -221,8 +260,10 @@ class MqttConsumer:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             if str(reason) in REFUSED_FOR_GOOD:
+                hint = f"; {credentials_hint(os.environ.get(USERNAME_ENV))}" \
+                    if str(reason) in CREDENTIALS_REFUSED else ""
                 self.refused = f"the broker at {self.host}:{self.port} refused the connection: " \
-                               f"{reason}"
+                               f"{reason}{hint}"
                 self.connected.set()  # wake the start-up wait: it reports and stops
                 client.disconnect()
             else:
@@ -250,8 +291,9 @@ class MqttConsumer:
             client.subscribe(f"{self.discovery_prefix}/status", qos=0)
         self.connected.set()
 
-    def _on_connect_fail(self, _c: mqtt.Client, _u: Any) -> None:
-        self._lost("cannot connect")
+    def _on_connect_fail(self, client: BoundedClient, _u: Any) -> None:
+        error = client.connect_error
+        self._lost(unreachable(error, self.host) if error else "cannot connect")
 
     def _on_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected.clear()
@@ -342,7 +384,7 @@ class MqttConsumer:
         if self.lost_at is None:
             self.lost_at = time.monotonic()
             if self.connects:
-                self._say(f"lost the broker at {self.host}:{self.port} ({why}); reconnecting "
+                self._say(f"lost the broker at {self.host}:{self.port}: {why}; reconnecting "
                           f"with back-off (events, stats and snapshots are dropped and counted "
                           f"meanwhile)")
 

@@ -4,7 +4,7 @@ fps, and per-stage latency and queue depth, served on 127.0.0.1 unless told othe
 Routes (GET; `SOURCE` is a result's `source`, e.g. `video`, `synthetic` or a configured id):
 
 - `/` the page; `/status.json` the numbers the page polls;
-- `/stream.mjpg` the frames of all sources (multipart/x-mixed-replace);
+- `/stream.mjpg` (or `.mjpeg`) the frames of all sources (multipart/x-mixed-replace);
 - `/latest.jpg` the newest frame of any source, one JPEG (for a camera card or a browser);
 - `/SOURCE/latest.jpg` the newest frame of that source;
 - `/SOURCE/stream.mjpeg` (or `.mjpg`) the frames of that source only.
@@ -269,7 +269,7 @@ def _handler(shared: _Shared, page: bytes, names: set[str], teach: Any = None
                 self._send(body, "application/json")
                 return
             parts = path.split("/")  # "/SOURCE/latest.jpg" -> ["", "SOURCE", "latest.jpg"]
-            if path in ("/stream.mjpg", "/latest.jpg"):
+            if path in ("/stream.mjpg", "/stream.mjpeg", "/latest.jpg"):
                 name, leaf = None, parts[1]
             elif len(parts) == 3 and parts[2] in ("latest.jpg", "stream.mjpeg", "stream.mjpg"):
                 name, leaf = parts[1], parts[2]

@@ -23,16 +23,19 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    """Say how many tests were skipped for want of the large assets, and where those come from."""
-    skipped = terminalreporter.stats.get("skipped", [])
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Last line of the run: how many tests were skipped for want of the large assets, and where
+    those come from (after pytest's own summary, so that it is what a reader sees last)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    skipped = reporter.stats.get("skipped", [])
     missing = sum(1 for r in skipped if MISSING_ASSET in str(r.longrepr))
     if missing:
-        terminalreporter.write_line(
-            f"{missing} of {len(skipped)} skipped tests need {ASSETS_README}: "
-            f"not found at {ASSETS}; every other test ran.")
+        reporter.write_line(f"{missing} of {len(skipped)} skipped tests need {ASSETS_README}: "
+                            f"not found at {ASSETS}; every other test ran.")
     elif skipped:
-        terminalreporter.write_line(f"{len(skipped)} skipped (see -rs); none for missing assets.")
+        reporter.write_line(f"{len(skipped)} skipped (see -rs), none for missing assets.")
 
 
 @pytest.fixture

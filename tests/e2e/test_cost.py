@@ -13,10 +13,9 @@ from pathlib import Path
 
 import psutil
 
-from tests.support.assets import ASSETS, need
+from tests.support.assets import BOTTLE, need
 from tests.support.processes import launch, pipeline_cmd
 
-BOTTLE = ASSETS / "video" / "bottle-detection.mp4"
 WINDOW_S = 6.0
 WAITS_PER_FRAME_MAX = 21  # twice today's
 AROUND_MODEL_MAX = 2.0  # CPU of the other processes / the model worker's (about 0.7 today)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.config.schema import ModelConfig
-from tests.support.assets import ACCURACY_MARGIN, ASSETS, IMAGES, ROOT, need
+from tests.support.assets import ACCURACY_MARGIN, IMAGES, ROOT, ZOO_ONNX, need
 from tests.support.processes import read_jsonl, run_pipeline
 from workers.inference.classifier import OnnxClassifier, TorchClassifier, top_k
 from workers.inference.errors import ModelError
@@ -22,8 +22,6 @@ from workers.inference.model_files import builtin_onnx, builtin_weights
 from workers.inference.model_plan import plan_model
 from workers.inference.onnx_export import file_sha256
 from workers.preprocess.transform import Preprocessor
-
-ZOO_ONNX = ASSETS / "weights" / "mobilenetv2-12-int8.onnx"
 
 
 def photos(n: int) -> list[tuple[str, np.ndarray, int]]:
@@ -160,8 +158,8 @@ def test_an_onnx_file_from_elsewhere_runs_with_imagenet_names(tmp_path, clean_ma
     correct = sum(r["top"][0]["index"] == labels[r["item"]] for r in results)
     assert correct >= 0.6 * len(results)
     assert all(r["runtime"] == "onnxruntime" for r in results)
-    assert results[0]["top"][0]["label"] in [ln.strip() for ln in
-                                            (ASSETS / "imagenet_classes.txt").read_text().splitlines()]
+    names = (ROOT / "pipeline" / "config" / "imagenet_classes.txt").read_text().splitlines()
+    assert results[0]["top"][0]["label"] in [ln.strip() for ln in names]
 
 
 def test_onnxruntime_worker_never_loads_torch(tmp_path, clean_machine):

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline import attach
 from pipeline.config import image_files
-from tests.support.assets import ASSETS, BOTTLE, IMAGES, ROOT, WEIGHTS, need
+from tests.support.assets import BOTTLE, CAR, IMAGES, ROOT, WEIGHTS, need
 from tests.support.processes import WORKER_CORES, read_jsonl
 from tests.support.topologies import (
     WATER_BOTTLE,
@@ -28,9 +28,6 @@ from tests.support.topologies import (
     wait_for,
     write_config,
 )
-
-CAR = ASSETS / "video" / "car-detection.mp4"
-
 
 # -- several sources, several workers ----------------------------------------------------------
 

@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 
 from pipeline.config import load_config
-from tests.support.assets import ASSETS, BOTTLE, need
+from tests.support.assets import BOTTLE, CAR, need
 from tests.support.processes import read_jsonl, run_pipeline
 from workers.capture.pacing import Pacer
 from workers.capture.source_base import SourceError
 from workers.capture.sources import Video
-
-CAR = ASSETS / "video" / "car-detection.mp4"  # its index (moov) comes first: a cut copy still opens
 
 
 def damaged_copy(src: Path, dst: Path, at: float = 0.5, length: int = 20000) -> Path:

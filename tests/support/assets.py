@@ -12,11 +12,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT.parent / "shared" / "assets"
-ASSETS_README = "the large test assets (../shared/assets beside the project, see its README.md)"
+ASSETS_README = ("the large test assets (../shared/assets beside the project; docs/test-assets.md says "
+                 "what they are and where they come from)")
 # The shipped pretrained weights: byte-identical to the shared assets' copy.
 WEIGHTS = ROOT / "workers" / "inference" / "model_files" / "mobilenet_v2_qnnpack_imagenet1k.pth"
 BOTTLE = ROOT / "pipeline" / "samples" / "bottle-detection.mp4"
 IMAGES = ASSETS / "images"
+CAR = ASSETS / "video" / "car-detection.mp4"  # its index (moov) comes first: a cut copy still opens
+ZOO_ONNX = ASSETS / "weights" / "mobilenetv2-12-int8.onnx"  # the ONNX Model Zoo's, a foreign model
 
 # 4 of the 200 images: the preprocessing is torchvision's to within one grey level (0.865 against
 # 0.865 torch, 0.870 onnxruntime measured), the rest is another runtime's or CPU's int8 rounding.

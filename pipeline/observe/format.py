@@ -3,11 +3,15 @@ the dicts `RunReport` builds (which are also published and written as JSON)."""
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import Any
 
+UNMEASURED = "—"  # in place of a rate not measured yet (it takes two stats messages, a second)
 
-def format_status(st: dict[str, Any]) -> list[str]:
-    """One line per stage for the supervisor's terminal (and one per source when several)."""
+
+def format_status(st: dict[str, Any], measured: Container[str] | None = None) -> list[str]:
+    """One line per stage for the supervisor's terminal (and one per source when several).
+    `measured`: the stages whose rate is known (None: all); the others show no figure."""
     lines = []
     first_inference = next((n for n in st["stages"] if n.split(".")[0] == "inference"), None)
     width = max([10, *map(len, st["stages"]), *(len(s) + 7 for s in st.get("sources", {}))])
@@ -16,7 +20,8 @@ def format_status(st: dict[str, Any]) -> list[str]:
         if m["state"] == "starting":
             lines.append(f"{stage:<{width}}  (no stats yet)")
             continue
-        parts = [f"{stage:<{width}} {m['fps_out']:6.1f} fps"]
+        rate = f"{m['fps_out']:6.1f}" if measured is None or stage in measured else f"{UNMEASURED:>6}"
+        parts = [f"{stage:<{width}} {rate} fps"]
         if kind != "capture":
             q = m["queue"]
             parts.append(f"queue {q.get('p50', 0):.0f}/max {q.get('max', 0):.0f}")

@@ -75,7 +75,7 @@ class StatusPublisher:
                 self.journal_next = status["elapsed_s"] + STATUS_EVERY_S
                 self.say(logfmt(status_fields(status)))
         else:
-            lines = format_status(status)
+            lines = format_status(status, self.report.rate)
             self.say(f"[{status['elapsed_s']:6.1f}s] " + f"\n{'':9}".join(lines))
         return status
 

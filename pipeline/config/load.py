@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .checks import check_files
-from .errors import ConfigError, _describe
+from .errors import ConfigError, describe
 from .schema import WEIGHTS_SPECIAL, Config
 from .topology import auto_layout
 
@@ -21,11 +21,13 @@ PATH_KEYS = (("source", "path"), ("model", "weights"), ("model", "labels"), ("cu
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b=value` -> (["a", "b"], value); the value is read as TOML, else kept as a string."""
+    """`a.b=value` -> (["a", "b"], value); a list entry is `sources[1].path` or `sources.1.path`,
+    the value is read as TOML, else kept as a string."""
     key, sep, raw = text.partition("=")
-    parts = key.strip().split(".")
+    parts = re.sub(r"\[([0-9]+)\]", r".\1", key.strip()).split(".")
     if not sep or not all(re.fullmatch(r"[A-Za-z0-9_]+", p) for p in parts):
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY like source.path")
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE with KEY like source.path or "
+                          "sources[0].path")
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
@@ -36,18 +38,28 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _set(tree: dict, parts: list[str], value: Any, origin: str) -> None:
     """tree[a][b]... = value; a numeric part indexes a list (sources.1.path)."""
     node: Any = tree
-    for i, part in enumerate(parts[:-1]):
-        if isinstance(node, list) and part.isdigit():
+    for i, part in enumerate(parts):
+        where, last = ".".join(parts[:i]), i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit():
+                raise ConfigError(f"{origin}: give an entry of {where} (e.g. {where}[0].{part})")
             if int(part) >= len(node):
-                raise ConfigError(f"{origin}: {'.'.join(parts[:i])} has {len(node)} entries")
-            node = node[int(part)]
+                raise ConfigError(f"{origin}: {where} has {len(node)} entries")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif last:
+            node[part] = value
+        elif parts[i + 1].isdigit() and not isinstance(node.get(part), list):
+            hint = f" (this config has one [source]: use source.{'.'.join(parts[i + 2:])})" \
+                if part == "sources" and "source" in tree else ""
+            raise ConfigError(f"{origin}: {'.'.join(parts[:i + 1])} is not a list here, so it has "
+                              f"no entry {parts[i + 1]}{hint}")
         else:
             node = node.setdefault(part, {})
-        if not isinstance(node, (dict, list)):
+        if not last and not isinstance(node, (dict, list)):
             raise ConfigError(f"{origin}: {'.'.join(parts[: i + 1])} is not a table")
-    if isinstance(node, list):
-        raise ConfigError(f"{origin}: give an entry of {'.'.join(parts[:-1])} (e.g. .0.key)")
-    node[parts[-1]] = value
 
 
 def _resolve_path(tree: dict, base: Path) -> None:
@@ -109,7 +121,7 @@ def validate(tree: dict[str, Any], host: str | None = None, files: bool = True) 
             tree = {**tree, **{k: {**tree.get(k, {}), **v} for k, v in layout.items()}}
             config = Config.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_describe(e, tree)) from None
+        raise ConfigError(describe(e, tree)) from None
     if host is not None and host not in config.hosts():
         raise ConfigError(f"--host {host}: no stage runs on it (hosts in this config: "
                           f"{', '.join(config.hosts())})")

@@ -106,7 +106,7 @@ def _check_source(config: Config, index: int, line: Callable[..., None]) -> None
 def _check_model(config: Config, worker: object, line: Callable[..., None],
                  say: Callable[[str], None]) -> None:
     """Plan the runtime as the supervisor would, load the model as a worker would, run it once."""
-    from workers.inference.classifier import load_classifier, warm_up
+    from workers.inference.classifier import load_planned_classifier, warm_up_classifier
 
     plan = plan_model(config, worker, say)
     if isinstance(plan, str):
@@ -115,10 +115,10 @@ def _check_model(config: Config, worker: object, line: Callable[..., None],
     threads = config.inference.threads or len(config.cores_for(worker))
     t0 = time.perf_counter()
     try:
-        clf = load_classifier(plan, config, threads)
+        clf = load_planned_classifier(plan, config, threads)
         loaded = time.perf_counter() - t0
-        warm_up(clf, config.preprocess.crop_size, 3)
-        ms = warm_up(clf, config.preprocess.crop_size, 5)
+        warm_up_classifier(clf, config.preprocess.crop_size, 3)
+        ms = warm_up_classifier(clf, config.preprocess.crop_size, 5)
     except Exception as e:  # noqa: BLE001
         line("model", f"{plan.name} on {plan.runtime}: cannot load or run it: {e}", problem=True)
         return

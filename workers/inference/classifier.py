@@ -97,8 +97,8 @@ class TorchClassifier:
 
         torch.set_num_threads(threads)
         self._torch = torch
-        self.model = models.load_classifier(model_name, weights, engine, jit,
-                                            channels_last=channels_last)
+        self.model = models.load_torch_model(model_name, weights, engine, jit,
+                                             channels_last=channels_last)
         self.engine = torch.backends.quantized.engine
         self.threads = torch.get_num_threads()
         self.labels = models.categories(model_name)
@@ -121,7 +121,7 @@ class TorchClassifier:
             return self.model(t)[0].numpy()
 
 
-def warm_up(clf: Classifier, size: int, iterations: int) -> float:
+def warm_up_classifier(clf: Classifier, size: int, iterations: int) -> float:
     """Run a few frames so the first real one is not slow; returns the last run's ms."""
     x = np.zeros((1, 3, size, size), np.float32)
     ms = 0.0
@@ -158,7 +158,7 @@ class ModelInputs:
         return x
 
 
-def load_classifier(plan: "ModelPlan", config: "Config", threads: int) -> Classifier:
+def load_planned_classifier(plan: "ModelPlan", config: "Config", threads: int) -> Classifier:
     """The planned runtime only: an onnxruntime worker never imports torch."""
     model = config.model
     if plan.runtime == "onnxruntime":

@@ -47,11 +47,11 @@ def export(model_name: str, weights: str, out: str | os.PathLike, engine: str = 
     import onnx
     import torch
 
-    from workers.inference.torch_models import categories, load_classifier
+    from workers.inference.torch_models import categories, load_torch_model
     from workers.normalize import IMAGENET_MEAN, IMAGENET_STD
 
     torch.manual_seed(0)  # "none" (random weights) exports the same file every time
-    model = load_classifier(model_name, weights, engine, jit=False)
+    model = load_torch_model(model_name, weights, engine, jit=False)
     crop, resize = input_sizes(model_name)
     x = torch.zeros(1, 3, crop, crop)
     out = Path(out)

@@ -35,7 +35,7 @@ from pipeline.transport.rundir import RESULTS_IN
 from pipeline.transport.workqueue import SharedCounter, SharedReader, WorkQueue
 from workers.context import StageContext
 
-from .classifier import Classifier, ModelInputs, load_classifier, top_k, warm_up
+from .classifier import Classifier, ModelInputs, load_planned_classifier, top_k, warm_up_classifier
 from .model_plan import ModelPlan
 
 
@@ -55,8 +55,8 @@ class NextModel:
     def _load(self, ctx: StageContext, threads: int) -> None:
         config = ctx.config
         try:
-            model = load_classifier(self.plan, config, threads)
-            self.warm_ms = warm_up(model, config.preprocess.crop_size, config.model.warmup)
+            model = load_planned_classifier(self.plan, config, threads)
+            self.warm_ms = warm_up_classifier(model, config.preprocess.crop_size, config.model.warmup)
             self.model = model
         except Exception as e:  # anything: the running model goes on, the error is one line
             self.error = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
@@ -86,8 +86,8 @@ class Inference:
         for i, reader in enumerate(self.readers):  # from now on a kill loses no count
             reader.drops = ctx.tally.counts(config.edge_name("tensors", i), reader.drops)
         plan = self.plan = ModelPlan.from_json(ctx.run.model_plan_file.read_text())
-        self.model = load_classifier(plan, config, cfg.threads or len(ctx.cores))
-        warm_ms = warm_up(self.model, config.preprocess.crop_size, model_cfg.warmup)
+        self.model = load_planned_classifier(plan, config, cfg.threads or len(ctx.cores))
+        warm_ms = warm_up_classifier(self.model, config.preprocess.crop_size, model_cfg.warmup)
         self.source_of = {r: i for i, r in enumerate(self.readers)}
         # Sources read on demand get a credit each time this worker takes one of their frames.
         self.credits = ctx.own(CreditSender(ctx.zmq, {i: ctx.edge("credits", i)[0]

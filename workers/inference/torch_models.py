@@ -57,8 +57,8 @@ def categories(model_name: str) -> list[str]:
     return list(get_model_weights(f"quantized_{model_name}").DEFAULT.meta["categories"])
 
 
-def load_classifier(model_name: str, weights: str, engine: str = "auto", jit: bool = True,
-                    threads: int | None = None, channels_last: bool = False) -> torch.nn.Module:
+def load_torch_model(model_name: str, weights: str, engine: str = "auto", jit: bool = True,
+                     threads: int | None = None, channels_last: bool = False) -> torch.nn.Module:
     """A quantized classifier in eval mode, scripted if `jit`, its weights in channels-last
     layout if asked; `weights` is a state-dict path, "DEFAULT" (torchvision's pretrained
     weights, downloaded once to torch's cache) or "none"."""
@@ -101,8 +101,8 @@ def load_classifier(model_name: str, weights: str, engine: str = "auto", jit: bo
     return model
 
 
-def warm_up(model: torch.nn.Module, size: int, iterations: int,
-            channels_last: bool = False) -> float:
+def warm_up_torch_model(model: torch.nn.Module, size: int, iterations: int,
+                        channels_last: bool = False) -> float:
     """Run a few frames so the first real one is not slow; returns the last run's ms."""
     x = torch.zeros(1, 3, size, size)
     if channels_last:

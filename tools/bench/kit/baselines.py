@@ -71,13 +71,13 @@ def pin(cores: list[int]) -> None:
 def load(args: dict[str, Any]) -> Any:
     import torch
 
-    from workers.inference.torch_models import load_classifier, warm_up
+    from workers.inference.torch_models import load_torch_model, warm_up_torch_model
 
     if args.get("threads"):
         torch.set_num_threads(args["threads"])
-    model = load_classifier(args["model"], args["weights"], args.get("engine", "auto"),
-                            jit=args.get("jit", True))
-    warm_up(model, args.get("size", 224), 20)
+    model = load_torch_model(args["model"], args["weights"], args.get("engine", "auto"),
+                             jit=args.get("jit", True))
+    warm_up_torch_model(model, args.get("size", 224), 20)
     return model
 
 
@@ -85,10 +85,10 @@ def load_net(args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The run's model as a callable on one 1x3xSxS input (a torch tensor; a float32 numpy array
     for onnxruntime), and what runs it."""
     if args.get("runtime") == "onnxruntime":
-        from workers.inference.classifier import OnnxClassifier, warm_up
+        from workers.inference.classifier import OnnxClassifier, warm_up_classifier
 
         clf = OnnxClassifier(args["onnx"], args["threads"])
-        warm_up(clf, args.get("size", 224), 20)
+        warm_up_classifier(clf, args.get("size", 224), 20)
         return clf.logits, {"runtime": clf.runtime, "threads": clf.threads, "engine": clf.engine}
     import torch
 

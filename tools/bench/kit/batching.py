@@ -16,12 +16,12 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402
 
-from workers.inference.torch_models import load_classifier  # noqa: E402
+from workers.inference.torch_models import load_torch_model  # noqa: E402
 
 
 def main() -> None:
     torch.set_num_threads(1)
-    model = load_classifier("mobilenet_v2", sys.argv[2], "qnnpack", True)
+    model = load_torch_model("mobilenet_v2", sys.argv[2], "qnnpack", True)
     out = {}
     with torch.inference_mode():
         for _ in range(2):  # two rounds: keep the better, the machine is shared

@@ -19,6 +19,18 @@ from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.transport.messages import MAX_SUBSCRIPTION_BYTES, pack, unpack
 
 
+def synthetic_note(config: Config) -> str | None:
+    """What a synthetic source shows, so its labels are not taken for a real scene's."""
+    ids = config.source_ids()
+    names = [ids[i] for i, src in enumerate(config.source_list) if src.kind == "synthetic"]
+    if not names:
+        return None
+    which = "synthetic source" if len(config.source_list) == 1 else f"source {', '.join(names)}"
+    return (f"{which}: a generated test pattern (colour bars and a moving box), not a camera, so "
+            "the labels below mean nothing; for a real clip: pipeline-up configs/video.toml "
+            "--set source.path=CLIP.mp4")
+
+
 def ready_line(config: Config, stages: list[str], workers: list[str], ready: dict[str, dict]) -> str:
     """What runs where, once every stage is ready."""
     return (f"ready: {_sources_ready(config, ready)}, {_model_ready(config, workers, ready)}; cores "

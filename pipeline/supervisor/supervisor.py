@@ -31,7 +31,7 @@ from pipeline.supervisor.deploy import COMMAND, ModelDeploy
 from pipeline.supervisor.file_lines import FileLines
 from pipeline.supervisor.lifecycle import StageProcesses
 from pipeline.supervisor.notify import SystemdNotifier
-from pipeline.supervisor.reporting import ResultsRecorder, StatusPublisher, ready_line
+from pipeline.supervisor.reporting import ResultsRecorder, StatusPublisher, ready_line, synthetic_note
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.supervisor.roi import ROI, RegionChanges
 from pipeline.supervisor.shm import all_rings, frame_rings
@@ -161,6 +161,9 @@ class Supervisor:
                                        self.say, lines)
 
     def _start_and_monitor(self) -> None:
+        note = synthetic_note(self.config) if self.workers else None
+        if note:
+            self.say(note)
         self.children.spawn_all(with_consumers=bool(self.workers))
         starting = f"starting {len(self.stages)} stage(s): {', '.join(self.stages)}" \
             + (" (loading the model)" if self.workers else "")

@@ -287,7 +287,7 @@ def test_consumer_options_that_cannot_work_are_config_errors(tmp_path, key, valu
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and f"consumers.1.{key}" in lines[0] and wrong in lines[0], p.stderr
+    assert len(lines) == 1 and f"consumers[1].{key}" in lines[0] and wrong in lines[0], p.stderr
     assert "Traceback" not in p.stderr
 
 

@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     if service:
         return _service(args, config)
     if args.check:
-        from pipeline.supervisor.check import check
+        from pipeline.supervisor.dry_run import dry_run
 
-        return check(config, args.config, args.host, print)
+        return dry_run(config, args.config, args.host, print)
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
     from pipeline.transport.rundir import RuntimeDirError
 

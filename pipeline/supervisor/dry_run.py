@@ -20,7 +20,7 @@ from pipeline.transport.rundir import running_pipelines
 MIB = 2 ** 20
 
 
-def check(config: Config, path: str, host: str | None, say: Callable[[str], None]) -> int:
+def dry_run(config: Config, path: str, host: str | None, say: Callable[[str], None]) -> int:
     """Print one line per finding; 0 when the pipeline would start, 1 when it would not."""
     problems: list[str] = []
 

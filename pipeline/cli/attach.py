@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--max-age", type=float, metavar="SECONDS",
                     help="skip results older than this when read (default: 2 for print, video and "
                          "preview, off for jsonl and custom consumers)")
+    ap.add_argument("--label", metavar="NAME",
+                    help="name this consumer in its closing line (pipeline-up names each of a "
+                         "config's [[consumers]] by kind and number, e.g. jsonl#2)")
     add_consumer_options(ap)
     return ap
 
@@ -144,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         _ignore_stop_signals()  # the run is over: nothing left to interrupt
         sub.close()
     gone = f"; stream ended: {sub.ended}" if sub.ended else ""
-    print(f"attach: {sub.received} results, {sub.missed} missed (this consumer fell behind), "
+    who = f"consumer {args.label}" if args.label else "attach"
+    print(f"{who}: {sub.received} results, {sub.missed} missed (this consumer fell behind), "
           f"{sub.dropped} dropped or delayed by the pipeline"
           + (f", {sub.malformed} malformed messages ignored" if sub.malformed else "")
           + (f", {sub.frames_missed} without frame" if sub.frames else "") + gone,

@@ -77,10 +77,10 @@ class StageProcesses:
                 self.spawn(stage)
         # Consumers connect while the model loads, so they see the first result.
         for i, c in enumerate(self.config.consumers if with_consumers else []):
+            label = f"{c.kind}#{i + 1}"
             cmd = [sys.executable, "-m", "pipeline.cli.attach", "--name", self.config.name,
-                   *c.attach_args()]
-            self.consumers[f"{c.kind}#{i + 1}"] = subprocess.Popen(
-                cmd, env=env, stdin=subprocess.DEVNULL)
+                   "--label", label, *c.attach_args()]
+            self.consumers[label] = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL)
 
     def spawn_waiting(self) -> None:
         """A worker finished loading: the next one may start."""

@@ -10,7 +10,7 @@ import time
 
 from pipeline.cli.common import join
 from pipeline.cli.consumer_args import OneLineParser, add_consumer_options, consumer_options
-from pipeline.config.consumers import BUILTIN_CONSUMERS, flag_of, options
+from pipeline.config.consumers import BUILTIN_CONSUMERS, flag_of, options, unknown_kind
 from pipeline.outputs import check_folder, first_problem
 from pipeline.strings import control_problem
 from pipeline.transport.rundir import RuntimeDirError, running_pipelines
@@ -64,6 +64,8 @@ def _source_fps(info: dict) -> float | None:
 
 def _bad_option(args: argparse.Namespace) -> str | None:
     """One line on the first option that cannot work, checked before anything starts."""
+    if args.consumer not in BUILTIN_CONSUMERS and ":" not in args.consumer:
+        return f"--consumer {unknown_kind(args.consumer)}"
     for flag in ("count", "duration", "fps", "max_age", "stats_interval"):
         value = getattr(args, flag)
         if value is not None and not (math.isfinite(value) and value > 0):

@@ -8,6 +8,7 @@ OpenCV may not even load."""
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +40,13 @@ BUILTIN_CONSUMERS: dict[str, Builtin] = {
                        "examples to train on, in --out FOLDER/unlabelled"),
 }
 CUSTOM_KIND = re.compile(r"[\w./-]+:\w+")  # MODULE:NAME or FILE.py:NAME
+
+
+def unknown_kind(kind: str) -> str:
+    """The words for a consumer that is neither built in nor MODULE:NAME, with the closest."""
+    close = difflib.get_close_matches(kind, BUILTIN_CONSUMERS, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"{kind!r} is not {', '.join(BUILTIN_CONSUMERS)} or MODULE:NAME{hint}"
 
 
 def option(default: Any, help: str, *, consumers: tuple[str, ...] = (), flag: str = "",
@@ -154,8 +162,7 @@ class ConsumerConfig(BaseModel):
     @classmethod
     def _known_kind(cls, kind: str) -> str:
         if kind not in BUILTIN_CONSUMERS and not CUSTOM_KIND.fullmatch(kind):
-            raise ValueError(f"consumers.kind: {kind!r} is not {', '.join(BUILTIN_CONSUMERS)} "
-                             f"or MODULE:NAME")
+            raise ValueError(f"consumers.kind: {unknown_kind(kind)}")
         return kind
 
     @field_validator("out", "host", "allow_hosts", "ca", "topic_prefix", "discovery_prefix",

@@ -1,8 +1,8 @@
 """The model behind the inference stage, whichever runtime runs it: logits for one input, then
 softmax and top-k in numpy (the same code for both runtimes, so results are comparable).
 
-`load(plan, ...)` imports only the chosen runtime: with onnxruntime the worker process never
-loads torch or torchvision (about 700 MB of RSS and 3 s of start-up saved).
+`load_planned_classifier(plan, ...)` imports only the chosen runtime: with onnxruntime the
+worker process never loads torch or torchvision (about 700 MB of RSS and 3 s of start-up saved).
 """
 
 from __future__ import annotations

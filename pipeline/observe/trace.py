@@ -81,14 +81,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         ax.plot(when, values, ".-", ms=3, lw=0.8, label=stage)
     ax.set(title="Service time per stage", xlabel="time (s)", ylabel="time per frame (ms)")
     ax.legend(loc="upper right")
-    ax = axes[1, 0]
-    for stage in ("preprocess", "inference"):
-        ax.step(when, [r.get("queue", {}).get(stage, 0) for r in rows], where="post",
-                label=f"waiting for {stage}")
-    ax.set(title="Input queue depth when a frame was taken", xlabel="time (s)",
-           ylabel="frames waiting")
-    ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="upper right")
+    queue_panel(axes[1, 0], when, rows)
     ax = axes[1, 1]
     if len(e2e):
         ax.hist(e2e, bins=40, color="tab:blue", alpha=0.8, label="frames")
@@ -100,3 +93,23 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+NO_QUEUEING = "no queueing: every frame was taken as soon as it was ready"
+
+
+def queue_panel(ax: Any, when: Any, rows: list[dict[str, Any]]) -> None:
+    """The frames waiting on each edge when a stage took one, on a 0-based frame axis (an
+    empty or all-zero panel says there was no queueing instead of spanning -0.04..0.04)."""
+    peak = 0
+    for stage in ("preprocess", "inference"):
+        depths = [r.get("queue", {}).get(stage, 0) for r in rows]
+        peak = max([peak, *depths])
+        ax.step(when, depths, where="post", label=f"waiting for {stage}")
+    ax.set(title="Input queue depth when a frame was taken", xlabel="time (s)",
+           ylabel="frames waiting")
+    ax.set_ylim(0, 1 if peak == 0 else peak * 1.1)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    if peak == 0:
+        ax.text(0.5, 0.5, NO_QUEUEING, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.legend(loc="upper right")

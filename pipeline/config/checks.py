@@ -4,14 +4,15 @@ CURVE keys, camera credentials."""
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Any
 
 from .classes import class_indices
 from .credentials import CredentialsError, read_credentials
-from .errors import ConfigError
-from .schema import WEIGHTS_SPECIAL, CameraSource, Config, ImagesSource, VideoSource
+from .errors import PATH_EXAMPLES, ConfigError
+from .schema import WEIGHTS_SPECIAL, CameraSource, Config, ImagesSource, Picamera2Source, VideoSource
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -76,6 +77,14 @@ def _check_keys(config: Config, host: str | None) -> None:
 
 
 def _check_source(src: Any, key: str) -> None:
+    if isinstance(src, (VideoSource, ImagesSource)) and not src.path:
+        raise ConfigError(f"{key}.path: empty (give it in the config, or with --set "
+                          f"{key}.path={PATH_EXAMPLES[src.kind]})")
+    if isinstance(src, Picamera2Source) and importlib.util.find_spec("picamera2") is None:
+        raise ConfigError(f'{key}.kind = "picamera2" needs a Raspberry Pi camera module and the '
+                          "picamera2 module, which is not installed here (on Raspberry Pi OS: `sudo apt "
+                          "install python3-picamera2`, and a venv made with `python3 -m venv "
+                          "--system-site-packages`)")
     if isinstance(src, VideoSource) and not os.path.isfile(src.path):
         raise ConfigError(f"{key}.path: no such video file: {src.path}")
     if isinstance(src, ImagesSource) and not image_files(src.path):

@@ -20,6 +20,8 @@ SOURCE_KINDS: dict[str, type[BaseModel]] = {
 MAX_LISTED = 5  # problems listed, one a line; the rest are counted
 # The tags pydantic appends to a location for each member of a plain union (`device: int | str`).
 UNION_MEMBERS = {"int", "str", "float", "bool", "none"}
+# What a source's missing `path` looks like on the command line, by the source's kind.
+PATH_EXAMPLES = {"images": "'photos/*.jpg'", "video": "clip.mp4"}
 
 
 class ConfigError(UserError):
@@ -88,7 +90,9 @@ def _problem(err: dict, tree: dict) -> tuple[str, str]:
             msg = f"{key}{msg[len(loc[0].split('[')[0]) + 1 + len(own):]}"
         return key, msg
     if kind == "missing":
-        return key, f"{key}: required key is missing"
+        example = next((PATH_EXAMPLES[p] for p in err["loc"] if p in PATH_EXAMPLES), "VALUE") \
+            if loc[-1] == "path" else "VALUE"
+        return key, f"{key}: required key is missing (give it in the config, or with --set {key}={example})"
     if kind == "string_pattern_mismatch" and loc[-1] in ("bind", "connect"):
         return key, f"{key}: {err['input']!r} is not tcp://ADDRESS:PORT (e.g. tcp://*:5550)"
     if kind == "literal_error":

@@ -34,6 +34,7 @@ import numpy as np
 import zmq
 
 from pipeline.transport.admission import Admission, sibling_stage
+from pipeline.transport.drops import DROP_NEW, LATEST, MALFORMED, RESTART, STALLED, TORN
 from pipeline.transport.messages import has_fields, pack, unpack
 from pipeline.transport.ring import Ring
 
@@ -66,10 +67,10 @@ class EdgeWriter:
         self.policy = policy
         self.name = name or ring.name
         self.readers = sorted(readers or ())
-        self.drops = {"drop_new": 0, "latest": 0}
+        self.drops = {DROP_NEW: 0, LATEST: 0}
         self._judged = policy != "latest" and (readers is not None if judge is None else judge)
         if self._judged:
-            self.drops["stalled"] = 0  # frames taken back from a reader that stopped releasing
+            self.drops[STALLED] = 0  # frames taken back from a reader that stopped releasing
         self._count = ring.written  # frames published (a restarted writer continues the count)
         self._downstream_name = downstream
         self._downstream: Ring | None = None
@@ -129,7 +130,7 @@ class EdgeWriter:
         return self._count % self.ring.slots
 
     def dropped_new(self) -> None:
-        self.drops["drop_new"] += 1
+        self.drops[DROP_NEW] += 1
 
     def view(self, slot: int, shape: tuple[int, ...], dtype: Any = np.uint8) -> np.ndarray:
         return self.ring.view(slot, shape, dtype)
@@ -165,7 +166,7 @@ class EdgeWriter:
                 self.sock.send(msg, zmq.NOBLOCK)
                 return True
             except zmq.Again:  # reader stalled or down: its queue is full of older frames anyway
-                self.drops["latest"] += 1
+                self.drops[LATEST] += 1
                 return False
         while True:  # lossless: a lost descriptor would leak a slot
             try:
@@ -238,7 +239,7 @@ class EdgeWriter:
             ring.claimed = ring.last_seq
             n = ring.release_all()
         self._seen, self._seen_at = ring.released, now
-        self.drops["stalled"] += n
+        self.drops[STALLED] += n
         stuck = sibling_stage(holder) if holder else None  # a shared ring names its holder
         readers = [stuck] if stuck else self.readers
         pace = f"{self._frame_s * 1000:.0f} ms a frame" if self._frame_s else "pace not yet known"
@@ -268,11 +269,11 @@ class EdgeReader:
         self.required = ("slot", "seq", "shape", "dtype", *required)
         self.ring_name = ring_name
         self.ring: Ring | None = None  # attached on the first frame: the writer creates it
-        self.drops = {"latest": 0, "torn": 0, "malformed": 0}
+        self.drops = {LATEST: 0, TORN: 0, MALFORMED: 0}
         self.depth = 0  # frames that were waiting behind the one taken last
         self._freed = False  # the frame taken last was freed by someone else (see `intact`)
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
-        self.drops["restart"] = self._take_over() if sole else 0
+        self.drops[RESTART] = self._take_over() if sole else 0
         self.sock = self._socket(zctx, fanout)
         self.sock.connect(endpoint)
         # One poller for the reader's life: Socket.poll makes a new one per call, which costs
@@ -322,7 +323,7 @@ class EdgeReader:
             pending.clear()
             return eos
         newest = pending[frames - 1]
-        self.drops["latest"] += frames - 1
+        self.drops[LATEST] += frames - 1
         self._skip(frames - 1)
         self.depth = frames - 1
         pending.clear()
@@ -348,7 +349,7 @@ class EdgeReader:
             if desc is not None and (desc.get("eos") is True or self._valid(desc)):
                 self._pending.append(desc)
             else:
-                self.drops["malformed"] += 1
+                self.drops[MALFORMED] += 1
 
     def _valid(self, desc: dict[str, Any]) -> bool:
         """A descriptor this reader can act on without failing: all fields present, the slot in
@@ -382,7 +383,7 @@ class EdgeReader:
         if self.ring.intact(desc["slot"], desc["seq"]):
             return True
         if self.policy == "latest":
-            self.drops["torn"] += 1
+            self.drops[TORN] += 1
         else:
             self._freed = True
         return False

@@ -27,6 +27,7 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from pipeline.errors import UserError
+from pipeline.transport.drops import DROP_NEW, LATEST, MALFORMED, OVERSIZE
 from pipeline.transport.edge import EdgeReader, EdgeWriter
 from pipeline.transport.messages import has_fields, pack, unpack
 from pipeline.transport.ring import Ring
@@ -123,7 +124,7 @@ class TcpEdgeWriter(EdgeWriter):
             try:
                 self.sock.send_multipart(parts, zmq.NOBLOCK)
             except zmq.Again:  # the link is behind (or down): this frame is the one to lose
-                self.drops["latest"] += 1
+                self.drops[LATEST] += 1
                 self.ring.release(1)
                 return
         else:
@@ -133,7 +134,7 @@ class TcpEdgeWriter(EdgeWriter):
                     break
                 except zmq.Again:
                     if self.policy == "drop_new" or not alive():
-                        self.drops["drop_new"] += self.policy == "drop_new"
+                        self.drops[DROP_NEW] += self.policy == "drop_new"
                         self.ring.release(1)
                         return
                     self.sock.poll(100, zmq.POLLOUT)
@@ -166,7 +167,7 @@ class TcpEdgeReader(EdgeReader):
         self._curve = (curve, server_host)
         super().__init__(zctx, connect, ring_name, policy, required)
         self._remote_fields = tuple(k for k in self.required if k not in ("slot", "seq"))
-        self.drops["oversize"] = 0
+        self.drops[OVERSIZE] = 0
 
     def _socket(self, zctx: zmq.Context, fanout: bool) -> zmq.Socket:
         sock = zctx.socket(zmq.PULL)
@@ -203,7 +204,7 @@ class TcpEdgeReader(EdgeReader):
                 desc["_payload"] = parts[1]
                 self._pending.append(desc)
             else:
-                self.drops["malformed"] += 1
+                self.drops[MALFORMED] += 1
 
     def _valid_remote(self, desc: dict[str, Any], payload: bytes) -> bool:
         if not has_fields(desc, self._remote_fields):
@@ -228,7 +229,7 @@ class TcpEdgeReader(EdgeReader):
         if desc.pop("encoding", None) == "jpeg":
             image = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_COLOR)
             if image is None or image.shape != shape:
-                self.drops["malformed"] += 1
+                self.drops[MALFORMED] += 1
                 return None
         else:
             image = np.frombuffer(payload, np.uint8).reshape(shape)
@@ -238,7 +239,7 @@ class TcpEdgeReader(EdgeReader):
                                               self._token)
             self._local_seq = self.ring.last_seq
         if need > self.ring.slot_bytes:
-            self.drops["oversize"] += 1
+            self.drops[OVERSIZE] += 1
             return None
         self._local_seq += 1
         seq, slot = self._local_seq, self.ring.written % self.ring.slots

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
+from pipeline.transport.drops import LATEST, RESTART
 from pipeline.transport.edge import EdgeReader
 from pipeline.transport.rundir import pid_alive
 
@@ -54,7 +55,7 @@ class SharedReader(EdgeReader):
             if self.policy == "latest":
                 desc = pending.pop()
                 skipped = len(pending)
-                self.drops["latest"] += skipped
+                self.drops[LATEST] += skipped
                 ring.release(skipped)
                 pending.clear()
                 self.depth = skipped
@@ -63,7 +64,7 @@ class SharedReader(EdgeReader):
                 if holder and holder != mine:
                     if pid_alive(holder):
                         return None  # another reader works on this ring: keep the order
-                    self.drops["restart"] += 1  # its frame died with it
+                    self.drops[RESTART] += 1  # its frame died with it
                     ring.release(1)
                 desc = pending.popleft()
                 ring.holder = mine

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from pipeline.errors import UserError
+from pipeline.transport.drops import CORRUPT, DECODE, ROI
 
 BufferFor = Callable[[tuple[int, int, int]], np.ndarray]
 
@@ -34,7 +35,7 @@ class Source:
 
     def drop_counts(self) -> dict[str, int]:
         """What the source skipped so far, under the drop reasons the status reports."""
-        return {"corrupt": self.corrupt, "roi": self.roi, "decode": self.undecodable}
+        return {CORRUPT: self.corrupt, ROI: self.roi, DECODE: self.undecodable}
 
     def close(self) -> None:
         pass

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.observe.stats import Histogram, Window
 from pipeline.transport.credits import CreditGate
+from pipeline.transport.drops import CORRUPT, DECODE, ROI
 from pipeline.transport.edge import EdgeWriter
 from pipeline.transport.messages import EOS, FrameDescriptor
 from pipeline.transport.ring import Ring
@@ -49,7 +50,7 @@ class Capture:
         self.strict = config.edges.frames.policy == "block"
         self.source = self._open_at_start()
         ctx.owned.callback(lambda: self.source is not None and self.source.close())
-        self.lost = {"corrupt": 0, "roi": 0, "decode": 0}  # counted by earlier sources (before a reconnect)
+        self.lost = {CORRUPT: 0, ROI: 0, DECODE: 0}  # counted by earlier sources (before a reconnect)
         endpoint, ring_name = ctx.edge("frames")
         self.ring = Ring.open_for_writing(ring_name, config.edges.frames.slots,
                                           self.source.max_frame_bytes, ctx.run.token)

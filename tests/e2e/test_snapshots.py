@@ -192,6 +192,13 @@ def test_per_source_mjpeg_streams(preview, clean_machine):
     assert {f.shape for f in parts(preview, "/stream.mjpg?annotate=0", 12)} == {CAM1, CAM2}
 
 
+def test_the_stream_of_all_sources_answers_at_either_spelling(preview, clean_machine):
+    """/stream.mjpeg as /stream.mjpg, like the streams of each source."""
+    assert {f.shape for f in parts(preview, "/stream.mjpeg", 12)} == {CAM1, CAM2}
+    assert {f.shape for f in parts(preview, "/stream.mjpeg?annotate=0", 12)} == {CAM1, CAM2}
+    assert get(preview, "/stream.jpeg")[0] == 404
+
+
 def test_unknown_source_and_bad_requests(preview, clean_machine):
     for path in ("/nope/latest.jpg", "/nope/stream.mjpeg?annotate=0", "/cam10/latest.jpg"):
         status, headers, body = get(preview, path)
@@ -208,7 +215,7 @@ def test_unknown_source_and_bad_requests(preview, clean_machine):
 
 def test_foreign_host_is_refused_on_snapshot_routes(preview, clean_machine):
     routes = ("/latest.jpg", "/latest.jpg?annotate=0", "/cam1/latest.jpg", "/cam2/stream.mjpeg",
-              "/cam1/stream.mjpeg?annotate=0", "/nope/latest.jpg")
+              "/cam1/stream.mjpeg?annotate=0", "/stream.mjpeg", "/nope/latest.jpg")
     for path in routes:
         status, _, body = get(preview, path, host="evil.example")
         assert status == 403 and b"--allow-host" in body and SOI not in body, (path, status)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import tomli_w
 
+from pipeline.client.result import Result
 from pipeline.client.states import Tracker
-from pipeline.client.subscription import Result
 from tests.support.video_truth import BOTTLE, PERSON, frames_in, label_at, transitions
 from tools.assets import ROOT, VIDEOS
 from tools.bench.train import read_frames, write_dataset

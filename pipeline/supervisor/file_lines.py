@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import heapq
+import io
 import itertools
 import json
 import os
@@ -145,8 +146,12 @@ class FileLines:
 
     def _stop(self, e: OSError) -> None:
         """stdout cannot be written (a pipe whose reader left): the lines stop, the run goes on."""
-        if self.out is sys.stdout:  # what stays buffered must not fail again at exit
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        try:  # what stays buffered goes nowhere, rather than failing again when it is closed
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self.out.fileno())  # type: ignore[union-attr]
+            os.close(null)
+        except (OSError, ValueError, io.UnsupportedOperation):  # a stream without a file
+            pass
         self.out = None
         self.warn(f"stdout: cannot write any more ({e.strerror}); the per-file lines stopped, "
                   "the pipeline runs on")

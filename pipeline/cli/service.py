@@ -76,7 +76,7 @@ def _no_secret(value: str) -> str:
             raise UnitError(f"{mask_url(url)}: credentials do not belong on the service's "
                             "command line (the unit is readable by every user, and ps shows it): "
                             "put USER:PASSWORD in a file only you can read (chmod 600) and set the "
-                            "camera's credentials to it (README, IP cameras)")
+                            "camera's credentials to it (docs/cameras.md, Credentials)")
     return value
 
 

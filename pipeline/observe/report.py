@@ -167,7 +167,7 @@ class RunReport:
             return {"cpu_percent": None, "rss_mb": None}
 
     def status(self) -> dict[str, Any]:
-        """The pipeline now: per stage and end to end, over the last second (see the README's
+        """The pipeline now: per stage and end to end, over the last second (see docs/profiling.md's
         definitions). Printed as status lines, published on the status socket, read by
         pipeline-top and the metrics endpoint. Starts a new one-second window."""
         now = time.monotonic()

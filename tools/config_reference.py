@@ -171,9 +171,15 @@ def render() -> str:
                "(each source then gets its own capture and preprocess processes and rings). "
                "`kind` selects the source; every kind takes the common keys, then its own.\n")
     base = schema._SourceBase
-    out.extend(_table(base, "source."))
-    out.append("")
     kinds = typing.get_args(typing.get_args(schema.Source)[0])
+    names = [typing.get_args(m.model_fields["kind"].annotation)[0] for m in kinds]
+    default_kind = schema.Config.model_fields["source"].get_default().kind
+    rows = _table(base, "source.")
+    kind_type = _cell(" | ".join(f"`{_toml(n)}`" for n in names))
+    rows.insert(2, f"| `source.kind` | {kind_type} | `{_toml(default_kind)}` | the kind of source; "
+                   "each takes the keys of its section below |")
+    out.extend(rows)
+    out.append("")
     for model in kinds:
         kind = typing.get_args(model.model_fields["kind"].annotation)[0]
         out.append(f"### `kind = \"{kind}\"`\n")

@@ -191,7 +191,13 @@ class Supervisor:
                 except OSError as e:  # a full disk: like --record, one line, and the summary below
                     self.say(f"--summary-json: cannot write {self.summary_path} ({e.strerror}); "
                              "the summary is only below", WARNING)
-            self.say(format_summary(summary))  # stderr, like the status: stdout is for results
+            if self.results.lines:  # stdout holds the lines per file: the summary joins the status
+                self.say(format_summary(summary))
+            else:
+                try:
+                    print(format_summary(summary), flush=True)
+                except OSError:  # no terminal any more
+                    pass
         if self.failure:
             self.say(f"pipeline-up: {self.failure}", ERROR)
             return 1

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pipeline.config import ConfigError, check_files, input_files, load_config
 from pipeline.outputs import check_folder, first_problem
-from pipeline.supervisor.file_lines import FORMATS, images_sources
+from pipeline.supervisor.file_lines import FORMATS, folders_read_once
 
 EXIT_CONFIG = 2
 
@@ -20,7 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="pipeline-up",
         description="Run a capture -> preprocess -> inference pipeline described by a TOML topology.")
-    ap.add_argument("config", help="topology file, e.g. configs/demo.toml")
+    ap.add_argument("config", nargs="?",
+                    help="topology file, e.g. configs/demo.toml (optional with --list-classes and "
+                         "--list-groups: then the shipped model's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key (repeatable), e.g. --set source.path=clip.mp4")
     ap.add_argument("--name", help="pipeline name (same as --set name=NAME)")
@@ -30,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--summary-json", metavar="FILE", help="write the exit summary as JSON")
     ap.add_argument("--quiet", action="store_true", help="no per-second status lines")
     ap.add_argument("--format", choices=FORMATS,
-                    help="an images source prints a line per file on stdout: its path, label and "
-                         "probability; text (default), csv (with a header) or jsonl")
+                    help="an images source read once (not looping) prints a line per file on "
+                         "stdout: its path, label and probability; text (default), csv (with a "
+                         "header) or jsonl")
     ap.add_argument("--metrics-port", type=int, metavar="PORT",
                     help="serve Prometheus metrics on http://HOST:PORT/metrics (0: any free port)")
     ap.add_argument("--host", metavar="NAME",
@@ -42,6 +45,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="check the config and this machine (files, devices, the source, cores, "
                          "/dev/shm, the model), print what would run, start nothing; exit 0 if it "
                          "would start, 1 if not, 2 for a config error")
+    names = ap.add_argument_group("class names, for source.state.watch")
+    names.add_argument("--list-classes", nargs="?", const="", metavar="WORD",
+                       help="print the model's classes (index, name, and the ImageNet groups each "
+                            "is in) and exit: the config's model (a model of your own: its own "
+                            "labels), ImageNet's without a config; with WORD only those whose "
+                            "name has it or that are in the group WORD (--list-classes dog)")
+    names.add_argument("--list-groups", action="store_true",
+                       help="print the groups of ImageNet classes that source.state.watch takes "
+                            "(dog, cat, bird, car, bottle, ...) with their WordNet synsets, and exit")
     svc = ap.add_argument_group("running as a systemd service")
     svc.add_argument("--systemd-unit", action="store_true",
                      help="print a systemd unit that runs this config as given (this interpreter, "
@@ -100,7 +112,20 @@ def _service(args: argparse.Namespace, config: object) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.list_classes is not None or args.list_groups:
+        from pipeline.cli.class_list import run
+
+        if args.config is None and args.list_classes and (
+                args.list_classes.endswith(".toml") or os.path.isfile(args.list_classes)):
+            args.config, args.list_classes = args.list_classes, ""  # --list-classes CONFIG
+
+        overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+        return run(args, lambda: load_config(args.config, overrides, host=args.host, files=False)
+                   if args.config else None)
+    if args.config is None:
+        parser.error("the following arguments are required: config")
     if args.user and not (args.systemd_unit or args.install):
         print("pipeline-up: --user goes with --systemd-unit or --install", file=sys.stderr)
         return EXIT_CONFIG
@@ -135,10 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"pipeline-up: {problem}", file=sys.stderr)
         return EXIT_CONFIG
-    if args.format and not images_sources(config):
-        kinds = ", ".join(sorted({s.kind for s in config.source_list}))
-        print(f"pipeline-up: --format: the line per file is for an images source; this config's "
-              f"source is {kinds} (--record FILE writes every result)", file=sys.stderr)
+    if args.format and not folders_read_once(config):
+        kinds = ", ".join(sorted({s.kind + (" looping" if getattr(s, "loop", False) else "")
+                                  for s in config.source_list}))
+        print(f"pipeline-up: --format: the line per file is for an images source read once "
+              f"(source.loop = false); this config's source is {kinds} (--record FILE writes every "
+              "result)", file=sys.stderr)
         return EXIT_CONFIG
     if service:
         return _service(args, config)
@@ -149,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
     from pipeline.transport.rundir import RuntimeDirError
 
-    file_lines = (args.format or "text") if images_sources(config) else None
+    file_lines = (args.format or "text") if folders_read_once(config) else None
     try:
         return Supervisor(config, duration=args.duration, record=args.record,
                           summary_json=args.summary_json, quiet=args.quiet,

@@ -1,5 +1,6 @@
-"""One line per image file on stdout for an images source: which photo got which label, in the
-folder's order, each file once, while the status and the summary go to stderr.
+"""One line per image file on stdout for an images source read once (not looping): which photo
+got which label, in the folder's order, each file once, while the status and the summary go to
+stderr. A looping folder stands in for a camera: it never ends, and its results are the record's.
 
 A result names its file by its index in the source's sorted listing (`frame`) and its base name
 (`item`); the paths are taken from the same listing made here at start, so no path travels with
@@ -29,10 +30,11 @@ WAIT_S = 2.0  # ... or the longest one is held (the results hub gives up a missi
 NO_RESULT = "(not classified: unreadable, or dropped by an edge)"
 
 
-def images_sources(config: Config) -> dict[str, str]:
-    """Source id -> path (folder or glob) of every images source."""
+def folders_read_once(config: Config) -> dict[str, str]:
+    """Source id -> path (folder or glob) of every images source that does not loop."""
     ids = config.source_ids()
-    return {ids[i]: src.path for i, src in enumerate(config.source_list) if isinstance(src, ImagesSource)}
+    return {ids[i]: src.path for i, src in enumerate(config.source_list)
+            if isinstance(src, ImagesSource) and not src.loop}
 
 
 def shown_path(path: str, here: str) -> str:
@@ -65,7 +67,7 @@ class FileLines:
                  warn: Callable[[str], None] = print):
         here = os.getcwd()
         self.sources = {sid: _Listing(image_files(path), here)
-                        for sid, path in images_sources(config).items()}
+                        for sid, path in folders_read_once(config).items()}
         self.out: TextIO | None = out
         self.warn = warn
         self.fmt = fmt
@@ -103,12 +105,9 @@ class FileLines:
     def _print(self, listing: _Listing, seq: int, msg: dict[str, Any]) -> None:
         frame = msg.get("frame")
         if seq >= listing.next_seq and type(frame) is int:  # in order: files passed over before it
-            first = listing.last_frame + 1
-            gap = range(first, frame) if frame >= first else \
-                itertools.chain(range(first, len(listing.paths)), range(frame))  # a looping source
-            for skipped in gap:
+            for skipped in range(listing.last_frame + 1, frame):
                 self._line(listing.paths[skipped], None)
-            listing.last_frame = frame
+            listing.last_frame = max(listing.last_frame, frame)
             listing.next_seq = seq + 1
         top = msg["top"][0] if msg.get("top") else None
         self._line(listing.path_of(frame, msg.get("item")), top)

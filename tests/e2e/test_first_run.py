@@ -67,8 +67,9 @@ def test_photos_get_a_line_each_on_stdout_in_the_folders_order(tmp_path, clean_m
 def test_format_for_a_source_that_is_no_folder_of_images_is_refused_before_anything_starts(clean_machine):
     p = run_pipeline("demo.toml", "--format", "csv", timeout=60)
     assert p.returncode == 2
-    assert p.stderr == ("pipeline-up: --format: the line per file is for an images source; this "
-                        "config's source is synthetic (--record FILE writes every result)\n")
+    assert p.stderr == ("pipeline-up: --format: the line per file is for an images source read once "
+                        "(source.loop = false); this config's source is synthetic (--record FILE "
+                        "writes every result)\n")
     assert p.stdout == ""  # (and nothing started: no "starting" line)
 
 

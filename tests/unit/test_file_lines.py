@@ -79,13 +79,25 @@ def test_a_frame_that_never_comes_is_given_up_after_a_while_or_a_backlog(folder)
     lines.release(WAIT_S + 0.1)
     assert out.getvalue().splitlines() == [f"photos/a.jpg  {NO_RESULT}", "photos/b.jpg  bee 0.50"]
 
-    lines, out = lines_for(folder, "text", "source.loop=true")
-    for seq in range(2, HOLD + 3):  # a looping folder: the backlog itself says seq 1 is gone
-        lines.on_result(result(seq, (seq - 1) % len(NAMES), "x"), 0.0)
+    many = folder.parent / "many"
+    many.mkdir()
+    names = [f"{i:04d}.jpg" for i in range(HOLD + 3)]
+    for name in names:
+        (many / name).write_bytes(b"")
+    lines, out = lines_for(many)
+    for seq in range(2, HOLD + 3):  # the backlog itself says seq 1 is gone
+        lines.on_result(result(seq, seq - 1, "x", item=names[seq - 1]), 0.0)
     lines.release(0.0)
     printed = out.getvalue().splitlines()
-    assert printed[:3] == [f"photos/a.jpg  {NO_RESULT}", "photos/b.jpg  x 0.50", "photos/c.jpg  x 0.50"]
-    assert printed[5] == "photos/a.jpg  x 0.50", "the next pass starts at the first file again"
+    assert printed[:2] == [f"many/0000.jpg  {NO_RESULT}", "many/0001.jpg  x 0.50"]
+    assert len(printed) == HOLD + 2
+
+
+def test_a_looping_folder_gets_no_lines_it_never_ends(folder):
+    lines, out = lines_for(folder, "text", "source.loop=true")
+    lines.on_result(result(1, 0, "ant"), 0.0)
+    lines.finish(ended=False)
+    assert out.getvalue() == ""
 
 
 def test_csv_and_jsonl_carry_the_full_probability(folder):

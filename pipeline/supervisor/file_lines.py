@@ -105,7 +105,7 @@ class FileLines:
     def _print(self, listing: _Listing, seq: int, msg: dict[str, Any]) -> None:
         frame = msg.get("frame")
         if seq >= listing.next_seq and type(frame) is int:  # in order: files passed over before it
-            for skipped in range(listing.last_frame + 1, frame):
+            for skipped in range(listing.last_frame + 1, min(frame, len(listing.paths))):
                 self._line(listing.paths[skipped], None)
             listing.last_frame = max(listing.last_frame, frame)
             listing.next_seq = seq + 1

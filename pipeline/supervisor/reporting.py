@@ -27,8 +27,8 @@ def synthetic_note(config: Config) -> str | None:
         return None
     which = "synthetic source" if len(config.source_list) == 1 else f"source {', '.join(names)}"
     return (f"{which}: a generated test pattern (colour bars and a moving box), not a camera, so "
-            "the labels below mean nothing; for a real clip: pipeline-up configs/video.toml "
-            "--set source.path=CLIP.mp4")
+            "the labels it gets mean nothing; on a real clip (the one shipped, or yours with "
+            "--set source.path=CLIP.mp4): pipeline-up configs/video.toml")
 
 
 def ready_line(config: Config, stages: list[str], workers: list[str], ready: dict[str, dict]) -> str:

@@ -81,9 +81,10 @@ def test_the_demo_explains_itself_and_its_consumers_name_themselves(tmp_path, cl
     proc = start(str(config), "--name", "firstrun", "--set", MODEL_CORE)
     try:
         said = wait_running(proc)
-        assert said[0].startswith("synthetic source: a generated test pattern (colour bars and a "
-                                  "moving box), not a camera, so the labels below mean nothing; "
-                                  "for a real clip: pipeline-up configs/video.toml"), said
+        assert said[0] == ("synthetic source: a generated test pattern (colour bars and a moving "
+                           "box), not a camera, so the labels it gets mean nothing; on a real clip "
+                           "(the one shipped, or yours with --set source.path=CLIP.mp4): "
+                           "pipeline-up configs/video.toml\n"), said
         top = subprocess.run([*TOP, "--name", "firstrun", "--once"], cwd=ROOT, capture_output=True,
                              text=True, timeout=60)
         assert top.returncode == 0, top.stderr

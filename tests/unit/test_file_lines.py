@@ -126,6 +126,15 @@ def test_a_file_listed_after_the_start_is_named_by_its_result(folder):
     assert out.getvalue().splitlines() == ["photos/a.jpg  ant 0.50", "aa.jpg  ant 0.50"]
 
 
+def test_photos_read_on_another_host_are_named_by_their_results(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the model's host: the folder is the camera host's, not here
+    lines, out = lines_for(tmp_path / "on-the-camera-host")
+    lines.on_result(result(1, 0, "ant"), 0.0)
+    lines.on_result(result(2, 3, "dog"), 0.0)
+    lines.finish(ended=True)
+    assert out.getvalue().splitlines() == ["a.jpg  ant 0.50", "d.jpg  dog 0.50"]
+
+
 def test_a_closed_stdout_stops_the_lines_with_one_warning(folder):
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader left (`pipeline-up ... | head -1`)

@@ -47,8 +47,10 @@ def describe(error: ValidationError, tree: dict) -> str:
 
 
 def closest(word: Any, choices: list[str]) -> str:
-    """`did you mean X?` for the choice `word` most looks like a typo of, else ""."""
-    match = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    """`did you mean X?` for the choice `word` most looks like a typo or a start of, else ""."""
+    text = str(word).lower()
+    started = [c for c in choices if len(text) >= 3 and c.lower().startswith(text)]
+    match = started if len(started) == 1 else difflib.get_close_matches(text, choices, n=1, cutoff=0.6)
     return f"did you mean {match[0]}?" if match else ""
 
 

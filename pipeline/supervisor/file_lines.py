@@ -40,7 +40,7 @@ def folders_read_once(config: Config) -> dict[str, str]:
 def shown_path(path: str, here: str) -> str:
     """`path` relative to `here` when it lies below it, else as it is."""
     rel = os.path.relpath(path, here)
-    return path if rel.startswith(os.pardir) else rel
+    return path if rel == os.pardir or rel.startswith(os.pardir + os.sep) else rel
 
 
 class _Listing:
@@ -63,8 +63,10 @@ class _Listing:
 class FileLines:
     """The per-file lines of every images source of `config`, written to `out` in `fmt`."""
 
-    def __init__(self, config: Config, fmt: str, out: TextIO = sys.stdout,
+    def __init__(self, config: Config, fmt: str, out: TextIO | None = None,
                  warn: Callable[[str], None] = print):
+        """`out`: stdout unless given; `warn` says, once, that it cannot be written."""
+        out = out or sys.stdout
         here = os.getcwd()
         self.sources = {sid: _Listing(image_files(path), here)
                         for sid, path in folders_read_once(config).items()}

@@ -76,7 +76,7 @@ def test_the_pipeline_bench_table_and_its_targets():
     assert len(rows) == len(pipeline.ROWS)
     by_run = {row[0]: row for row in rows}
     assert by_run["a. model only (ceiling)"][-3].startswith("torch")
-    assert by_run["d-ort. pipeline, 1 worker, fast"][-3].startswith("onnxruntime")
+    assert by_run["d-ort. pipeline, picked layout, fast"][-3].startswith("onnxruntime")
     assert by_run["a. model only (ceiling)"][3] == "–"  # a forward pass alone has no frame age
     headers, rows = parse(targets)
     assert_provenance(headers, rows)

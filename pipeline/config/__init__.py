@@ -1,7 +1,8 @@
 """Topology config: a TOML file plus `--set key=value` overrides, validated into typed objects.
 
-Validation happens in the supervisor before anything starts, and every problem becomes one
-`ConfigError` line naming the key and what is allowed, so `pipeline-up` can exit 2 cleanly.
+Validation happens in the supervisor before anything starts, and every problem becomes a
+`ConfigError` line naming the key (as `--set` takes it) and what is allowed, so `pipeline-up` can
+exit 2 cleanly; with several problems the first line counts them and a handful follow.
 
 What lives where: the pydantic models and `Config` with its validators (schema); what a config
 implies about processes, names and cores, as methods `Config` inherits (topology); reading the

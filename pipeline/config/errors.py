@@ -90,7 +90,7 @@ def _problem(err: dict, tree: dict) -> tuple[str, str]:
             msg = f"{key}{msg[len(own):]}"
         elif len(loc) > 1 and msg.startswith(f"{loc[0].split('[')[0]}.{own}"):  # ... with its index
             msg = f"{key}{msg[len(loc[0].split('[')[0]) + 1 + len(own):]}"
-        return key, msg
+        return key if loc else msg, msg  # a check of the whole config: its own problem
     if kind == "missing":
         example = next((PATH_EXAMPLES[p] for p in err["loc"] if p in PATH_EXAMPLES), "VALUE") \
             if loc[-1] == "path" else "VALUE"

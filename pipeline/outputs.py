@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -107,6 +108,15 @@ def write_whole(path: str, text: str) -> None:
     """Write `text` to `path` through `replacing`."""
     with replacing(path) as tmp:
         Path(tmp).write_text(text)
+
+
+def writes_stdout(path: str) -> bool:
+    """Whether writing `path` writes this process's stdout (`/dev/stdout`, the pipe it is)."""
+    try:
+        there, out = os.stat(path), os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return (there.st_dev, there.st_ino) == (out.st_dev, out.st_ino)
 
 
 def _special(path: str) -> bool:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import ConfigError, check_files, input_files, load_config
-from pipeline.outputs import check_folder, first_problem
+from pipeline.outputs import check_folder, first_problem, writes_stdout
 from pipeline.supervisor.file_lines import FORMATS, folders_read_once
 
 EXIT_CONFIG = 2
@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.supervisor.supervisor import Supervisor  # after validation: bad input starts nothing
     from pipeline.transport.rundir import RuntimeDirError
 
-    file_lines = (args.format or "text") if folders_read_once(config) else None
+    # The line per file goes to stdout unless the record does (`--record /dev/stdout`).
+    file_lines = (args.format or "text") if folders_read_once(config) and not (
+        args.record and writes_stdout(args.record)) else None
     try:
         return Supervisor(config, duration=args.duration, record=args.record,
                           summary_json=args.summary_json, quiet=args.quiet,

@@ -23,7 +23,7 @@ from pipeline.config import Config, allowed_cores, keep_off_inference_cores
 from pipeline.observe.format import format_summary, status_line
 from pipeline.observe.journal import ERROR, WARNING, prefix
 from pipeline.observe.report import RunReport
-from pipeline.outputs import write_whole
+from pipeline.outputs import write_whole, writes_stdout
 from pipeline.supervisor import startup
 from pipeline.supervisor.adaptive import AdaptiveInput, SizeController
 from pipeline.supervisor.control import ControlChannel
@@ -191,7 +191,8 @@ class Supervisor:
                 except OSError as e:  # a full disk: like --record, one line, and the summary below
                     self.say(f"--summary-json: cannot write {self.summary_path} ({e.strerror}); "
                              "the summary is only below", WARNING)
-            if self.results.lines:  # stdout holds the lines per file: the summary joins the status
+            if self.results.lines or (self.record_path and writes_stdout(self.record_path)):
+                # stdout holds results (lines per file, or the record): the summary joins the status
                 self.say(format_summary(summary))
             else:
                 try:

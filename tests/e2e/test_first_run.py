@@ -68,6 +68,15 @@ def test_photos_get_a_line_each_on_stdout_in_the_folders_order(tmp_path, clean_m
         for name in sorted(os.listdir(folder))]
 
 
+def test_a_record_on_stdout_takes_the_place_of_the_lines_per_file(tmp_path, clean_machine):
+    folder = photo_folder(tmp_path)
+    p = run_pipeline("images.toml", "--set", f"source.path={folder}", "--record", "/dev/stdout", "--quiet")
+    assert p.returncode == 0, p.stderr
+    results = [json.loads(line) for line in p.stdout.splitlines()]  # (the summary: on stderr)
+    assert sorted(r["item"] for r in results) == sorted(PHOTOS)
+    assert "== images: stopped by end of stream" in p.stderr
+
+
 def test_format_for_a_source_that_is_no_folder_of_images_is_refused_before_anything_starts(clean_machine):
     p = run_pipeline("demo.toml", "--format", "csv", timeout=60)
     assert p.returncode == 2

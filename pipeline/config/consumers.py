@@ -71,6 +71,7 @@ def flag_of(name: str) -> str:
 
 
 def metavar_of(name: str) -> str | None:
+    """What pipeline-attach --help calls option `name`'s value (None: argparse's choice)."""
     return _extra(ConsumerConfig.model_fields[name]).get("metavar")
 
 

@@ -266,6 +266,7 @@ def test_mqtts_with_the_brokers_certificate_authority(tmp_path, live):
         untrusted = attach_mqtt("mqttlive", url, "--duration", "4", "--stats-interval", "1")
         _, err = untrusted.communicate(timeout=30)
         assert "cannot reach the broker" in err and "0 messages published" in err
+        assert f"127.0.0.1:{broker.port} yet: its TLS certificate is not trusted (" in err, err
         assert int(re.search(r"(\d+) dropped", err)[1]) > 0  # its stats, counted
     finally:
         broker.stop()

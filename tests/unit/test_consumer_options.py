@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli.attach import build_parser
 from pipeline.cli.consumer_args import consumer_options
-from pipeline.client.consumers import _resolve
+from pipeline.client.consumers import resolve
 from pipeline.config import ConfigError, ConsumerConfig, validate
 from pipeline.config.consumers import BUILTIN_CONSUMERS, default, flag_of, options, options_of, takers
 from tests.support.assets import ROOT
@@ -54,7 +54,7 @@ def test_the_options_of_one_consumer_are_in_its_group_of_the_help():
 @pytest.mark.parametrize("kind", list(BUILTIN_CONSUMERS))
 def test_each_consumer_takes_the_options_declared_for_it_with_their_defaults(kind):
     """(`frames` is the subscription's: a built-in asks for frames itself.)"""
-    parameters = inspect.signature(_resolve(kind)).parameters
+    parameters = inspect.signature(resolve(kind)).parameters
     taken = {name for name in parameters if name in options()}
     assert taken == set(options_of(kind)) - {"frames"}
     for name in taken:

@@ -33,7 +33,8 @@ class _FunctionConsumer:
         self.status = getattr(fn, "status", False)
 
 
-def _resolve(spec: str) -> Any:
+def resolve(spec: str) -> Any:
+    """What a consumer spec names: a built-in class, or the attribute of a custom module or file."""
     target = BUILTIN_CONSUMERS[spec].target if spec in BUILTIN_CONSUMERS else spec
     module_name, sep, attr = target.rpartition(":")
     if not sep or not module_name or not attr:
@@ -67,7 +68,7 @@ def _takes(cls: type) -> set[str]:
 
 def load(spec: str, **options: Any) -> Any:
     """A ready consumer object; a class gets the options it takes (see `_takes`)."""
-    obj = _resolve(spec)
+    obj = resolve(spec)
     if isinstance(obj, type):
         wanted = _takes(obj)
         return obj(**{k: v for k, v in options.items() if k in wanted})

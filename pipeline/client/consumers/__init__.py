@@ -3,8 +3,10 @@ custom ones.
 
 A consumer is a plain function `fn(result)`, or an object with `on_result(result)` and, if it
 wants them, `on_status(status)` and `close()`. Class attributes `frames = True` / `status = True`
-ask for the frame of each result and for the pipeline's per-second status. Custom consumers are
-named `module:attribute` or `path/to/file.py:attribute` (see tools/example_consumer.py).
+ask for the frame of each result and for the pipeline's per-second status. A class is given the
+consumer options (pipeline/config/consumers.py) and `name`, `config` (the pipeline's) that its
+constructor names, or those its `OPTIONS` lists. Custom consumers are named `module:attribute` or
+`path/to/file.py:attribute` (see tools/examples/consumer.py).
 """
 
 from __future__ import annotations

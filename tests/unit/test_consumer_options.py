@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.cli.attach import build_parser
 from pipeline.cli.consumer_args import consumer_options
-from pipeline.client.consumers import resolve
+from pipeline.client.consumers import load, resolve
 from pipeline.config import ConfigError, ConsumerConfig, validate
 from pipeline.config.consumers import BUILTIN_CONSUMERS, default, flag_of, options, options_of, takers
 from tests.support.assets import ROOT
@@ -100,3 +100,23 @@ def test_a_mistyped_key_or_kind_in_consumers_is_one_line(entry, said):
         validate({"consumers": [entry]}, files=False)
     message = str(e.value)
     assert "\n" not in message and all(words in message for words in said), message
+
+
+def test_a_custom_class_is_given_the_options_its_constructor_names_or_lists(tmp_path):
+    (tmp_path / "mine.py").write_text(
+        "class Named:\n"
+        "    def __init__(self, out=None, name=''):\n"
+        "        self.out, self.name = out, name\n"
+        "    def on_result(self, result):\n"
+        "        pass\n"
+        "class Listed:\n"
+        "    OPTIONS = ('port',)\n"
+        "    def __init__(self, **given):\n"
+        "        self.given = given\n"
+        "    def on_result(self, result):\n"
+        "        pass\n")
+    given = {**ConsumerConfig(kind="mine:Named", out="o.jsonl", port=9).model_dump(exclude={"kind"}),
+             "name": "lab", "config": {}}
+    named = load(f"{tmp_path}/mine.py:Named", **given)
+    assert (named.out, named.name) == ("o.jsonl", "lab")
+    assert load(f"{tmp_path}/mine.py:Listed", **given).given == {"port": 9}

@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from .classes import class_indices
+from .classes import Watched, resolve
 from .credentials import CredentialsError, read_credentials
 from .errors import PATH_EXAMPLES, ConfigError
 from .schema import WEIGHTS_SPECIAL, CameraSource, Config, ImagesSource, Picamera2Source, VideoSource
@@ -44,20 +44,43 @@ def check_files(config: Config, host: str | None = None) -> None:
 
 
 def check_classes(config: Config, names: Sequence[str], model: str) -> None:
-    """Every class a source's state names (`watch`, `on`) is one of the model's (`names`), and
-    `on` is watched; ConfigError naming the first that is not, with the closest names."""
+    """Every class a source's state names (`watch`, `on`) is one of the model's (`names`) or an
+    ImageNet group, and the state can be `on`; ConfigError naming the first that is not, with
+    the closest names."""
     for i, src in enumerate(config.source_list):
         state = src.state
         if state is not None:
             key = f"{'source' if not config.sources else f'sources[{i}]'}.state"
             try:
-                watched = state.watch_indices(names, model, f"{key}.watch")
-                on = set(class_indices(state.on, f"{key}.on", names, model)) if state.on else set()
+                watched = [resolve(item, f"{key}.watch", names, model) for item in state.watch]
+                on = resolve(state.on, f"{key}.on", names, model) if state.on else None
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-            if on and watched and not on & watched:
-                raise ConfigError(f"{key}.on: {state.on!r} is not watched, so the state is never "
-                                  f"{state.on!r} (add it to {key}.watch, or leave `watch` empty)")
+            if on is not None:
+                _check_on(state.on, on, watched, key)
+
+
+def _check_on(given: str, on: Watched, watched: list[Watched], key: str) -> None:
+    """The state can be `on`: a group only while watched (the state is a group only then); a
+    class while watched by itself, or while `watch` is empty, but not while a watched group
+    takes its votes."""
+    groups = [w for w in watched if w.group]
+    if on.group:
+        if not any(w.name == on.name for w in groups):
+            raise ConfigError(f"{key}.on: {given!r} is a group, and the state is a group only "
+                              f"while it is watched, so the state is never {given!r} (add "
+                              f"{given!r} to {key}.watch)")
+        return
+    classes = {i for w in watched if not w.group for i in w.indices}
+    if not watched or set(on.indices) & classes:
+        return
+    taking = [w.name for w in groups if set(on.indices) & set(w.indices)]
+    if taking:
+        raise ConfigError(f"{key}.on: {given!r} is in the watched group {taking[0]!r}, whose "
+                          f"classes vote as the group, so the state is never {given!r} (set "
+                          f"`on = {taking[0]!r}`, or add {given!r} itself to {key}.watch)")
+    raise ConfigError(f"{key}.on: {given!r} is not watched, so the state is never {given!r} "
+                      f"(add it to {key}.watch, or leave `watch` empty)")
 
 
 def _check_keys(config: Config, host: str | None) -> None:

@@ -61,13 +61,15 @@ class StateConfig(_Strict):
     qualifies."""
 
     min_prob: float = Field(0.0, ge=0, le=1)  # a class counts only at this probability or more
-    watch: list[int | str] = []  # the model's class names or indices; empty: any class
+    # the model's class names or indices, or ImageNet groups ("dog": any of the 118 breeds; the
+    # list: pipeline-up --list-classes, --list-groups); empty: any class
+    watch: list[int | str] = []
     smoothing: Literal["consecutive", "majority"] = "consecutive"  # how `window` results decide
     # consecutive: `window` results in a row agree; majority: more than half of the last `window`
     window: int = Field(3, ge=1, le=1000)
     # Home Assistant (mqtt consumer, --discovery): a class of the model (e.g. "open" of a door
-    # model): the source is then ONE binary sensor, ON while its state is this class, OFF
-    # otherwise (instead of a binary sensor per watched class); "": none
+    # model) or a watched group: the source is then ONE binary sensor, ON while its state is this
+    # class, OFF otherwise (instead of a binary sensor per watched class or group); "": none
     on: str = ""
     # Home Assistant's device class of the source's binary sensors: of the `on` one, else of each
     # watched class's; "": none (a plain ON/OFF)

@@ -1,6 +1,6 @@
 """Classification as a state: the region of interest classified on real photographs, the state
-options' one-line errors, and the state machine's smoothing on a real video's results and on
-any sequence of results."""
+options' one-line errors, the state machine's smoothing on a real video's results and on any
+sequence of results, and a watched group of ImageNet classes on the real video."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from pipeline.client.result import Prediction, Result
 from pipeline.client.states import StateMachine, Tracker
 from pipeline.config import ConfigError, StateConfig, load_config
-from pipeline.config.classes import CLASSES_FILE, imagenet_classes
+from pipeline.config.classes import CLASSES_FILE, imagenet_classes, imagenet_groups
 from tests.support.assets import BOTTLE, IMAGES, ROOT, need
 from tests.support.processes import MODEL_CORE, read_jsonl, run_pipeline
 from workers.preprocess.transform import Preprocessor
@@ -98,7 +98,7 @@ def test_state_and_region_mistakes_are_one_line_before_anything_starts(setting, 
 
 @pytest.mark.parametrize("setting, message", [
     ("source.state.watch=[\"water botle\"]",
-     "source.state.watch: 'water botle' is not an ImageNet class (closest: 'water bottle'"),
+     "source.state.watch: 'water botle' is not an ImageNet class or group (closest: 'water bottle'"),
     ("source.state.watch=[1000]", "source.state.watch: class index 1000 is not an ImageNet class"),
 ])
 def test_a_watched_class_the_model_lacks_is_one_line_before_anything_starts(setting, message):
@@ -265,3 +265,42 @@ def test_a_late_result_of_an_older_frame_does_not_vote(bottle_results):
     assert [e.event for e in machine.update(newer)] == ["start"]
     assert machine.update(older) == []  # it came late: no vote, no flicker
     assert machine.state.index == newer.top[0].index
+
+
+def test_a_watched_group_is_on_whenever_its_class_alone_would_be(bottle_results):
+    """Unsmoothed, `bottle` (water bottle 898 and six other bottles and jugs, their probabilities
+    summed) is the state at every result where `water bottle` alone is, and at some more."""
+    alone = StateMachine("video", StateConfig(watch=["water bottle"], min_prob=0.5, window=1))
+    group = StateMachine("video", StateConfig(watch=["bottle"], min_prob=0.5, window=1))
+    on_alone = on_group = 0
+    for r in bottle_results:
+        alone.update(r)
+        group.update(r)
+        if alone.state.index == 898:
+            on_alone += 1
+            assert group.state.to_dict()["group"] == "bottle", r.top
+        if group.state.group == "bottle":
+            on_group += 1
+            assert group.state.label == "bottle" and group.state.index in imagenet_groups()["bottle"]
+    assert 0 < on_alone <= on_group
+
+
+def test_a_pipeline_watching_a_group_reports_the_group(tmp_path, clean_machine):
+    """watch = ["bottle"] on the shipped clip: the jsonl consumer's events name the group, each
+    with the group's most probable class (the water bottle, ImageNet 898, where it stands)."""
+    out = tmp_path / "events.jsonl"
+    p = run_pipeline("video.toml", "--quiet", "--set", f"source.path={need(BOTTLE)}",
+                     "--set", "source.realtime=false", "--set", "edges.frames.policy=block",
+                     "--set", "edges.tensors.policy=block", "--set", "model.runtime=onnxruntime",
+                     "--set", MODEL_CORE,
+                     "--set", 'source.state={watch=["bottle"], min_prob=0.3, window=5}',
+                     "--set", f'consumers=[{{kind="jsonl", out="{out}"}}]')
+    assert p.returncode == 0, p.stderr
+    events = [line for line in read_jsonl(out) if line.get("type") == "event"]
+    assert events and events[0]["event"] == "start", events
+    kinds = [e["event"] for e in events]
+    assert kinds == ["start", "end"] * (len(events) // 2) + ["start"] * (len(events) % 2)
+    for e in events:
+        assert (e["label"], e["group"]) == ("bottle", "bottle"), e
+        assert e["index"] in imagenet_groups()["bottle"] and e["probability"] >= 0.3, e
+    assert 898 in {e["index"] for e in events}

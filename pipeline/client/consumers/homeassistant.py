@@ -1,12 +1,14 @@
 """Home Assistant MQTT discovery: the retained config messages that make each source of a
 pipeline appear as entities (a sensor for the current class, one for its probability, a binary
-sensor per watched class or the one `on` binary sensor of `[source.state]`, the snapshot as an
-image, the pipeline's fps), all tied to one device and to the consumer's availability topic.
+sensor per watched class or group, or the one `on` binary sensor of `[source.state]`, the
+snapshot as an image, the pipeline's fps), all tied to one device and to the consumer's
+availability topic.
 
 A class's entity (and its ON/OFF) goes by the class's ImageNet index for the shipped model (an
 id that means one class in every ImageNet model), by the class's name for a model's own classes:
 the entity stays when another model has the class at another index, and goes when a model no
-longer has the class.
+longer has the class. A watched ImageNet group's entity (`<source>_group_<name>`) goes by the
+group's name, which the state's label is while the state is the group.
 
 Only the payloads are built here; the mqtt consumer sends them (and again whenever Home
 Assistant announces `online` on `<discovery prefix>/status`). See
@@ -23,7 +25,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from pipeline.config import StateConfig
-from pipeline.config.classes import class_indices, imagenet_classes
+from pipeline.config.classes import Watched, imagenet_classes, resolve
 
 try:
     __version__ = version("edge-pipeline")
@@ -78,12 +80,18 @@ def discovery_configs(*, pipeline: str, prefix: str, sources: dict[str, StateCon
                   **({"device_class": state.device_class} if state and state.device_class
                      else {"icon": "mdi:eye-check"})}
         if state and state.on:
-            on = _indices(state.on, names, model)
+            on = _resolve(state.on, names, model)
             if on:
-                add("binary_sensor", f"{source}_on", {**binary, "name": f"{source} {state.on}",
-                                                      "value_template": _is(names, on, by_name)})
+                add("binary_sensor", f"{source}_on", {
+                    **binary, "name": f"{source} {state.on}",
+                    "value_template": _is_group(on.name) if on.group
+                    else _is(names, on.indices, by_name)})
         elif state:
-            for index in sorted({i for item in state.watch for i in _indices(item, names, model)}):
+            watched = [w for w in (_resolve(item, names, model) for item in state.watch) if w]
+            for group in dict.fromkeys(w.name for w in watched if w.group):
+                add("binary_sensor", f"{source}_group_{object_id(group)}", {
+                    **binary, "name": f"{source} {group}", "value_template": _is_group(group)})
+            for index in sorted({i for w in watched if not w.group for i in w.indices}):
                 add("binary_sensor", f"{source}_{class_ids[index]}", {
                     **binary, "name": f"{source} {names[index]}",
                     "value_template": _is(names, [index], by_name)})
@@ -120,11 +128,18 @@ def _is(names: Sequence[str], indices: Sequence[int], by_name: bool) -> str:
     return f"{{{{ 'ON' if {test} else 'OFF' }}}}"
 
 
-def _indices(item: int | str, names: Sequence[str], model: str) -> list[int]:
-    """The classes of the model a watched item stands for; none when the model lacks it (the
-    config was checked against the model the pipeline started with: a consumer elsewhere, which
-    cannot read the model's names, may not know them)."""
+def _is_group(group: str) -> str:
+    """A template that is ON while the state is this watched ImageNet group (by its name, which
+    no ImageNet class has)."""
+    return (f"{{{{ 'ON' if value_json.index is number and value_json.label == {json.dumps(group)} "
+            "else 'OFF' }}")
+
+
+def _resolve(item: int | str, names: Sequence[str], model: str) -> Watched | None:
+    """The classes of the model (or the ImageNet group) a watched item stands for; None when the
+    model lacks it (the config was checked against the model the pipeline started with: a
+    consumer elsewhere, which cannot read the model's names, may not know them)."""
     try:
-        return class_indices(item, "", names, model)
+        return resolve(item, "", names, model)
     except ValueError:
-        return []
+        return None

@@ -340,6 +340,7 @@ class MqttConsumer:
             kept = json.loads(payload)
             valid = (isinstance(kept, dict) and isinstance(kept.get("label"), str)
                      and (kept.get("index") is None or type(kept.get("index")) is int)
+                     and (kept.get("group") is None or isinstance(kept.get("group"), str))
                      and isinstance(kept.get("since"), (int, float)) and math.isfinite(kept["since"]))
         except ValueError:  # not JSON, or not UTF-8
             valid = False
@@ -444,15 +445,18 @@ class MqttConsumer:
         prob = kept.get("probability")
         end = StateEvent("end", r.source, kept["index"], kept["label"],
                          prob if isinstance(prob, (int, float)) else 0.0, r.captured_at,
-                         r.frame_index, r.seq, kept["since"])
+                         r.frame_index, r.seq, kept["since"], kept.get("group"))
         return [end, *started]
 
     def _same_class(self, kept: dict[str, Any], state: State) -> bool:
         """Whether the kept state is the decided one: both `none`, or one class by its name (the
         kept one may be another model's, with this class at another index, or another class at
-        this index), and by index where the model has two classes of that name."""
+        this index), and by index where the model has two classes of that name. A watched group
+        is the same group by its name, whichever of its classes the index is now."""
         if kept["index"] is None or state.index is None:
             return kept["index"] is None and state.index is None
+        if kept.get("group") is not None or state.group is not None:
+            return kept.get("group") == state.group
         with self.lock:
             names = self.labels or imagenet_classes()
         return kept["label"] == state.label and (kept["index"] == state.index

@@ -42,7 +42,7 @@ class Review:
         self.tracker.update(r)
         machine = self.tracker.machines[r.source]
         turning = machine.decided and machine.state is not None and bool(machine.votes) \
-            and machine.votes[-1] != machine.state.index
+            and machine.votes[-1] != machine.state.key
         return r.prob < self.below or turning
 
     def on_result(self, r: Result) -> Path | None:

@@ -4,8 +4,8 @@ Every key of a topology file, with its type, allowed range, default and meaning,
 pydantic models themselves: the meaning is the field's `description`, else the comment on its line
 or the comment lines just above it in the schema's source. Run it after changing the schema:
 
-    .venv/bin/python tools/config_reference.py           # rewrite the file
-    .venv/bin/python tools/config_reference.py --check   # exit 1 if the file is stale
+    .venv/bin/python -m tools.config_reference           # rewrite the file
+    .venv/bin/python -m tools.config_reference --check   # exit 1 if the file is stale
 """
 
 from __future__ import annotations
@@ -21,13 +21,12 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.config import schema
 
-from pipeline.config import schema  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 OUT = ROOT / "docs" / "configuration-reference.md"
-COMMAND = ".venv/bin/python tools/config_reference.py"
+COMMAND = ".venv/bin/python -m tools.config_reference"
 
 HEADER = f"""# Configuration reference
 

@@ -1,9 +1,9 @@
 """Derive ImageNet-1k's WordNet ids and the groups of classes a config may watch (`watch =
 ["dog"]`) from WordNet 3.0; write them to pipeline/config/imagenet_groups.json, which ships.
 
-    apt-get install wordnet-base          # WordNet 3.0 in /usr/share/wordnet (Debian, Ubuntu)
-    python tools/imagenet_groups.py       # writes the file
-    python tools/imagenet_groups.py --check   # derives it again and compares (exit 1 if it differs)
+    apt-get install wordnet-base              # WordNet 3.0 in /usr/share/wordnet (Debian, Ubuntu)
+    python -m tools.imagenet_groups           # writes the file
+    python -m tools.imagenet_groups --check   # derives it again and compares (exit 1 if it differs)
 
 The ids. An ImageNet class's wnid is 'n' + the 8-digit offset of its WordNet 3.0 noun synset, and
 the class index is the wnid's place in sorted order (torchvision's, Caffe's and Keras's indices).

@@ -179,7 +179,7 @@ def test_onnxruntime_worker_never_loads_torch(tmp_path, clean_machine):
         assert "cv2" not in maps  # nor OpenCV: the worker only needs numpy and onnxruntime
         rss_mb = int(next(line for line in open(f"/proc/{pid}/status")
                           if line.startswith("VmRSS")).split()[1]) / 1024
-        assert rss_mb < 300, rss_mb  # torch's worker is ~800 MB; tools/bench.py has the figure
+        assert rss_mb < 300, rss_mb  # torch's worker is ~800 MB; tools/bench/pipeline.py has the figure
     finally:
         proc.send_signal(2)
         proc.wait(timeout=30)

@@ -8,15 +8,18 @@ import signal
 import sys
 import time
 
-from pipeline.cli.common import join
-from pipeline.cli.consumer_args import OneLineParser, add_consumer_options, consumer_options
-from pipeline.config.consumers import BUILTIN_CONSUMERS, flag_of, options, unknown_kind
+from pipeline.cli.common import join, leave_model_cores
 from pipeline.outputs import check_folder, first_problem
 from pipeline.strings import control_problem
 from pipeline.transport.rundir import RuntimeDirError, running_pipelines
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The options' declarations are pydantic fields: imported here, not at the top, so that
+    # main() leaves the model's cores before pydantic loads.
+    from pipeline.cli.consumer_args import OneLineParser, add_consumer_options
+    from pipeline.config.consumers import BUILTIN_CONSUMERS
+
     ap = OneLineParser(
         prog="pipeline-attach",
         description="Attach a result consumer to a running pipeline (found by name).")
@@ -64,6 +67,8 @@ def _source_fps(info: dict) -> float | None:
 
 def _bad_option(args: argparse.Namespace) -> str | None:
     """One line on the first option that cannot work, checked before anything starts."""
+    from pipeline.config.consumers import BUILTIN_CONSUMERS, flag_of, options, unknown_kind
+
     if args.consumer not in BUILTIN_CONSUMERS and ":" not in args.consumer:
         return f"--consumer {unknown_kind(args.consumer)}"
     for flag in ("count", "duration", "fps", "max_age", "stats_interval"):
@@ -99,6 +104,7 @@ def _ignore_stop_signals() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    leave_model_cores(argv)  # before the option declarations load pydantic
     args = build_parser().parse_args(argv)
     if args.list:
         try:
@@ -111,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pipeline-attach: {problem}", file=sys.stderr)
         return 2
     consumer_spec = {"text": "print", "jsonl": "jsonl"}.get(args.format or "", args.consumer)
-    joined = join("pipeline-attach", args.name)
+    joined = join("pipeline-attach", args.name, off_model_cores=False)
     if joined is None:
         return 1
     info, inputs = joined
@@ -120,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"pipeline-attach: {problem}", file=sys.stderr)
         return 2
+    from pipeline.cli.consumer_args import consumer_options
     from pipeline.client.consumers import load, run
     from pipeline.client.subscription import Subscription
     from pipeline.errors import UserError

@@ -201,7 +201,10 @@ def test_killed_worker_restarts_while_the_other_keeps_classifying(tmp_path, clea
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="tools.bench.scale uses cores 0 and 1")
 def test_scaling_bench_measures_the_grid_and_the_tcp_edge(tmp_path):
     """A short run of tools.bench.scale: one grid cell, the four frames-edge variants."""
-    need(WEIGHTS)
+    from tools.assets import SCALE_VIDEOS
+
+    for video in SCALE_VIDEOS:
+        need(video)
     out = tmp_path / "scale.json"
     p = subprocess.run([sys.executable, "-m", "tools.bench.scale", "--duration", "2", "--sources", "2",
                         "--workers", "2", "--json", str(out)], cwd=ROOT, capture_output=True,

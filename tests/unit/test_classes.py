@@ -29,7 +29,7 @@ from pipeline.config.classes import (
     imagenet_wnids,
     resolve,
 )
-from tests.support.assets import IMAGES, ROOT
+from tests.support.assets import IMAGES, ROOT, need
 
 NAMES = imagenet_classes()
 DOOR = ["open", "closed"]  # a model of one's own
@@ -48,9 +48,7 @@ def test_the_wnids_are_imagenets_sorted_order():
 
 
 def test_the_wnids_agree_with_the_labelled_photos():
-    labels = IMAGES / "labels.csv"
-    if not labels.exists():
-        pytest.skip(f"no {labels}")
+    labels = need(IMAGES / "labels.csv")
     with open(labels, newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 200

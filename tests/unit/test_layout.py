@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Lowest first. `pipeline/__init__.py` is only the facade of the client (`from pipeline import
 # attach`, imported lazily) and sits above everything.
 LAYERS = [
-    ("pipeline.errors", "pipeline.outputs", "pipeline.cores", "pipeline.strings"),
+    ("pipeline.errors", "pipeline.outputs", "pipeline.cores", "pipeline.strings", "pipeline.samples"),
     ("pipeline.config",),
     ("pipeline.transport",),
     ("pipeline.observe",),

@@ -291,17 +291,18 @@ def test_restart_budget_exhausted_stops_with_the_stage_and_its_last_error():
 
 
 def test_bounded_soak_shows_no_growth():
-    """About a minute of the soak tool: memory, descriptors and shared memory stay flat."""
+    """Forty seconds of the soak tool: memory, descriptors and shared memory stay flat (the tool
+    itself runs for hours: tools.bench.soak)."""
     from tests.support.assets import BOTTLE, WEIGHTS, need
     from tools.bench import soak
 
     need(BOTTLE), need(WEIGHTS)
-    rows = soak.run(minutes=1.0, every=5.0, warmup=20.0, name="minisoak")
-    g = soak.growth(rows, 20.0)
-    assert all(v < 25 for v in g["rss_mb"].values()), g  # MiB over ~40 s, consumers coming and going
+    rows = soak.run(minutes=0.66, every=4.0, warmup=14.0, name="minisoak")
+    g = soak.growth(rows, 14.0)
+    assert all(v < 25 for v in g["rss_mb"].values()), g  # MiB over ~25 s, consumers coming and going
     assert all(v <= 3 for v in g["fds"].values()), g
     assert g["shm_mine_mb"] == 0 and g["restarts"] == 0
-    assert g["results"] > 1000
+    assert g["results"] > 500  # of about 1200 at 30 fps
 
 
 def test_a_paused_supervisor_does_not_blame_its_stages(tmp_path):

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import ConfigError, check_files, input_files, load_config
+from pipeline.config import Config, ConfigError, check_files, input_files, load_config
 from pipeline.outputs import check_folder, first_problem, writes_stdout
 from pipeline.supervisor.file_lines import FORMATS, folders_read_once
 
@@ -111,6 +111,20 @@ def _service(args: argparse.Namespace, config: object) -> int:
     return 0
 
 
+def loopback_reader(config: Config, host: str | None) -> str | None:
+    """What to say when `host` reads frames from a capture host over loopback: right when both
+    halves run on this machine, a silent wait for frames on two machines."""
+    connect = config.edges.frames.connect
+    remote = [s.host for s in config.source_list if s.host != host]
+    if not host or not connect or not remote:
+        return None
+    address = connect.split("//", 1)[-1].rsplit(":", 1)[0].strip("[]")
+    if not (address in ("localhost", "::1") or address.startswith("127.")):
+        return None
+    return (f"host {host} reads frames from {connect}, this machine: right when host {remote[0]} "
+            "runs here too; on two machines set edges.frames.connect to the camera machine's address")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -167,6 +181,9 @@ def main(argv: list[str] | None = None) -> int:
               f"(source.loop = false); this config's source is {kinds} (--record FILE writes every "
               "result)", file=sys.stderr)
         return EXIT_CONFIG
+    loopback = loopback_reader(config, args.host)
+    if loopback:
+        print(f"warning: {loopback}", file=sys.stderr)
     if service:
         return _service(args, config)
     if args.check:

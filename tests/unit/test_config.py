@@ -359,3 +359,17 @@ def test_the_pipeline_picks_a_worker_per_core_where_one_core_cannot_keep_up(tmp_
     assert (config.inference.workers, config.cores_of("inference")) == (1, [1, 2, 3])
     monkeypatch.setenv(CORES_ENV, "0")
     assert layout(*one, "source.realtime=false") == (1, [0], 1)  # one core: nothing to spread
+
+
+def test_a_box_told_to_read_frames_from_itself_is_warned(tmp_path):
+    """two-hosts.toml as shipped connects the box to 127.0.0.1: right on one machine, a silent
+    wait on two, so the box half says so; the cam half and a run of both halves do not."""
+    from pipeline.cli.up import loopback_reader
+
+    shipped = ROOT / "configs" / "two-hosts.toml"
+    box = loopback_reader(load_config(shipped, host="box"), "box")
+    assert box and "tcp://127.0.0.1:5550" in box and "edges.frames.connect" in box
+    assert loopback_reader(load_config(shipped, host="cam"), "cam") is None
+    assert loopback_reader(load_config(shipped), None) is None
+    elsewhere = load_config(shipped, ["edges.frames.connect=tcp://192.168.1.20:5550"], host="box")
+    assert loopback_reader(elsewhere, "box") is None

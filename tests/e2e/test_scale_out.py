@@ -140,7 +140,8 @@ def test_block_sources_with_two_workers_classify_every_image_once(tmp_path, clea
     p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--quiet", "--record",
                         str(record)], cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stderr
-    assert "stopped by end of stream" in p.stdout
+    assert "stopped by end of stream" in p.stderr  # the summary: stdout has a line per photo
+    assert len(p.stdout.splitlines()) == sum(map(len, expected))
     results = read_jsonl(record)
     for src, names in zip("ab", expected):
         items = [os.path.basename(r["item"]) for r in results if r["source"] == src]

@@ -198,12 +198,14 @@ class Capture:
             return
         self.ended = True
         log.info("source ended after %d frames", self.published)
-        self.out.send_eos(self.ctx.alive)
+        # The supervisor hears of a failure before the workers can report the end downstream:
+        # it stops once they have, and the failure must be known by then.
         if damage:
             self.ctx.send(EOS, failure=f"source.path: {damage}; edges.frames.policy = \"block\" "
                                        f"wants every frame ({self.source.undecodable} decode drops)")
         else:
             self.ctx.send(EOS)
+        self.out.send_eos(self.ctx.alive)
 
     def _reconnect(self, failure: str) -> Source | None:
         """Reopen a live source (camera, looping file) with exponential back-off while the rest

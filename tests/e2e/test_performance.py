@@ -101,7 +101,8 @@ def test_bench_tool_measures_all_four_runs(tmp_path):
     need(BOTTLE)
     need(WEIGHTS)
     out = tmp_path / "bench.json"
-    p = subprocess.run([sys.executable, "-m", "tools.bench.pipeline", "--duration", "1", "--json", str(out)],
+    p = subprocess.run([sys.executable, "-m", "tools.bench.pipeline", "--duration", "1", "--warmup", "0.5",
+                        "--json", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(out.read_text())["main"]

@@ -51,6 +51,7 @@ from typing import Any
 
 from tools.assets import CONFIGS, IMAGES, ONNX, ROOT, WEIGHTS, default_video
 from tools.bench.kit import markdown
+from tools.bench.kit.baselines import WARMUP_S
 from tools.bench.kit.common import PACED_FPS, child_env, progress
 from tools.bench.kit.pipeline_run import run_pipeline
 
@@ -76,7 +77,8 @@ class Bench:
     # -- runs ---------------------------------------------------------------------------------
     def baseline(self, kind: str, cores: list[int] | None = None, **extra: Any) -> dict[str, Any]:
         args = {"cores": cores or self.all_cores, "video": self.video, "weights": self.weights,
-                "onnx": self.onnx, "model": "mobilenet_v2", "duration": self.args.duration, **extra}
+                "onnx": self.onnx, "model": "mobilenet_v2", "duration": self.args.duration,
+                "warmup": self.args.warmup, **extra}
         progress(f"    {kind}: {json.dumps({k: v for k, v in extra.items() if k != 'weights'})}")
         cmd = [sys.executable, "-m", "tools.bench.kit.baselines", kind, json.dumps(args)]
         proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
@@ -105,7 +107,7 @@ class Bench:
         model = [f"model.runtime={runtime}"] + ([f"model.weights={self.onnx}"] if runtime == ORT else [])
         progress(f"    pipeline, {'fast' if fast else 'paced'}: {' '.join(model + list(extra))}")
         res = run_pipeline(config or self.config, self.base_overrides(fast) + model + list(extra),
-                           duration or self.args.duration, during)
+                           duration or self.args.duration, during, self.args.warmup)
         if not keep_results:
             res.pop("results")
         return res
@@ -280,7 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--images", type=Path, default=IMAGES,
                     help="labelled images for --adaptive accuracy (default: %(default)s)")
     ap.add_argument("--duration", type=float, default=15.0,
-                    help="seconds counted per run, after 2 s of warm-up (default: 15)")
+                    help="seconds counted per run, after the warm-up (default: 15)")
+    ap.add_argument("--warmup", type=float, default=WARMUP_S,
+                    help=f"seconds of each run not counted, while caches and clocks settle "
+                         f"(default: {WARMUP_S:g})")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every pipeline run (model.runtime, and for "
                          "onnxruntime model.weights, are set by each run)")
@@ -312,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: --{name}: no such file: {path}", file=sys.stderr)
             return 2
         setattr(args, name, path)
+    if args.warmup < 0:
+        print("bench: --warmup must be 0 or more seconds", file=sys.stderr)
+        return 2
     if args.duration <= 0:
         print("bench: --duration must be positive", file=sys.stderr)
         return 2

@@ -140,15 +140,16 @@ def tutorial(args: dict[str, Any]) -> dict[str, Any]:
     extra_s, every = args.get("extra_ms", 0.0) / 1000, args.get("extra_every", 0)
     size = args.get("size", 224)
     c = Collector(args.get("stale_ms", 0.0))
+    warmup = args.get("warmup", WARMUP_S)
     started = time.monotonic()
     counting = False
     n = 0
     with torch.no_grad():
         while True:
             now = time.monotonic()
-            if not counting and now - started >= WARMUP_S:
+            if not counting and now - started >= warmup:
                 counting, c.t0, cpu0 = True, now, time.process_time()
-            if now - started >= WARMUP_S + args["duration"]:
+            if now - started >= warmup + args["duration"]:
                 break
             image, arrival = cap.read()
             c.read_at(time.monotonic_ns(), counting)
@@ -228,13 +229,14 @@ def mpqueue(args: dict[str, Any]) -> dict[str, Any]:
     pids = [p.pid for p in procs]
     c = Collector(args.get("stale_ms", 0.0))
     results.get()  # counting starts at the first result: the others' start-up is not held against it
+    warmup = args.get("warmup", WARMUP_S)
     started = time.monotonic()
     counting = False
     while True:
         now = time.monotonic()
-        if not counting and now - started >= WARMUP_S:
+        if not counting and now - started >= warmup:
             counting, c.t0, cpu0 = True, now, cpu_seconds(pids)
-        if now - started >= WARMUP_S + args["duration"]:
+        if now - started >= warmup + args["duration"]:
             break
         _, arrival, start, end = results.get()
         if counting:

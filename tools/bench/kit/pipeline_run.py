@@ -45,8 +45,8 @@ def stage_rss_mb(pids: list[int], stage: str = "inference") -> float:
 
 
 def run_pipeline(config: Path, overrides: list[str], duration: float,
-                 during: Any = None) -> dict[str, Any]:
-    """Start the pipeline, count `duration` seconds of results after WARMUP_S, stop it.
+                 during: Any = None, warmup: float = WARMUP_S) -> dict[str, Any]:
+    """Start the pipeline, count `duration` seconds of results after `warmup` seconds, stop it.
 
     `during(pids)` is called when counting starts (to start a disturbance) and may return a
     callable that ends it."""
@@ -67,7 +67,7 @@ def run_pipeline(config: Path, overrides: list[str], duration: float,
                     raise SystemExit(f"bench: pipeline-up did not produce results:\n"
                                      f"{log.read()[-3000:]}")
                 time.sleep(0.05)
-            time.sleep(WARMUP_S)
+            time.sleep(warmup)
             pids = tree(proc.pid)
             end_disturbance = during(pids) if during else None
             t0_ns, t0, cpu0 = time.monotonic_ns(), time.monotonic(), cpu_seconds(pids)

@@ -21,10 +21,10 @@ from pipeline import attach
 from pipeline.observe.format import format_status
 from pipeline.observe.report import RunReport
 from pipeline.supervisor.results_hub import ResultsHub
-from pipeline.transport import drops
 from pipeline.transport.rundir import NotRunning, find_pipeline
 from pipeline.transport.workqueue import SharedCounter
 from tests.support.assets import ROOT
+from tests.support.drop_reasons import reasons_in_code
 from tests.support.processes import launch, pipeline_cmd
 from tests.support.topologies import finish, up, wait_for, write_config
 
@@ -100,21 +100,8 @@ def test_the_documented_keys_are_the_ones_sent(clean_machine):
     assert on_disk["config"]["edges"]["frames"]["policy"] == "latest"
 
 
-def _reasons_in_code() -> set[str]:
-    """Every drop reason the stages can count: the table of them (pipeline/transport/drops.py),
-    and the keys of any `drops` counter (and the capture's `source` edge counts) still written
-    out in the code."""
-    reasons: set[str] = set(drops.REASONS)
-    for path in [*ROOT.glob("pipeline/transport/*.py"), *ROOT.glob("workers/**/*.py")]:
-        text = path.read_text()
-        reasons |= set(re.findall(r"drops\[\"(\w+)\"\]", text))
-        for literal in re.findall(r"(?:self\.drops|self\.lost) = \{([^}]*)\}", text):
-            reasons |= set(re.findall(r"\"(\w+)\":", literal))
-    return reasons
-
-
 def test_every_drop_reason_the_code_counts_is_documented():
-    in_code = _reasons_in_code()
+    in_code = reasons_in_code()
     assert {"latest", "drop_new", "torn", "malformed", "restart", "stalled", "oversize",
             "corrupt", "decode"} <= in_code  # the reading of the code finds them
     assert documented("### Status: drop reasons") == in_code

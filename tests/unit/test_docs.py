@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.drop_reasons import reasons_in_code
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = sorted([ROOT / "README.md", *(ROOT / "docs").glob("*.md")])
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
@@ -90,25 +92,8 @@ def test_the_readme_test_command_is_the_one_ci_runs():
     assert blocks[0].startswith("python3 -m venv .venv && .venv/bin/pip install -e . && ")
 
 
-def _counted_drop_reasons() -> set[str]:
-    """The drop reasons the code counts: the table of them where there is one, `drops["x"]` on
-    edges, and the capture stage's own."""
-    reasons: set[str] = set()
-    try:
-        from pipeline.transport import drops
-        reasons |= set(drops.REASONS)
-    except ImportError:
-        pass
-    for path in [*(ROOT / "pipeline").rglob("*.py"), *(ROOT / "workers").rglob("*.py")]:
-        text = path.read_text()
-        reasons |= set(re.findall(r"\bdrops\[\"(\w+)\"\]", text))
-        for counted in re.findall(r"self\.lost = \{([^}]*)\}", text):
-            reasons |= set(re.findall(r"\"(\w+)\":", counted))
-    return reasons
-
-
 def test_every_drop_reason_is_documented():
-    reasons = _counted_drop_reasons()
+    reasons = reasons_in_code()
     assert {"latest", "torn", "stalled", "oversize", "decode"} <= reasons, reasons
     for doc in ("profiling.md", "protocol.md"):
         text = (ROOT / "docs" / doc).read_text()

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from workers.inference.model_files import builtin_onnx
+from workers.inference.qdq_format import cpu_activation_type, for_this_cpu, set_activation_type
 from workers.preprocess.transform import Preprocessor
 
 FEATURES = "/classifier/1/DequantizeLinear_output_0"  # the 1280-d input of the final Gemm
@@ -53,6 +54,7 @@ def feature_model() -> bytes:
     import onnx
 
     proto = onnx.load(str(builtin_onnx()))
+    set_activation_type(proto, cpu_activation_type())  # the fast format here (qdq_format.py)
     graph = proto.graph
     graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
     del graph.output[:]
@@ -157,7 +159,7 @@ def classify_file(model: str | Path, paths: Sequence[Path], resize: str, threads
     """N x C logits of a classifier file run as the pipeline runs it: one 1x3xHxW input at a
     time, preprocessed by the pipeline's Preprocessor."""
     prep = Preprocessor(resize)
-    sess = session(str(model), threads)
+    sess = session(for_this_cpu(str(model))[0], threads)
     name = sess.get_inputs()[0].name
     x = np.empty((1, *prep.output_shape), np.float32)
     logits = []

@@ -1,8 +1,9 @@
 """The model behind the inference stage, whichever runtime runs it: logits for one input, then
-softmax and top-k in numpy (the same code for both runtimes, so results are comparable).
+softmax and top-k in numpy (the same code for every runtime, so results are comparable).
 
-`load_planned_classifier(plan, ...)` imports only the chosen runtime: with onnxruntime the
-worker process never loads torch or torchvision (about 700 MB of RSS and 3 s of start-up saved).
+`load_planned_classifier(plan, ...)` imports only the chosen runtime: with onnxruntime or LiteRT
+the worker process never loads torch or torchvision (about 700 MB of RSS and 3 s of start-up
+saved).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from workers.inference.errors import ModelError
-from workers.inference.model_meta import own_labels
+from workers.inference.model_meta import ModelFileError, own_labels, read_model
+from workers.inference.qdq_format import for_this_cpu
 from workers.normalize import Normalizer
 
 if TYPE_CHECKING:
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 
 class Classifier(Protocol):
     runtime: str
-    engine: str  # what runs it: a quantized engine for torch, the execution provider for onnxruntime
+    engine: str  # what runs it: torch's quantized engine, onnxruntime's provider, LiteRT's delegate
     threads: int
     labels: list[str]
 
@@ -61,11 +63,13 @@ class OnnxClassifier:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         try:
-            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            model, activations = for_this_cpu(path)
+            self.session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ModelError(f"model.weights: onnxruntime cannot load {path}: {first}") from None
-        self.engine = "cpu"
+        # what runs it: the CPU provider, and the int8 format it runs (qdq_format.py says why)
+        self.engine = f"cpu, {'S8S8' if activations == 'int8' else 'U8S8'}" if activations else "cpu"
         self.threads = threads
         self.meta = self.session.get_modelmeta().custom_metadata_map
         inp = self.session.get_inputs()[0]
@@ -82,6 +86,52 @@ class OnnxClassifier:
     def logits(self, x: np.ndarray) -> np.ndarray:
         self._feed[self.input_name] = x
         return self.session.run([self.output_name], self._feed)[0].reshape(-1)
+
+
+class LiteRTClassifier:
+    """A TFLite classifier in LiteRT's interpreter, its CPU work done by XNNPACK (the default
+    delegate), on the process's pinned cores."""
+
+    runtime = "litert"
+
+    def __init__(self, path: str, threads: int = 1, labels: list[str] | None = None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter
+        except ImportError as e:
+            raise ModelError(f"model.runtime: ai-edge-litert cannot be imported ({e}); install it "
+                             "with pip install ai-edge-litert, or set model.runtime = "
+                             "\"onnxruntime\"") from None
+        try:
+            self.interpreter = Interpreter(model_path=path, num_threads=threads)
+            self.interpreter.allocate_tensors()
+            self.meta, _ = read_model(path)
+        except ModelFileError:
+            raise
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ModelError(f"model.weights: LiteRT cannot load {path}: {first}") from None
+        ops = {op["op_name"] for op in self.interpreter._get_ops_details()}
+        self.engine = "xnnpack" if "DELEGATE" in ops else "builtin kernels"
+        self.threads = threads
+        inp = self.interpreter.get_input_details()[0]
+        out = self.interpreter.get_output_details()[0]
+        self.input_index, self.output_index = inp["index"], out["index"]
+        self.fixed_size = None if inp["shape_signature"][-1] == -1 else int(inp["shape"][-1])
+        self.shape = tuple(int(d) for d in inp["shape"])
+        classes = int(out["shape"][-1])
+        self.labels = labels or own_labels(self.meta, classes)
+        if classes != len(self.labels):
+            raise ModelError(f"model.weights: {path} has {classes} outputs, the plan names "
+                             f"{len(self.labels)} classes")
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        if x.shape != self.shape:  # adaptive resolution: every operator adapts to the new size
+            self.interpreter.resize_tensor_input(self.input_index, x.shape)
+            self.interpreter.allocate_tensors()
+            self.shape = x.shape
+        self.interpreter.set_tensor(self.input_index, x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output_index).reshape(-1)
 
 
 class TorchClassifier:
@@ -161,8 +211,9 @@ class ModelInputs:
 def load_planned_classifier(plan: "ModelPlan", config: "Config", threads: int) -> Classifier:
     """The planned runtime only: an onnxruntime worker never imports torch."""
     model = config.model
-    if plan.runtime == "onnxruntime":
-        clf = OnnxClassifier(plan.file, threads, config.inference.spinning, plan.labels)
+    if plan.runtime in ("onnxruntime", "litert"):
+        clf = OnnxClassifier(plan.file, threads, config.inference.spinning, plan.labels) \
+            if plan.runtime == "onnxruntime" else LiteRTClassifier(plan.file, threads, plan.labels)
         size = config.preprocess.crop_size
         if clf.fixed_size is not None and clf.fixed_size != size:
             raise ModelError(f"model.weights: {plan.file} takes {clf.fixed_size}x{clf.fixed_size} "

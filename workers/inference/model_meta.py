@@ -70,8 +70,10 @@ def _sub(buf: memoryview, number: int) -> list[memoryview]:
 
 def read_model(path: str | os.PathLike) -> tuple[dict[str, str], list[int | None] | None]:
     """(metadata, the first output's shape: a size per dimension, None for one that is not fixed;
-    None when the file does not say) of an ONNX file; ModelFileError in one line for a file that
-    is not one."""
+    None when the file does not say) of an ONNX or TFLite file; ModelFileError in one line for a
+    file that is not one."""
+    if str(path).lower().endswith(".tflite"):
+        return read_tflite(path)
     try:
         buf = memoryview(Path(path).read_bytes())
     except OSError as e:
@@ -96,6 +98,39 @@ def read_model(path: str | os.PathLike) -> tuple[dict[str, str], list[int | None
                             dims.append(fixed[0] if fixed else None)
     except (ValueError, UnicodeDecodeError) as e:
         raise ModelFileError(f"model.weights: {path} is not an ONNX model ({e})") from None
+    return meta, dims or None
+
+
+def read_tflite(path: str | os.PathLike) -> tuple[dict[str, str], list[int | None] | None]:
+    """read_model for a TFLite file: the metadata the converter stores (the ONNX file's, as JSON
+    under tflite_export.METADATA) and the first output's shape. Needs ai-edge-litert's schema
+    (flatbuffers, pure Python), which any machine that runs a .tflite has."""
+    try:
+        buf = Path(path).read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"model.weights: cannot read {path} ({e.strerror})") from None
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        raise ModelFileError(f"model.weights: reading {path} needs ai-edge-litert "
+                             "(pip install ai-edge-litert)") from None
+    if len(buf) < 8 or buf[4:8] != b"TFL3":
+        raise ModelFileError(f"model.weights: {path} is not a TFLite model")
+    try:
+        model = schema.Model.GetRootAs(buf, 0)
+        meta: dict[str, str] = {}
+        for i in range(model.MetadataLength()):
+            entry = model.Metadata(i)
+            if entry.Name() == b"edge_pipeline":
+                meta = json.loads(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes())
+        graph = model.Subgraphs(0)
+        out = graph.Tensors(graph.Outputs(0))
+        signature = out.ShapeSignatureAsNumpy() if out.ShapeSignatureLength() else out.ShapeAsNumpy()
+        dims: list[int | None] = [int(d) if d >= 0 else None for d in signature]
+    except Exception as e:  # a damaged flatbuffer raises anything from struct to IndexError
+        raise ModelFileError(f"model.weights: {path} is not a readable TFLite model ({e})") from None
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise ModelFileError(f"model.weights: {path}'s metadata is not a map of strings")
     return meta, dims or None
 
 

@@ -5,6 +5,9 @@ QDQ graph (QuantizeLinear/DequantizeLinear around integer weights) that onnxrunt
 own int8 kernels, several times faster than torch's quantized ops on the same weights. The input's
 height and width stay dynamic, so adaptive resolution works as with torch.
 
+The graph is then made S8S8 (workers/inference/qdq_format.py): int8 activations instead of
+torch's uint8 ones and weights in [-127, 127], the format with onnxruntime's fast kernels on Arm.
+
 The file carries what a worker needs without torch or torchvision (`metadata`): class names,
 input size, resize size, normalisation, the model's name and the hash of the weights it came from.
 Needs torch, torchvision and onnx (`pip install 'edge-pipeline[torch]'`).
@@ -19,8 +22,9 @@ import warnings
 from pathlib import Path
 
 from pipeline.errors import UserError
+from workers.inference.qdq_format import clamp_weights, set_activation_type
 
-FORMAT = "1"  # bump when the exported graph or its metadata change meaning
+FORMAT = "2"  # bump when the exported graph or its metadata change meaning (2: S8S8)
 OPSET = 13
 
 
@@ -84,6 +88,8 @@ def export(model_name: str, weights: str, out: str | os.PathLike, engine: str = 
                          f"onnx {onnx.__version__}, opset {OPSET}",
     }
     proto = onnx.load(str(tmp))
+    clamp_weights(proto)
+    set_activation_type(proto, "int8")
     del proto.metadata_props[:]
     for k, v in meta.items():
         proto.metadata_props.add(key=k, value=v)
@@ -91,3 +97,4 @@ def export(model_name: str, weights: str, out: str | os.PathLike, engine: str = 
     onnx.save(proto, str(tmp))
     os.replace(tmp, out)
     return meta
+

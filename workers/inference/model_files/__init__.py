@@ -1,7 +1,8 @@
 """The model the package ships, so a pipeline runs offline out of the box (`model.weights =
 "builtin"`, the default): torchvision's pretrained int8 MobileNetV2 (`IMAGENET1K_QNNPACK_V1`,
-BSD-3-Clause, see LICENSE-torchvision) as a state dict for the torch runtime, and its ONNX export,
-made with `pipeline-export`, for the onnxruntime runtime."""
+BSD-3-Clause, see LICENSE-torchvision) as a state dict for the torch runtime, its ONNX export
+(`pipeline-export`) for onnxruntime, and that export converted to TFLite (`pipeline-export --weights
+FILE.onnx --out FILE.tflite`) for LiteRT."""
 
 from __future__ import annotations
 
@@ -17,3 +18,7 @@ def builtin_weights() -> Path:
 
 def builtin_onnx() -> Path:
     return HERE / "mobilenet_v2_qnnpack_imagenet1k.onnx"
+
+
+def builtin_tflite() -> Path:
+    return HERE / "mobilenet_v2_qnnpack_imagenet1k.tflite"

@@ -39,6 +39,9 @@ def check_files(config: Config, host: str | None = None) -> None:
     if weights.lower().endswith(".onnx") and config.model.runtime == "torch":
         raise ConfigError(f"model.weights: {weights} is an ONNX file, which the torch runtime "
                           "cannot run (use model.runtime = \"onnxruntime\" or a state dict)")
+    if weights.lower().endswith(".tflite") and config.model.runtime in ("torch", "onnxruntime"):
+        raise ConfigError(f"model.weights: {weights} is a TFLite file, which only LiteRT runs "
+                          "(use model.runtime = \"litert\" or \"auto\")")
     if config.curve.keys:
         _check_keys(config, host)
 

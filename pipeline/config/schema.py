@@ -393,14 +393,15 @@ class AdaptiveConfig(_Strict):
 
 class ModelConfig(_Strict):
     name: ModelName = "mobilenet_v2"  # a quantizable torchvision classifier
-    # "builtin" (the shipped MobileNetV2), a state-dict or .onnx path, "DEFAULT" (torchvision's
+    # "builtin" (the shipped MobileNetV2), a state-dict, .onnx or .tflite path, "DEFAULT" (torchvision's
     # download) or "none" (random weights, for timing)
     weights: str = "builtin"
     # A file of class names, one per line (line i = class i), for a model whose file names none
     # (an ONNX classifier from elsewhere); "": the names the model file carries, else ImageNet's.
     labels: str = ""
-    # auto: the runtime measured faster on this machine for this model (cached)
-    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    # auto: of the installed runtimes that can run the model, the one measured fastest on this
+    # machine (cached); litert: LiteRT with XNNPACK, the model converted to TFLite
+    runtime: Literal["auto", "torch", "onnxruntime", "litert"] = "auto"
     # torch's quantized engine; auto: qnnpack on Arm and for the MobileNets, else x86
     engine: Literal["auto", "qnnpack", "x86", "fbgemm", "onednn"] = "auto"
     jit: bool = True  # TorchScript

@@ -8,7 +8,12 @@ saved).
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -102,8 +107,9 @@ class LiteRTClassifier:
                              "with pip install ai-edge-litert, or set model.runtime = "
                              "\"onnxruntime\"") from None
         try:
-            self.interpreter = Interpreter(model_path=path, num_threads=threads)
-            self.interpreter.allocate_tensors()
+            with _without_info_lines():
+                self.interpreter = Interpreter(model_path=path, num_threads=threads)
+                self.interpreter.allocate_tensors()
             self.meta, _ = read_model(path)
         except ModelFileError:
             raise
@@ -132,6 +138,26 @@ class LiteRTClassifier:
         self.interpreter.set_tensor(self.input_index, x)
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output_index).reshape(-1)
+
+
+@contextlib.contextmanager
+def _without_info_lines() -> Iterator[None]:
+    """LiteRT's C++ logger prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on
+    stderr for every interpreter, with no setting to stop it: stderr (fd 2) goes to a file for
+    the block, and whatever was not an INFO line is written back."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            rest = [ln for ln in caught.read().decode(errors="replace").splitlines(keepends=True)
+                    if not ln.startswith("INFO: ")]
+            sys.stderr.write("".join(rest))
 
 
 class TorchClassifier:

@@ -5,10 +5,13 @@ stage starts, so every worker (and every restart) loads the same thing.
 - `"onnxruntime"`: an ONNX file: `model.weights` itself when it is one, the shipped export for the
   built-in weights, else an export of the state dict made once (in its own process, with torch)
   and cached by the weights' hash.
-- `"auto"`: the runtime measured fastest on this machine for this model, input size and thread
-  count. The measurement runs once, in its own process pinned like the worker (so no worker keeps
-  torch loaded for nothing), and is remembered in the user's cache directory under a key made of
-  the machine, model, weights and library versions.
+- `"litert"`: a TFLite file: `model.weights` itself, the shipped one for the built-in weights,
+  else the ONNX file (as above) converted once, torch-free, and cached by its hash.
+- `"auto"`: of the installed runtimes that can run the weights, the one measured fastest on this
+  machine for this model, input size and thread count. The measurement runs once, in its own
+  process pinned like the worker (so no worker keeps torch loaded for nothing), and is
+  remembered in the user's cache directory under a key made of the machine, model, weights and
+  library versions.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import Any, Callable
 
 from pipeline.config.classes import imagenet_classes
 from workers.inference.errors import ModelError
-from workers.inference.model_files import BUILTIN_MODEL, builtin_onnx, builtin_weights
+from workers.inference.model_files import BUILTIN_MODEL, builtin_onnx, builtin_tflite, builtin_weights
 from workers.inference.model_meta import (
     ID_DIGITS,
     model_id,
@@ -37,16 +40,18 @@ from workers.inference.model_meta import (
     read_model,
 )
 from workers.inference.onnx_export import FORMAT, file_sha256
+from workers.inference.tflite_export import FORMAT as TFLITE_FORMAT
 from workers.normalize import IMAGENET_MEAN, IMAGENET_STD
 
-RUNTIMES = ("torch", "onnxruntime")
+RUNTIMES = ("torch", "onnxruntime", "litert")
+MODULES = {"torch": ("torch", "torchvision"), "onnxruntime": ("onnxruntime",), "litert": ("ai_edge_litert",)}
 PROBE_TIMEOUT_S = 600.0  # the largest models, loaded and timed twice, on a slow board
 
 
 @dataclass
 class ModelPlan:
-    runtime: str  # torch | onnxruntime
-    file: str  # the state dict (torch) or the .onnx file (onnxruntime)
+    runtime: str  # torch | onnxruntime | litert
+    file: str  # the state dict (torch), the .onnx file (onnxruntime) or the .tflite file (litert)
     reason: str  # why this runtime, for the ready line
     measured_ms: dict[str, float] = field(default_factory=dict)  # auto: p50 ms per runtime
     # What results say of the model (filled by `describe`): its name, the short hash of its
@@ -71,8 +76,7 @@ def cache_dir() -> Path:
 
 def installed(runtime: str) -> bool:
     """Whether a runtime can be imported here (found without importing it)."""
-    mods = ("torch", "torchvision") if runtime == "torch" else ("onnxruntime",)
-    return all(importlib.util.find_spec(m) is not None for m in mods)
+    return all(importlib.util.find_spec(m) is not None for m in MODULES[runtime])
 
 
 def version(dist: str) -> str:
@@ -176,41 +180,92 @@ def _choose(model_cfg: Any, input_size: int, cores: list[int], threads: int,
             say: Callable[[str], None]) -> ModelPlan:
     name, runtime = model_cfg.name, model_cfg.runtime
     weights = resolve_weights(name, model_cfg.weights)
-    is_onnx = weights.lower().endswith(".onnx")
-    if is_onnx and runtime == "torch":
+    have = {r: installed(r) for r in RUNTIMES}
+    if runtime != "auto":
+        _refuse_file(weights, runtime)
+        if not have[runtime]:
+            raise ModelError(_missing(runtime))
+        return ModelPlan(runtime, str(file_for(runtime, name, weights, say)), "configured")
+    files: dict[str, str] = {}
+    why_not: list[str] = []
+    for r in RUNTIMES:  # every installed runtime that can run these weights
+        if not have[r]:
+            why_not.append(f"{r} is not installed")
+            continue
+        try:
+            _refuse_file(weights, r)
+            files[r] = str(file_for(r, name, weights, say))
+        except ModelError as e:
+            why_not.append(str(e).split(" (")[0].removeprefix("model.weights: ")
+                           .removeprefix("model.name: "))
+    if not files:
+        raise ModelError(f"model.runtime: no installed runtime can run {weights}: "
+                         + "; ".join(why_not))
+    if len(files) == 1:
+        (only, file), = files.items()
+        return ModelPlan(only, file, f"auto: the only runtime for it here ({'; '.join(why_not)})")
+    ms = measured(model_cfg, weights, files, input_size, cores, threads, say)
+    best = min(ms, key=ms.get)
+    others = sorted((r for r in ms if r != best), key=ms.get)
+    reason = f"auto: {best} won, {ms[best]:.1f} ms a frame against " + \
+        " and ".join(f"{r} {ms[r]:.1f} ms ({ms[r] / ms[best]:.2f}x)" for r in others) + ", measured here"
+    return ModelPlan(best, files[best], reason + "".join(f"; {w}" for w in why_not), ms)
+
+
+def _refuse_file(weights: str, runtime: str) -> None:
+    """A model file that `runtime` cannot run, in one line."""
+    lower = weights.lower()
+    if lower.endswith(".tflite") and runtime != "litert":
+        raise ModelError(f"model.weights: {weights} is a TFLite file, which only LiteRT runs; use "
+                         "model.runtime = \"litert\" (or \"auto\")")
+    if lower.endswith(".onnx") and runtime == "torch":
         raise ModelError(f"model.weights: {weights} is an ONNX file, which the torch runtime "
                          "cannot run; use model.runtime = \"onnxruntime\" or a state dict")
-    have = {r: installed(r) for r in RUNTIMES}
-    if runtime != "auto" and not have[runtime]:
-        raise ModelError(_missing(runtime))
+
+
+def file_for(runtime: str, model_name: str, weights: str, say: Callable[[str], None]) -> Path | str:
+    """What `runtime` loads for these weights: the state dict, the ONNX file, the TFLite file."""
     if runtime == "torch":
-        return ModelPlan("torch", weights, "configured")
-    if is_onnx or runtime == "onnxruntime" or not have["torch"]:
-        if not have["onnxruntime"]:
-            raise ModelError(_missing("onnxruntime" if is_onnx or not have["torch"] else "torch"))
-        why = "configured" if runtime == "onnxruntime" else \
-            "auto: an ONNX file" if is_onnx else "auto: torch is not installed"
-        return ModelPlan("onnxruntime", str(onnx_for(name, weights, say)), why)
-    if not have["onnxruntime"]:
-        return ModelPlan("torch", weights, "auto: onnxruntime is not installed")
-    try:
-        onnx = onnx_for(name, weights, say)
-    except ModelError as e:  # a model that does not export runs in torch, and says why
-        return ModelPlan("torch", weights, f"auto: {str(e).split(' (')[0]}")
-    ms = measured(model_cfg, weights, str(onnx), input_size, cores, threads, say)
-    best = min(ms, key=ms.get)
-    plan = ModelPlan(best, str(onnx) if best == "onnxruntime" else weights, "", ms)
-    other = "torch" if best == "onnxruntime" else "onnxruntime"
-    plan.reason = f"auto: {ms[best]:.1f} ms vs {other} {ms[other]:.1f} ms a frame, measured here"
-    return plan
+        return weights
+    if runtime == "onnxruntime":
+        return onnx_for(model_name, weights, say)
+    return tflite_for(model_name, weights, say)
 
 
 def _missing(runtime: str) -> str:
     if runtime == "torch":
         return ("model.runtime: torch is not installed (pip install 'edge-pipeline[torch]'), or "
                 "use model.runtime = \"onnxruntime\"")
+    if runtime == "litert":
+        return ("model.runtime: LiteRT is not installed (pip install ai-edge-litert; its wheels "
+                "are for 64-bit Linux, macOS on Arm and Windows), or use model.runtime = "
+                "\"onnxruntime\"")
     return ("model.runtime: onnxruntime is not installed (pip install onnxruntime), or use "
             "model.runtime = \"torch\"")
+
+
+def tflite_for(model_name: str, weights: str, say: Callable[[str], None]) -> Path:
+    """The TFLite file for these weights: given, shipped, or converted now from their ONNX file
+    (torch-free, about a second) and cached by that file's hash."""
+    if weights.lower().endswith(".tflite"):
+        return Path(weights)
+    if weights == str(builtin_weights()) and builtin_tflite().is_file():
+        return builtin_tflite()
+    onnx = onnx_for(model_name, weights, say)
+    target = cache_dir() / "tflite" / f"{onnx.stem}-{file_sha256(onnx)[:16]}-f{TFLITE_FORMAT}.tflite"
+    if target.is_file():
+        return target
+    from workers.inference.tflite_export import ConvertError, convert
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    say(f"converting {onnx.name} to TFLite for LiteRT (once; cached as {target}) ...")
+    t0 = time.monotonic()
+    try:
+        convert(onnx, target)
+    except ConvertError as e:
+        raise ModelError(f"model.weights: {onnx.name} does not convert to TFLite ({e})") from None
+    say(f"converted in {time.monotonic() - t0:.1f} s")
+    return target
 
 
 def onnx_for(model_name: str, weights: str, say: Callable[[str], None]) -> Path:
@@ -254,14 +309,16 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def measured(model_cfg: Any, weights: str, onnx: str, size: int, cores: list[int], threads: int,
-             say: Callable[[str], None]) -> dict[str, float]:
-    """ms per frame (p50) of each runtime: from the cache, else measured now in a probe process."""
+def measured(model_cfg: Any, weights: str, files: dict[str, str], size: int, cores: list[int],
+             threads: int, say: Callable[[str], None]) -> dict[str, float]:
+    """ms per frame (p50) of each runtime in `files` (runtime -> what it loads): from the cache,
+    else measured now in a probe process."""
     key = "|".join([machine_id(), f"cores={len(cores)}", f"threads={threads}", model_cfg.name,
                     weights_id(weights), f"size={size}", f"engine={model_cfg.engine}",
                     f"jit={model_cfg.jit}", f"channels_last={model_cfg.channels_last}",
                     f"torch={version('torch')}", f"torchvision={version('torchvision')}",
-                    f"onnxruntime={version('onnxruntime')}", f"format={FORMAT}"])
+                    f"onnxruntime={version('onnxruntime')}", f"litert={version('ai-edge-litert')}",
+                    f"format={FORMAT}", f"tflite_format={TFLITE_FORMAT}", f"runtimes={','.join(files)}"])
     path = cache_dir() / "runtimes.json"
     try:
         known = json.loads(path.read_text())
@@ -269,18 +326,18 @@ def measured(model_cfg: Any, weights: str, onnx: str, size: int, cores: list[int
         known = {}
     if key in known:
         return known[key]["ms"]
-    say(f"measuring torch and onnxruntime for {model_cfg.name} at {size}x{size}, {threads} "
-        f"thread(s), to pick the faster (once; remembered in {path}) ...")
-    args = {"model": model_cfg.name, "weights": weights, "onnx": onnx, "size": size,
-            "cores": cores, "threads": threads, "engine": model_cfg.engine, "jit": model_cfg.jit,
-            "channels_last": model_cfg.channels_last}
+    names = list(files)
+    say(f"measuring {', '.join(names[:-1])} and {names[-1]} for {model_cfg.name} at {size}x{size}, "
+        f"{threads} thread(s), to pick the fastest (once; remembered in {path}) ...")
+    args = {"model": model_cfg.name, "files": files, "size": size, "cores": cores, "threads": threads,
+            "engine": model_cfg.engine, "jit": model_cfg.jit, "channels_last": model_cfg.channels_last}
     proc = subprocess.run([sys.executable, "-m", "workers.inference.runtime_probe", json.dumps(args)],
                           capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=_child_env())
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         raise ModelError(f"model.runtime: measuring the runtimes failed: {err}; set "
-                         "model.runtime to \"torch\" or \"onnxruntime\"")
+                         f"model.runtime to one of {', '.join(map(repr, names))}")
     ms = json.loads(lines[-1])
     say("measured: " + ", ".join(f"{r} {v:.1f} ms" for r, v in ms.items()))
     known[key] = {"ms": ms, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -127,8 +127,9 @@ def read_tflite(path: str | os.PathLike) -> tuple[dict[str, str], list[int | Non
         out = graph.Tensors(graph.Outputs(0))
         signature = out.ShapeSignatureAsNumpy() if out.ShapeSignatureLength() else out.ShapeAsNumpy()
         dims: list[int | None] = [int(d) if d >= 0 else None for d in signature]
-    except Exception as e:  # a damaged flatbuffer raises anything from struct to IndexError
-        raise ModelFileError(f"model.weights: {path} is not a readable TFLite model ({e})") from None
+    except Exception:  # a damaged flatbuffer raises anything from struct.error to IndexError
+        raise ModelFileError(f"model.weights: {path} is not a readable TFLite model (truncated "
+                             "or damaged)") from None
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         raise ModelFileError(f"model.weights: {path}'s metadata is not a map of strings")
     return meta, dims or None

@@ -196,14 +196,14 @@ def _choose(model_cfg: Any, input_size: int, cores: list[int], threads: int,
             _refuse_file(weights, r)
             files[r] = str(file_for(r, name, weights, say))
         except ModelError as e:
-            why_not.append(str(e).split(" (")[0].removeprefix("model.weights: ")
-                           .removeprefix("model.name: "))
+            why = str(e).split(" (")[0].removeprefix("model.weights: ").removeprefix("model.name: ")
+            why_not += [why] if why not in why_not else []
     if not files:
         raise ModelError(f"model.runtime: no installed runtime can run {weights}: "
                          + "; ".join(why_not))
     if len(files) == 1:
         (only, file), = files.items()
-        return ModelPlan(only, file, f"auto: the only runtime for it here ({'; '.join(why_not)})")
+        return ModelPlan(only, file, f"auto: the only runtime here that runs it ({'; '.join(why_not)})")
     ms = measured(model_cfg, weights, files, input_size, cores, threads, say)
     best = min(ms, key=ms.get)
     others = sorted((r for r in ms if r != best), key=ms.get)

@@ -15,9 +15,11 @@ float head pipeline-train adds) stays float, after a DEQUANTIZE. Tensors are NHW
 takes the same 1x3xHxW float input as the ONNX file and transposes it once, after quantizing it.
 Height and width stay dynamic (LiteRT resizes the input; every operator adapts).
 
-Operators: Conv (plain, depthwise, grouped), Gemm, Add, Mul, Relu, Clip, HardSwish, HardSigmoid,
-GlobalAveragePool, MaxPool, AveragePool, Concat, Flatten. Anything else is a one-line error
-naming the operator.
+Operators: Conv (plain, depthwise, grouped), Gemm, Add, Mul, Relu, Clip (as ReLU6), HardSwish
+(also as torch writes it: Mul(x, HardSigmoid(x))), HardSigmoid (torch's), GlobalAveragePool,
+MaxPool (ceil_mode too, for kernels at least the stride), AveragePool (counting its padding or
+not), Concat, Flatten; ReLU / ReLU6 after Conv, Gemm, Add, Mul, pooling or Concat is fused into
+it. Anything else is a one-line error naming the operator.
 """
 
 from __future__ import annotations
@@ -291,6 +293,11 @@ class _Converter:
         elif op in ("Relu", "Clip") and isinstance(ins[0], Pending) and ins[0].activation == "NONE":
             act = "RELU" if op == "Relu" else self.clip_activation(ins)
             self.values[out] = Pending(ins[0].node, ins[0].inputs, ins[0].shape, act)
+        elif op == "Mul" and (x := _hard_swish_input(ins)) is not None:
+            from onnx import helper
+
+            swish = helper.make_node("HardSwish", [node.input[0]], [out], name=node.name)
+            self.values[out] = Pending(swish, [x], self.shape_of(out))
         elif op in _EMITTERS:
             self.values[out] = Pending(node, ins, self.shape_of(out))
         elif op == "Identity":
@@ -352,8 +359,8 @@ class _Converter:
     # -- operators ------------------------------------------------------------------------
     def emit(self, p: Pending, out_q: tuple[float, int] | None, name: str) -> Any:
         """The TFLite operator for `p`: int8 with output parameters `out_q`, or float (None)."""
-        quantized = out_q is not None and all(isinstance(v, (Dequantized, Const)) or v is None
-                                              for v in p.inputs)
+        quantized = out_q is not None and p.node.op_type not in _FLOAT_ONLY and \
+            all(isinstance(v, (Dequantized, Const)) or v is None for v in p.inputs)
         if out_q is not None and not quantized:  # float operator, then quantized
             f = self.emit(p, None, f"{name}.float")
             return self.quantize([f, Const(np.float32(out_q[0])), Const(np.int8(out_q[1]))], name)
@@ -372,10 +379,10 @@ class _Converter:
     def activation(self, p: Pending) -> int:
         return getattr(self.s.ActivationFunctionType, p.activation)
 
-    def padded(self, x: int, shape: tuple[int, ...], pads: list[int], quantized: bool, name: str,
-               value: int | None = None) -> tuple[int, tuple[int, ...]]:
-        """`x` (NHWC) padded by ONNX `pads` (top, left, bottom, right): with zeros (the zero
-        point), or `value` (an int8 value, for max pooling)."""
+    def padded(self, x: int, shape: tuple[int, ...], pads: list[int], name: str,
+               value: int | None = None) -> int:
+        """`x` (NHWC) padded by ONNX `pads` (top, left, bottom, right): with the zero point (PAD),
+        or the int8 `value` (PADV2, which XNNPACK leaves to LiteRT's own kernel)."""
         t, left, bottom, r = pads
         paddings = self.b.const(np.array([[0, 0], [t, bottom], [left, r], [0, 0]], np.int32),
                                 f"{name}.paddings")
@@ -390,29 +397,42 @@ class _Converter:
             fill = self.b.tensor((), self.s.TensorType.INT8, f"{name}.fill", np.array(value, np.int8),
                                  scale=q.scale, zero_point=q.zeroPoint)
             self.b.op(self.s.BuiltinOperator.PADV2, [x, paddings, fill], [idx])
-        return idx, new
+        return idx
 
-    def window(self, p: Pending, x: int, in_shape: tuple[int, ...], quantized: bool, name: str,
-               pad_value: int | None = None) -> tuple[int, int]:
-        """(input, padding) for a windowed op: SAME where it matches ONNX's pads, else explicit."""
+    def window(self, p: Pending, x: int, in_shape: tuple[int, ...], name: str, same: bool = True,
+               max_pool: bool = False) -> tuple[int, int]:
+        """(input, padding) for a windowed op: SAME where it matches ONNX's pads (`same`: where
+        TFLite's SAME means what ONNX's padding means for this op), else explicit padding: real
+        zeros, or for max pooling values no window takes (the int8 minimum)."""
         a = _attrs(p.node)
-        k = a.get("kernel_shape")
+        k = a["kernel_shape"]
         pads = list(a.get("pads", [0, 0, 0, 0]))
         strides = a.get("strides", [1, 1])
         dil = a.get("dilations", [1, 1])
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise ConvertError("auto_pad is not supported")
         if a.get("ceil_mode", 0):
-            raise ConvertError("ceil_mode pooling is not supported")
+            if not max_pool or any(kk < st for kk, st in zip(k, strides)):
+                raise ConvertError("ceil_mode is supported for max pooling with kernel >= stride only")
+            # ceil((n + pads - k) / s) = floor((n + pads - k + s - 1) / s): s - 1 more rows and
+            # columns at the bottom and right give ceil_mode's output size at every input size, and
+            # as k >= s the last window still starts inside the input (where torch wants it).
+            pads[2] += strides[0] - 1
+            pads[3] += strides[1] - 1
         if not any(pads):
             return x, self.s.Padding.VALID
-        same = all(s == 1 for s in strides) and pads[0] == pads[2] and pads[1] == pads[3] and \
+        symmetric = all(st == 1 for st in strides) and pads[0] == pads[2] and pads[1] == pads[3] and \
             all(d * (kk - 1) == 2 * pp for d, kk, pp in zip(dil, k, pads[:2]))
-        if same and pad_value is None:
+        if symmetric and same:  # max pooling: TFLite's SAME padding is never taken either
             return x, self.s.Padding.SAME
-        idx, _ = self.padded(x, _nhwc(in_shape), [pads[0], pads[1], pads[2], pads[3]], quantized, name,
-                             pad_value)
-        return idx, self.s.Padding.VALID
+        value = None
+        if max_pool:
+            q = self.b.tensors[x].quantization
+            if q is None:
+                raise ConvertError("float max pooling with explicit padding is not supported")
+            # Zero point -128 (the usual after a ReLU): PAD's zero point is the minimum already.
+            value = None if int(q.zeroPoint[0]) == -128 else -128
+        return self.padded(x, _nhwc(in_shape), pads, name, value), self.s.Padding.VALID
 
 
 def numpy_helper_array(t: Any) -> np.ndarray:
@@ -479,7 +499,7 @@ def _emit_conv(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
     layout = (1, 2, 3, 0) if depthwise else (0, 2, 3, 1)
     name = out_name(c, out)
     x = c.operand(x_v, quantized, name)
-    x, padding = c.window(p, x, in_shape, quantized, name)
+    x, padding = c.window(p, x, in_shape, name)
     strides, dil = a.get("strides", [1, 1]), a.get("dilations", [1, 1])
     if quantized:
         w, w_scale = _weights(w_c, layout, 0)
@@ -562,29 +582,50 @@ def _emit_mean(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
 
 
 def _emit_pool(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
+    """MaxPool, AveragePool. Average pooling that counts the padding is a depthwise convolution
+    with weights 1 / window over zero-point padding: TFLite's AVERAGE_POOL_2D leaves padding out
+    of the count."""
     s = c.s
     name = out_name(c, out)
     a = _attrs(p.node)
     x_v = p.inputs[0]
     in_shape = c.shape_of(p.node.input[0])
     is_max = p.node.op_type == "MaxPool"
-    x = c.operand(x_v, quantized, name)
-    pad_value = (-128 if quantized else None) if is_max else None
-    if is_max and not quantized and any(a.get("pads", [0])):
-        raise ConvertError("padded float max pooling is not supported")
-    if not is_max and any(a.get("pads", [0])) and not a.get("count_include_pad", 0):
-        x, padding = c.window(p, x, in_shape, quantized, name)  # SAME: padding left out of the count
-        if padding != s.Padding.SAME:
-            raise ConvertError("average pooling with padding left out of the count and no SAME match")
-    else:
-        x, padding = c.window(p, x, in_shape, quantized, name, pad_value if is_max else 0)
+    if not is_max and a.get("count_include_pad", 0) and any(a.get("pads", [0])):
+        _emit_box_filter(c, p, out, quantized)
+        return
+    x, padding = c.window(p, c.operand(x_v, quantized, name), in_shape, name, max_pool=is_max)
+    if not is_max and any(a.get("pads", [0])) and padding != s.Padding.SAME:
+        raise ConvertError("average pooling with padding left out of the count and no SAME match")
+    pooled = out
+    if quantized and (not np.isclose(x_v.q.scale, out.scale) or x_v.q.zero_point != out.zero_point):
+        # TFLite's int8 pooling keeps its input's scale and zero point: requantized after
+        pooled = c.qtensor(p.shape, x_v.q.scale, x_v.q.zero_point, f"{name}.pooled")
     o = s.Pool2DOptionsT()
     o.padding = padding
     o.strideH, o.strideW = a.get("strides", [1, 1])
     o.filterHeight, o.filterWidth = a["kernel_shape"]
     o.fusedActivationFunction = c.activation(p)
     code = s.BuiltinOperator.MAX_POOL_2D if is_max else s.BuiltinOperator.AVERAGE_POOL_2D
-    c.b.op(code, [x], [out.index], o, s.BuiltinOptions.Pool2DOptions, version=2 if quantized else 1)
+    c.b.op(code, [x], [pooled.index], o, s.BuiltinOptions.Pool2DOptions, version=2 if quantized else 1)
+    if pooled is not out:
+        c.b.op(s.BuiltinOperator.QUANTIZE, [pooled.index], [out.index])
+
+
+def _emit_box_filter(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
+    """AveragePool counting its padding: DEPTHWISE_CONV_2D with every weight 1 / window."""
+    from onnx import helper
+
+    a = _attrs(p.node)
+    kh, kw = a["kernel_shape"]
+    channels = c.shape_of(p.node.input[0])[1]
+    ones = np.ones((channels, 1, kh, kw), np.int8)
+    scale = np.float32(1.0 / (kh * kw * 127))  # weight 127 * scale = 1 / window
+    weights = Const(ones * scale * 127, (ones * 127, np.array([scale]), np.zeros(1, np.int8), 0))
+    conv = helper.make_node("Conv", list(p.node.input[:1]), list(p.node.output), group=channels,
+                            kernel_shape=[kh, kw], pads=a.get("pads", [0, 0, 0, 0]),
+                            strides=a.get("strides", [1, 1]))
+    _emit_conv(c, Pending(conv, [p.inputs[0], weights], p.shape, p.activation), out, quantized)
 
 
 def _emit_concat(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
@@ -595,7 +636,13 @@ def _emit_concat(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
     axis = axis % rank
     if rank == 4:
         axis = {0: 0, 1: 3, 2: 1, 3: 2}[axis]
-    ins = [c.operand(v, quantized, f"{name}.{i}") for i, v in enumerate(p.inputs)]
+    ins = []
+    for i, v in enumerate(p.inputs):
+        if quantized and (not np.isclose(v.q.scale, out.scale) or v.q.zero_point != out.zero_point):
+            # XNNPACK concatenates int8 tensors of the output's scale and zero point only
+            v = Dequantized(c.quantize([v, Const(np.float32(out.scale)), Const(np.int8(out.zero_point))],
+                                       f"{name}.{i}"))
+        ins.append(c.operand(v, quantized, f"{name}.{i}"))
     o = s.ConcatenationOptionsT()
     o.axis = axis
     o.fusedActivationFunction = c.activation(p)
@@ -631,20 +678,67 @@ def _emit_unary(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
         c.b.op(s.BuiltinOperator.HARD_SWISH, [x], [out.index])
     elif op == "Relu":
         c.b.op(s.BuiltinOperator.RELU, [x], [out.index], version=2 if quantized else 1)
-    elif op == "HardSigmoid":
-        raise ConvertError("HardSigmoid is not supported")
     else:
         raise ConvertError(f"the operator {op} is not supported by the TFLite converter")
+
+
+def _emit_hard_sigmoid(c: _Converter, p: Pending, out: Any, quantized: bool) -> None:
+    """hardsigmoid(x) = relu6(x + 3) / 6 (TFLite has no HARD_SIGMOID): an ADD with ReLU6 fused,
+    then a MUL. In int8 the sum is held at 6 times the output's scale, so the MUL only rescales."""
+    s = c.s
+    name = out_name(c, out)
+    _check_hard_sigmoid(p.node)
+    if p.activation != "NONE":
+        raise ConvertError("an activation after HardSigmoid is not supported")
+    x = c.operand(p.inputs[0], quantized, name)
+    ones = (1,) * len(p.shape)
+    if quantized:
+        three, sixth = (c.b.tensor(ones, s.TensorType.INT8, f"{name}.{n}", np.full(ones, 127, np.int8),
+                                   scale=v / 127, zero_point=0)
+                        for n, v in (("three", 3.0), ("sixth", 1 / 6)))
+        mid = c.qtensor(p.shape, 6 * out.scale, out.zero_point, f"{name}.relu6").index
+    else:
+        three = c.b.const(np.full(ones, 3.0, np.float32), f"{name}.three")
+        sixth = c.b.const(np.full(ones, 1 / 6, np.float32), f"{name}.sixth")
+        mid = c.ftensor(p.shape, f"{name}.relu6").index
+    o = s.AddOptionsT()
+    o.fusedActivationFunction = s.ActivationFunctionType.RELU6
+    c.b.op(s.BuiltinOperator.ADD, [x, three], [mid], o, s.BuiltinOptions.AddOptions,
+           version=2 if quantized else 1)
+    c.b.op(s.BuiltinOperator.MUL, [mid, sixth], [out.index], s.MulOptionsT(), s.BuiltinOptions.MulOptions,
+           version=2 if quantized else 1)
+
+
+def _check_hard_sigmoid(node: Any) -> None:
+    a = _attrs(node)
+    if not np.isclose(a.get("alpha", 0.2), 1 / 6) or not np.isclose(a.get("beta", 0.5), 0.5):
+        raise ConvertError("only HardSigmoid(alpha=1/6, beta=1/2), torch's, is supported")
+
+
+def _hard_swish_input(ins: list[Any]) -> Any:
+    """x for Mul(x, HardSigmoid(x)) (how torch exports hardswish), else None."""
+    if len(ins) != 2:
+        return None
+    for x, h in (ins, ins[::-1]):
+        if isinstance(h, Pending) and h.node.op_type == "HardSigmoid" and h.activation == "NONE" and \
+                h.inputs[0] is x:
+            _check_hard_sigmoid(h.node)
+            return x
+    return None
 
 
 def out_name(c: _Converter, out: Any) -> str:
     return c.b.tensors[out.index].name
 
 
+# XNNPACK has no int8 HARD_SWISH (LiteRT's own kernel would run it, outside the delegate): it runs
+# in float between DEQUANTIZE and QUANTIZE, all three delegated, as onnxruntime computes it.
+_FLOAT_ONLY = {"HardSwish"}
+
 _EMITTERS = {"Conv": _emit_conv, "Gemm": _emit_gemm, "Add": _emit_binary, "Mul": _emit_binary,
              "GlobalAveragePool": _emit_mean, "MaxPool": _emit_pool, "AveragePool": _emit_pool,
              "Concat": _emit_concat, "Flatten": _emit_flatten, "HardSwish": _emit_unary,
-             "Relu": _emit_unary, "HardSigmoid": _emit_unary}
+             "Relu": _emit_unary, "HardSigmoid": _emit_hard_sigmoid}
 
 
 def _cast(x: np.ndarray, to: int = 1, **_: Any) -> np.ndarray:

@@ -399,11 +399,10 @@ class _Converter:
             self.b.op(self.s.BuiltinOperator.PADV2, [x, paddings, fill], [idx])
         return idx
 
-    def window(self, p: Pending, x: int, in_shape: tuple[int, ...], name: str, same: bool = True,
+    def window(self, p: Pending, x: int, in_shape: tuple[int, ...], name: str,
                max_pool: bool = False) -> tuple[int, int]:
-        """(input, padding) for a windowed op: SAME where it matches ONNX's pads (`same`: where
-        TFLite's SAME means what ONNX's padding means for this op), else explicit padding: real
-        zeros, or for max pooling values no window takes (the int8 minimum)."""
+        """(input, padding) for a windowed op: SAME where it matches ONNX's pads, else explicit
+        padding: real zeros, or for max pooling values no window takes (the int8 minimum)."""
         a = _attrs(p.node)
         k = a["kernel_shape"]
         pads = list(a.get("pads", [0, 0, 0, 0]))
@@ -423,7 +422,7 @@ class _Converter:
             return x, self.s.Padding.VALID
         symmetric = all(st == 1 for st in strides) and pads[0] == pads[2] and pads[1] == pads[3] and \
             all(d * (kk - 1) == 2 * pp for d, kk, pp in zip(dil, k, pads[:2]))
-        if symmetric and same:  # max pooling: TFLite's SAME padding is never taken either
+        if symmetric:  # (max pooling never takes TFLite's SAME padding either)
             return x, self.s.Padding.SAME
         value = None
         if max_pool:
@@ -617,6 +616,8 @@ def _emit_box_filter(c: _Converter, p: Pending, out: Any, quantized: bool) -> No
     from onnx import helper
 
     a = _attrs(p.node)
+    if a.get("ceil_mode", 0):
+        raise ConvertError("ceil_mode is supported for max pooling only")
     kh, kw = a["kernel_shape"]
     channels = c.shape_of(p.node.input[0])[1]
     ones = np.ones((channels, 1, kh, kw), np.int8)

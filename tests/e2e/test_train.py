@@ -133,14 +133,22 @@ def test_training_writes_one_model_file_with_its_metadata_and_report(trained):
         Path(f).name for f in report["files"].values())
 
 
-def test_the_trained_model_runs_in_the_pipeline_with_its_class_names(trained, tmp_path, clean_machine):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "litert"])
+def test_the_trained_model_runs_in_the_pipeline_with_its_class_names(trained, tmp_path, clean_machine,
+                                                                     runtime, monkeypatch):
+    """In LiteRT the .onnx is converted to TFLite at start-up (once, cached), torch-free."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     record = tmp_path / "r.jsonl"
     p = run_pipeline("video.toml", "--set", f"source.path={need(BOTTLE)}",
-                     "--set", f"model.weights={trained['out']}", "--set", "model.runtime=onnxruntime",
+                     "--set", f"model.weights={trained['out']}", "--set", f"model.runtime={runtime}",
                      "--set", "source.realtime=false", "--set", MODEL_CORE, "--quiet",
-                     "--record", str(record))
+                     "--name", f"trained-{runtime}", "--record", str(record))
     assert p.returncode == 0, p.stderr
+    if runtime == "litert":
+        assert "converting bottle-state.onnx to TFLite for LiteRT" in p.stderr
+        assert len(list((tmp_path / "cache" / "edge-pipeline" / "tflite").glob("bottle-state-*.tflite"))) == 1
     results = read_jsonl(record)
+    assert {r["runtime"] for r in results} == {runtime}
     assert len(results) > 500
     assert {r["model"] for r in results} == {"bottle-state"}
     assert {t["label"] for r in results for t in r["top"]} == {"bottle", "empty"}
@@ -148,6 +156,35 @@ def test_the_trained_model_runs_in_the_pipeline_with_its_class_names(trained, tm
     right = sum(said == truth for said, truth in judged)
     assert right >= 0.9 * len(judged), (right, len(judged))
     assert any(said == "empty" for said, truth in judged if truth == "empty")
+
+
+EXPORT_AND_LIST_TORCH = TRAIN_AND_LIST_TORCH.replace("pipeline.cli.train", "pipeline.cli.export")
+
+
+def test_the_trained_model_converts_to_tflite_without_torch_and_classifies_alike(trained, tmp_path):
+    """A model trained on a Pi converts on the Pi: pipeline-export imports no torch, and LiteRT
+    gives onnxruntime's top-1 on the training photos (95%: another CPU's kernels may round a
+    borderline photo otherwise)."""
+    out = tmp_path / "bottle-state.tflite"
+    p = subprocess.run([sys.executable, "-c", EXPORT_AND_LIST_TORCH, "--weights", str(trained["out"]),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stderr.strip().splitlines()[-1]) == [], "no torch on the way"
+    assert "2 classes" in p.stderr
+    from workers.inference.classifier import LiteRTClassifier, OnnxClassifier
+    from workers.preprocess.transform import Preprocessor
+
+    litert, onnx = LiteRTClassifier(str(out), 1), OnnxClassifier(str(trained["out"]), 1)
+    assert litert.labels == onnx.labels == ["bottle", "empty"]
+    assert litert.engine == "xnnpack" and litert.meta["model"] == "bottle-state"
+    photos = sorted(trained["data"].glob("*/*.jpg"))
+    photos = [f for f in photos if f.parent.name != "unlabelled"]
+    x = np.empty((1, 3, 224, 224), np.float32)
+    agree = 0
+    for f in photos:
+        Preprocessor()(cv2.imread(str(f)), x[0])
+        agree += int(np.argmax(litert.logits(x))) == int(np.argmax(onnx.logits(x)))
+    assert agree >= 0.95 * len(photos), (agree, len(photos))
 
 
 def test_same_seed_same_weights_another_seed_others(tmp_path, frames):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from tools.bench import ab, pipeline, scale
-from tools.bench.kit import markdown
+from tools.bench.kit import markdown, sections
 
 CELL_SPLIT = re.compile(r"(?<!\\)\|")  # an escaped pipe stays inside its cell
 
@@ -36,7 +36,8 @@ def assert_provenance(headers: list[str], rows: list[list[str]]) -> None:
     assert headers[-3:] == list(markdown.PROVENANCE)
     for row in rows:
         runtime, date, machine = row[-3:]
-        assert re.match(r"(onnxruntime|torch)( \S+)?( vs (onnxruntime|torch)( \S+)?)?$", runtime), runtime
+        assert re.match(r"(onnxruntime|torch|LiteRT)( \S+)?( vs (onnxruntime|torch|LiteRT)( \S+)?)?$",
+                        runtime), runtime
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", date) and "cores" in machine, row
 
 
@@ -53,6 +54,14 @@ def test_provenance_names_the_runtime_version_the_date_and_the_cores():
     assert runtime.startswith("onnxruntime ") and (date, machine) == ("2026-01-02", "CPU X, 2 cores")
     assert markdown.provenance("onnxruntime", "torch")[0].count(" vs ") == 1
     assert markdown.machine().endswith(" cores")
+
+
+def test_litert_is_named_with_its_packages_version(monkeypatch):
+    versions = {"ai-edge-litert": "2.3.0"}
+    monkeypatch.setattr(markdown.metadata, "version", lambda name: versions[name])
+    assert markdown.runtime("litert") == "LiteRT 2.3.0"
+    assert pipeline.row_runtime("model_litert1") == "litert"
+    assert pipeline.row_runtime("model_ort2") == "onnxruntime" and pipeline.row_runtime("model") == "torch"
 
 
 def run(fps: float, inference_mb: float | None = None) -> dict:
@@ -114,3 +123,50 @@ def test_the_scale_tables():
     headers, rows = parse(tcp_table)
     assert_provenance(headers, rows)
     assert rows[0][1] == "–" and rows[1][1] == "17 480"
+
+
+def test_the_runtimes_table_against_torch_one_thread_alone():
+    def runs(fps1: float, fps2: float) -> dict:
+        return {f"{kind}_{n}t": run(fps, 90.0 if kind == "pipeline" else None)
+                | {"threads": n, "cores": [1] if n == 1 else [0, 1]}
+                for kind in ("model", "pipeline") for n, fps in ((1, fps1), (2, fps2))}
+
+    entries = {"torch": {"runs": runs(40.0, 60.0)}, "onnxruntime": {"runs": runs(200.0, 300.0)},
+               "litert": {"runs": runs(160.0, 320.0)}}
+    entries["onnxruntime"]["runs"]["pipeline_2t"] = {"error": "pipeline-up exited with 1 | boom",
+                                                     "threads": 2, "cores": [0, 1]}
+    out = sections.summarise(entries)
+    assert out["baseline_fps"] == 40.0
+    assert out["runtimes"]["litert"]["ratios"] == {"model_2t/1t": 2.0, "pipeline_2t/1t": 2.0}
+    assert "pipeline_2t/1t" not in out["runtimes"]["onnxruntime"]["ratios"]  # its 2-thread run failed
+    assert out["runtimes"]["onnxruntime"]["runs"]["model_1t"]["vs_baseline"] == 5.0
+    out["runtimes"]["litert"] = {"missing": "not installed (pip install ai-edge-litert)"}
+    out = sections.summarise(out["runtimes"])  # the same figures, LiteRT now missing
+
+    (table,) = tables(sections.markdown_runtimes(out))
+    headers, rows = parse(table)
+    assert_provenance(headers, rows)
+    assert headers[:9] == ["run", "threads", "cores", "fps", "p50 / p99 ms", "CPU %", "inf MB",
+                           "× torch 1 thread alone (40.0 fps)", "2 threads / 1"]
+    assert len(rows) == 4 + 4 + 1  # torch and onnxruntime: 2 kinds x 2 thread counts; LiteRT: one row
+    by_run = {(row[0], row[1]): row for row in rows}
+    torch_1 = by_run["torch, model alone (one pass)", "1"]
+    assert torch_1[2:9] == ["1", "40.0", "5.0 / 7.0", "100", "300", "1.00", "–"]
+    assert torch_1[-3].startswith("torch")
+    ort_2 = by_run["onnxruntime, model alone (one pass)", "2"]
+    assert ort_2[7:9] == ["7.50", "1.50"] and ort_2[-3].startswith("onnxruntime")
+    assert by_run["onnxruntime, pipeline, fast (e2e)", "1"][6] == "90"  # the inference worker's RSS
+    failed = by_run["onnxruntime, pipeline, fast (e2e)", "2"]
+    assert failed[2] == "failed: pipeline-up exited with 1 \\| boom" and failed[3:9] == ["–"] * 6
+    (missing,) = [row for row in rows if row[0].startswith("LiteRT")]
+    assert missing[0] == "LiteRT: not installed (pip install ai-edge-litert)" and missing[1:-3] == ["–"] * 8
+    assert missing[-3].startswith("LiteRT")
+
+    text = sections.format_runtimes(out)
+    assert "x base: fps over the baseline, torch's model alone with 1 thread in this run (40.0 fps)" in text
+    assert any(line.startswith("LiteRT:") and "not installed" in line for line in text)
+    assert any("failed: pipeline-up exited with 1" in line for line in text)
+    assert not any(line.startswith("warning:") for line in text)
+    out["runtimes"]["torch"]["runs"]["model_1t"]["cpu_pct"] = 60.0  # shared its core
+    warning = sections.format_runtimes(out)[-1]
+    assert warning.startswith("warning: the model alone with 1 thread got under 90% of a core (torch)")

@@ -1,6 +1,6 @@
 """Benchmark the pipeline against the model's ceiling, the tutorial's single loop and a
 multiprocessing.Queue pipeline, all in one invocation on the same input, weights and cores, with
-the torch runtime and with onnxruntime.
+the torch runtime and with onnxruntime (and, with --runtimes, LiteRT beside them).
 
 Why one tool and one run: the machines are shared and noisy, so only figures measured side by
 side mean anything. Every run is its own process tree:
@@ -28,14 +28,20 @@ Options add sections: --spikes (stall, CPU hog, slow model frames, each beside t
 --tuning (threads, engine, TorchScript, channels-last, uint8 input ring), --adaptive (input size
 224/192/160: fps and accuracy, and the controller reacting), --models (the tutorial's model table),
 --cost (the pipeline's own cost per frame, piece by piece, and its targets as ratios against the
-single loop, the 2-core limit and torchvision's eval transform: tools/bench/kit/cost.py).
---markdown prints the a/b/c/d table and its targets as markdown for docs/performance.md.
+single loop, the 2-core limit and torchvision's eval transform: tools/bench/kit/cost.py),
+--runtimes (torch, onnxruntime and LiteRT, each with 1 and 2 threads: the model alone, 1 thread on
+the inference cores and 2 on all cores as a-ort1/a-ort2, and the pipeline on a fast source with
+one inference worker of as many threads; fps, ms p50/p99, CPU %, the model process's RSS, each row
+as a ratio against torch's model alone with 1 thread in the same run, and each runtime's 2 threads
+over its 1; LiteRT runs the .tflite file --tflite; a runtime not installed gets a row saying so).
+--markdown prints the a/b/c/d table and its targets, and the --runtimes table, as markdown for
+docs/performance.md.
 
 Usage (from the project root):
     .venv/bin/python -m tools.bench.pipeline [--duration 15] [--json out.json] [--markdown]
-                                    [--onnx FILE] [--spikes] [--tuning] [--adaptive]
-                                    [--models [--model-names A,B]] [--cost [--cost-rounds 3]]
-                                    [--no-main]
+                                    [--onnx FILE] [--tflite FILE] [--spikes] [--tuning]
+                                    [--adaptive] [--models [--model-names A,B]]
+                                    [--cost [--cost-rounds 3]] [--runtimes] [--no-main]
 """
 
 from __future__ import annotations
@@ -54,9 +60,12 @@ from tools.bench.kit import markdown
 from tools.bench.kit.baselines import WARMUP_S
 from tools.bench.kit.common import PACED_FPS, child_env, progress
 from tools.bench.kit.pipeline_run import run_pipeline
+from workers.inference.model_files import builtin_tflite
 
 CONFIG = CONFIGS / "video.toml"
 ORT = "onnxruntime"
+LITERT = "litert"
+SECTIONS = ("spikes", "tuning", "adaptive", "models", "cost", "runtimes")
 
 
 class Bench:
@@ -65,6 +74,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.video, self.weights, self.onnx = str(args.video), str(args.weights), str(args.onnx)
+        self.tflite = str(args.tflite)
         self.config = args.config
         self.all_cores = sorted(os.sched_getaffinity(0))
         from pipeline.config import load_config
@@ -77,8 +87,8 @@ class Bench:
     # -- runs ---------------------------------------------------------------------------------
     def baseline(self, kind: str, cores: list[int] | None = None, **extra: Any) -> dict[str, Any]:
         args = {"cores": cores or self.all_cores, "video": self.video, "weights": self.weights,
-                "onnx": self.onnx, "model": "mobilenet_v2", "duration": self.args.duration,
-                "warmup": self.args.warmup, **extra}
+                "onnx": self.onnx, "tflite": self.tflite, "model": "mobilenet_v2",
+                "duration": self.args.duration, "warmup": self.args.warmup, **extra}
         progress(f"    {kind}: {json.dumps({k: v for k, v in extra.items() if k != 'weights'})}")
         cmd = [sys.executable, "-m", "tools.bench.kit.baselines", kind, json.dumps(args)]
         proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, text=True,
@@ -93,6 +103,13 @@ class Bench:
         extra.setdefault("threads", self.inference_threads)
         return self.baseline("model", cores or self.inference_cores, **extra)
 
+    def inference_cores_with(self, extra: list[str]) -> list[int]:
+        """The inference cores of a fast-source pipeline run with these overrides."""
+        from pipeline.config import load_config
+
+        cfg = load_config(str(self.config), self.base_overrides(True) + extra)
+        return sorted(cfg.cores_of("inference"))
+
     def base_overrides(self, fast: bool) -> list[str]:
         paced = ["source.realtime=false"] if fast else \
             ["source.realtime=true", f"source.fps={PACED_FPS:g}"]
@@ -103,8 +120,9 @@ class Bench:
                  during: Any = None, keep_results: bool = False,
                  duration: float | None = None, runtime: str = "torch") -> dict[str, Any]:
         """A pipeline run; the runtime is set explicitly (the config's "auto" would pick one),
-        and onnxruntime runs the same file as the a-ort and b-ort rows."""
-        model = [f"model.runtime={runtime}"] + ([f"model.weights={self.onnx}"] if runtime == ORT else [])
+        and onnxruntime and LiteRT run the same files as the model-alone rows."""
+        file = {ORT: self.onnx, LITERT: self.tflite}.get(runtime)
+        model = [f"model.runtime={runtime}"] + ([f"model.weights={file}"] if file else [])
         progress(f"    pipeline, {'fast' if fast else 'paced'}: {' '.join(model + list(extra))}")
         res = run_pipeline(config or self.config, self.base_overrides(fast) + model + list(extra),
                            duration or self.args.duration, during, self.args.warmup)
@@ -226,8 +244,12 @@ def format_main(res: dict[str, Any]) -> list[str]:
 
 
 def row_runtime(key: str) -> str:
-    """The runtime of a main-table row: its key names onnxruntime ("model_ort1", ...), else torch."""
-    return ORT if any(part.startswith("ort") for part in key.split("_")) else "torch"
+    """The runtime of a row: its key names onnxruntime ("model_ort1", ...) or LiteRT
+    ("model_litert1", ...), else torch."""
+    parts = key.split("_")
+    if any(part.startswith("litert") for part in parts):
+        return LITERT
+    return ORT if any(part.startswith("ort") for part in parts) else "torch"
 
 
 def markdown_row(name: str, key: str, r: dict[str, Any]) -> list[Any]:
@@ -279,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="quantized mobilenet_v2 state dict (default: the shipped one)")
     ap.add_argument("--onnx", type=Path, default=ONNX,
                     help="its ONNX export, for the onnxruntime rows (default: the shipped one)")
+    ap.add_argument("--tflite", type=Path, default=builtin_tflite(),
+                    help="its TFLite conversion, for the LiteRT rows of --runtimes (default: the "
+                         "shipped one)")
     ap.add_argument("--images", type=Path, default=IMAGES,
                     help="labelled images for --adaptive accuracy (default: %(default)s)")
     ap.add_argument("--duration", type=float, default=15.0,
@@ -288,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                          f"(default: {WARMUP_S:g})")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config override for every pipeline run (model.runtime, and for "
-                         "onnxruntime model.weights, are set by each run)")
+                         "onnxruntime and LiteRT model.weights, are set by each run)")
     ap.add_argument("--spikes", action="store_true", help="spike-isolation section")
     ap.add_argument("--tuning", action="store_true", help="tuning section")
     ap.add_argument("--adaptive", action="store_true", help="adaptive-resolution section")
@@ -298,20 +323,23 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cost-rounds", type=int, default=3, metavar="N",
                     help="with --cost: 30 fps rounds, the single loop and the pipeline in turns "
                          "(default: 3)")
+    ap.add_argument("--runtimes", action="store_true",
+                    help="torch, onnxruntime and LiteRT with 1 and 2 threads: the model alone and "
+                         "the pipeline, against torch's model alone with 1 thread")
     ap.add_argument("--model-names", default="", metavar="A,B",
                     help="with --models: only these models (default: the tutorial's list)")
     ap.add_argument("--no-main", action="store_true", help="skip the a/b/c/d table")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every figure as JSON")
     ap.add_argument("--markdown", action="store_true",
-                    help="print the a/b/c/d table and its targets as markdown tables, each row "
-                         "with its runtime, date and machine")
+                    help="print the a/b/c/d table and its targets (and the --runtimes table) as "
+                         "markdown tables, each row with its runtime, date and machine")
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop runs in progress cleanly
-    for name in ("video", "weights", "onnx", "config"):
+    for name in ("video", "weights", "onnx", "tflite", "config"):
         path = getattr(args, name).resolve()
         if not path.is_file():
             print(f"bench: --{name}: no such file: {path}", file=sys.stderr)
@@ -324,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: --duration must be positive", file=sys.stderr)
         return 2
     b = Bench(args)
-    res: dict[str, Any] = {"video": b.video, "weights": b.weights, "onnx": b.onnx,
+    res: dict[str, Any] = {"video": b.video, "weights": b.weights, "onnx": b.onnx, "tflite": b.tflite,
                            "config": str(b.config), "duration_s": args.duration,
                            "cores": b.all_cores, "inference_cores": b.inference_cores}
     report: list[str] = []
@@ -338,15 +366,14 @@ def main(argv: list[str] | None = None) -> int:
 
     for flag, section in (("spikes", sections.spikes), ("tuning", sections.tuning),
                           ("adaptive", sections.adaptive), ("models", sections.models),
-                          ("cost", cost.section)):
+                          ("cost", cost.section), ("runtimes", sections.runtimes)):
         if getattr(args, flag):
             res[flag], lines = section(b, res.get("main"))
             report += ["", *lines]
             print("\n".join(lines), flush=True)
             if args.json:  # written as sections finish: a long run keeps what it measured
                 args.json.write_text(json.dumps(res, indent=2) + "\n")
-    if len(report) > 0 and not args.no_main and any(
-            getattr(args, f) for f in ("spikes", "tuning", "adaptive", "models", "cost")):
+    if len(report) > 0 and not args.no_main and any(getattr(args, f) for f in SECTIONS):
         print("\n" + "\n".join(report))  # everything together at the end
     return 0
 

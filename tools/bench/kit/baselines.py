@@ -8,9 +8,10 @@
   multiprocessing.Queue(maxsize=4), frames pickled through them, nothing pinned.
 
 model and tutorial run the scripted quantized torch model, or with `"runtime": "onnxruntime"` the
-ONNX file `"onnx"` in an onnxruntime session with `"threads"` threads (the model-alone run then
-never imports torch; the tutorial keeps its torchvision preprocessing, on as many torch threads,
-and hands the session the tensor as numpy).
+ONNX file `"onnx"` in an onnxruntime session with `"threads"` threads, or with `"runtime":
+"litert"` the TFLite file `"tflite"` in LiteRT's interpreter (XNNPACK) with as many threads (the
+model-alone run then never imports torch; the tutorial keeps its torchvision preprocessing, on as
+many torch threads, and hands the session the tensor as numpy).
 
 Run as `python -m tools.bench.kit.baselines KIND JSON-ARGS`; prints one JSON line.
 """
@@ -83,11 +84,12 @@ def load(args: dict[str, Any]) -> Any:
 
 def load_net(args: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     """The run's model as a callable on one 1x3xSxS input (a torch tensor; a float32 numpy array
-    for onnxruntime), and what runs it."""
-    if args.get("runtime") == "onnxruntime":
-        from workers.inference.classifier import OnnxClassifier, warm_up_classifier
+    for onnxruntime and LiteRT), and what runs it."""
+    if args.get("runtime") in ("onnxruntime", "litert"):
+        from workers.inference.classifier import LiteRTClassifier, OnnxClassifier, warm_up_classifier
 
-        clf = OnnxClassifier(args["onnx"], args["threads"])
+        clf = OnnxClassifier(args["onnx"], args["threads"]) if args["runtime"] == "onnxruntime" \
+            else LiteRTClassifier(args["tflite"], args["threads"])
         warm_up_classifier(clf, args.get("size", 224), 20)
         return clf.logits, {"runtime": clf.runtime, "threads": clf.threads, "engine": clf.engine}
     import torch
@@ -133,7 +135,7 @@ def tutorial(args: dict[str, Any]) -> dict[str, Any]:
     if args.get("threads"):  # the loop's threads, preprocessing included; else torch's default
         torch.set_num_threads(args["threads"])
     net, info = load_net({**args, "engine": "qnnpack"})
-    numpy_input = info["runtime"] == "onnxruntime"
+    numpy_input = info["runtime"] != "torch"
     preprocess = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
     cap = LiveVideo(args["video"], args.get("fps", 0.0), stall_ms=args.get("stall_ms", 0.0),
                     stall_every_s=args.get("stall_every_s", 0.0))

@@ -33,13 +33,24 @@ def machine() -> str:
     return f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores"
 
 
+# Runtimes known by another name than the one the config gives them: (name in a table, the
+# package whose version is theirs).
+NAMES = {"litert": ("LiteRT", "ai-edge-litert")}
+
+
+def runtime_name(name: str) -> str:
+    """A runtime as a table names it: "LiteRT" for "litert", the others as the config spells them."""
+    return NAMES.get(name, (name, name))[0]
+
+
 def runtime(name: str) -> str:
-    """A runtime with its installed version, e.g. "onnxruntime 1.23.2" (read from the package's
-    metadata: no runtime is imported for it)."""
+    """A runtime with its installed version, e.g. "onnxruntime 1.23.2", "LiteRT 2.3.0" (read from
+    the package's metadata: no runtime is imported for it); its name alone if not installed."""
+    label, package = NAMES.get(name, (name, name))
     try:
-        return f"{name} {metadata.version(name)}"
+        return f"{label} {metadata.version(package)}"
     except metadata.PackageNotFoundError:
-        return name
+        return label
 
 
 def today() -> str:

@@ -1,13 +1,15 @@
-"""The optional sections of `tools.bench.pipeline`: spike isolation, tuning, adaptive resolution, and
-the tutorial's model table. Each returns (figures, report lines)."""
+"""The optional sections of `tools.bench.pipeline`: spike isolation, tuning, adaptive resolution, the
+tutorial's model table, and the three runtimes side by side. Each returns (figures, report lines)."""
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from tools.assets import CONFIGS, WEIGHTS
+from tools.bench.kit import markdown
 from tools.bench.kit.common import PACED_FPS, progress, spread
 
 
@@ -240,4 +242,150 @@ def models(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[st
     return out, lines
 
 
+# ------------------------------------------------------------------------------------- runtimes
 
+RUNTIMES = ("torch", "onnxruntime", "litert")
+MODULES = {"torch": "torch", "onnxruntime": "onnxruntime", "litert": "ai_edge_litert"}
+PACKAGES = {"torch": "torch", "onnxruntime": "onnxruntime", "litert": "ai-edge-litert"}
+THREADS = (1, 2)
+KINDS = (("model", "model alone"), ("pipeline", "pipeline, fast"))
+BASELINE = ("torch", "model_1t")  # what every row's fps is divided by: torch's model, 1 thread
+
+
+def installed(runtime: str) -> bool:
+    return importlib.util.find_spec(MODULES[runtime]) is not None
+
+
+def _attempt(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A run's figures, or its error: one run failing does not lose the others'."""
+    try:
+        return run()
+    except SystemExit as e:
+        return {"error": (str(e).strip().splitlines() or ["failed"])[-1][:200]}
+
+
+def runtimes(b: Any, main: dict[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """Each runtime with 1 and 2 threads: the model alone (1 thread on the inference cores, 2 on
+    all cores, as the a-ort rows) and the pipeline on a fast source with one inference worker of
+    that many threads (1 thread: the worker on the cores it gets by default; 2: on all cores)."""
+    entries: dict[str, Any] = {}
+    for rt in RUNTIMES:
+        if not installed(rt):
+            progress(f"runtimes: {rt} is not installed, skipped")
+            entries[rt] = {"missing": f"not installed (pip install {PACKAGES[rt]})"}
+            continue
+        runs: dict[str, Any] = {}
+        for n in THREADS:
+            cores = b.inference_cores if n == 1 else b.all_cores
+            progress(f"runtimes: {rt}, model alone, {n} thread(s) on cores {cores} ...")
+            runs[f"model_{n}t"] = _attempt(lambda: b.model_only(cores, runtime=rt, threads=n)) | \
+                {"threads": n, "cores": cores}
+            extra = ["inference.workers=1", f"inference.threads={n}",
+                     *([f"inference.cores={b.all_cores}"] if n > 1 else [])]
+            stage = b.inference_cores_with(extra)
+            progress(f"runtimes: {rt}, pipeline, fast source, {n} thread(s) on cores {stage} ...")
+            runs[f"pipeline_{n}t"] = _attempt(lambda: b.pipeline(True, extra, runtime=rt)) | \
+                {"threads": n, "cores": stage}
+        entries[rt] = {"runs": runs}
+    out = summarise(entries)
+    lines = format_runtimes(out)
+    if b.args.markdown:
+        lines += ["", *markdown_runtimes(out)]
+    return out, lines
+
+
+def summarise(entries: dict[str, Any]) -> dict[str, Any]:
+    """The section's figures with their ratios: every run's fps over the baseline's
+    (`vs_baseline`), and each runtime's 2 threads over its 1 (`ratios`)."""
+    base_rt, base_key = BASELINE
+    base = entries.get(base_rt, {}).get("runs", {}).get(base_key, {}).get("fps")
+    for rt, entry in entries.items():
+        entry.setdefault("version", "" if "missing" in entry else markdown.runtime(rt))
+        runs, entry["ratios"] = entry.get("runs", {}), {}
+        for run in runs.values():
+            if base and "fps" in run:
+                run["vs_baseline"] = round(run["fps"] / base, 3)
+        for kind, _ in KINDS:
+            one, two = runs.get(f"{kind}_1t", {}), runs.get(f"{kind}_2t", {})
+            if one.get("fps") and "fps" in two:
+                entry["ratios"][f"{kind}_2t/1t"] = round(two["fps"] / one["fps"], 3)
+    return {"baseline": "torch, model alone, 1 thread", "baseline_fps": base, "runtimes": entries}
+
+
+def _rows(out: dict[str, Any]) -> list[tuple[str, str, str, int, dict[str, Any]]]:
+    """(runtime, run kind, its label, threads, figures) in table order; a missing runtime once,
+    with kind "" and its figures the entry."""
+    rows = []
+    for rt in RUNTIMES:
+        entry = out["runtimes"].get(rt)
+        if entry is None:
+            continue
+        if "missing" in entry:
+            rows.append((rt, "", "", 0, entry))
+            continue
+        rows += [(rt, kind, label, n, entry["runs"][f"{kind}_{n}t"])
+                 for kind, label in KINDS for n in THREADS if f"{kind}_{n}t" in entry["runs"]]
+    return rows
+
+
+def _cells(out: dict[str, Any], rt: str, kind: str, n: int, r: dict[str, Any]) -> list[str]:
+    """threads, cores, fps, p50, p99, CPU %, inf MB, x baseline, 2t/1t of one run."""
+    lat = r["latency_ms"]
+    mb = r.get("inference_rss_mb") if kind == "pipeline" else r.get("rss_mb")
+    ratio = out["runtimes"][rt]["ratios"].get(f"{kind}_2t/1t") if n == 2 else None
+    return [str(n), ",".join(map(str, r["cores"])), f"{r['fps']:.1f}", f"{lat['p50']:.1f}",
+            f"{lat['p99']:.1f}", f"{r['cpu_pct']:.0f}", f"{mb:.0f}" if mb else "–",
+            f"{r['vs_baseline']:.2f}" if "vs_baseline" in r else "–",
+            f"{ratio:.2f}" if ratio is not None else "–"]
+
+
+def format_runtimes(out: dict[str, Any]) -> list[str]:
+    base = out["baseline_fps"]
+    w = 36
+    lines = ["Runtimes: the model alone (one forward pass; 1 thread on the inference cores, 2 on all "
+             "cores) and the pipeline (fast source, one inference worker with as many threads)",
+             f"{'run':<{w}} {'thr':>3} {'cores':<6} {'fps':>6} {'p50 ms':>7} {'p99 ms':>7} "
+             f"{'CPU %':>6} {'inf MB':>7} {'x base':>7} {'2t/1t':>6}"]
+    for rt, kind, label, n, r in _rows(out):
+        name = f"{out['runtimes'][rt]['version'] or markdown.runtime_name(rt)}, {label}"
+        if not kind:
+            lines.append(f"{markdown.runtime_name(rt) + ':':<{w}} {r['missing']}")
+        elif "error" in r:
+            lines.append(f"{name:<{w}} {n:>3} failed: {r['error']}")
+        else:
+            c = _cells(out, rt, kind, n, r)
+            lines.append(f"{name:<{w}} {c[0]:>3} {c[1]:<6} {c[2]:>6} {c[3]:>7} {c[4]:>7} {c[5]:>6} "
+                         f"{c[6]:>7} {c[7]:>7} {c[8]:>6}")
+    lines += [f"x base: fps over the baseline, torch's model alone with 1 thread in this run "
+              f"({base:.1f} fps)" if base else "x base: no baseline (torch's model alone, 1 thread, "
+              "did not run)",
+              "2t/1t: the runtime's fps with 2 threads over its fps with 1, the same run kind",
+              "p50/p99: model alone, one forward pass; pipeline, capture start to result (e2e)",
+              "CPU %: 100 = one core (the model-alone process; the pipeline's whole process tree); "
+              "inf MB: RSS of the process running the model (model alone: that process; pipeline: "
+              "the inference worker)"]
+    shared = [markdown.runtime_name(rt) for rt, kind, _, n, r in _rows(out)
+              if kind == "model" and n == 1 and r.get("cpu_pct", 100) < 90]
+    if shared:  # one thread alone in a loop should use a whole core
+        lines.append(f"warning: the model alone with 1 thread got under 90% of a core ({', '.join(shared)}): "
+                     "something else ran on these cores, so the figures are unreliable")
+    return lines
+
+
+def markdown_runtimes(out: dict[str, Any]) -> list[str]:
+    """The runtimes table as markdown, every row with its runtime and version, date, machine."""
+    rows = []
+    for rt, kind, label, n, r in _rows(out):
+        name = f"{markdown.runtime_name(rt)}, {label}" + (" (one pass)" if kind == "model" else " (e2e)")
+        if not kind:
+            rows.append([f"{markdown.runtime_name(rt)}: {r['missing']}", *["–"] * 8,
+                         *markdown.provenance(rt)])
+        elif "error" in r:
+            rows.append([name, str(n), f"failed: {r['error']}", *["–"] * 6, *markdown.provenance(rt)])
+        else:
+            c = _cells(out, rt, kind, n, r)
+            rows.append([name, *c[:3], f"{c[3]} / {c[4]}", *c[5:], *markdown.provenance(rt)])
+    base = out["baseline_fps"]
+    return [markdown.table(["run", "threads", "cores", "fps", "p50 / p99 ms", "CPU %", "inf MB",
+                            f"× torch 1 thread alone ({base:.1f} fps)" if base else "× torch 1 thread alone",
+                            "2 threads / 1", *markdown.PROVENANCE], rows)]

@@ -158,8 +158,8 @@ def test_a_handful_of_problems_are_listed_and_the_rest_counted():
     ("source.kind=vidoe", "source.kind: must be one of synthetic, video, images, camera, picamera2 "
                           "(got 'vidoe': did you mean video?)"),
     ("sorce.fps=3", "sorce: unknown key (did you mean source?)"),
-    ("model.runtime=onnx", "model.runtime: Input should be 'auto', 'torch' or 'onnxruntime' (got 'onnx': "
-                           "did you mean onnxruntime?)"),
+    ("model.runtime=onnx", "model.runtime: Input should be 'auto', 'torch', 'onnxruntime' or 'litert' "
+                           "(got 'onnx': did you mean onnxruntime?)"),
 ])
 def test_a_near_miss_is_answered_with_the_allowed_word_it_resembles(override, expected):
     with pytest.raises(ConfigError) as e:

@@ -45,6 +45,8 @@ from workers.normalize import IMAGENET_MEAN, IMAGENET_STD
 
 RUNTIMES = ("torch", "onnxruntime", "litert")
 MODULES = {"torch": ("torch", "torchvision"), "onnxruntime": ("onnxruntime",), "litert": ("ai_edge_litert",)}
+# The model files each runtime takes (torch: a state dict only; LiteRT converts an ONNX file).
+RUNS_FILES = {("onnxruntime", ".onnx"), ("litert", ".onnx"), ("litert", ".tflite")}
 PROBE_TIMEOUT_S = 600.0  # the largest models, loaded and timed twice, on a slow board
 
 
@@ -188,22 +190,28 @@ def _choose(model_cfg: Any, input_size: int, cores: list[int], threads: int,
         return ModelPlan(runtime, str(file_for(runtime, name, weights, say)), "configured")
     files: dict[str, str] = {}
     why_not: list[str] = []
+    suffix = Path(weights).suffix.lower()
     for r in RUNTIMES:  # every installed runtime that can run these weights
+        if suffix in (".onnx", ".tflite") and (r, suffix) not in RUNS_FILES:
+            continue  # a runtime for other files: not a candidate, nothing to say
         if not have[r]:
             why_not.append(f"{r} is not installed")
             continue
         try:
-            _refuse_file(weights, r)
             files[r] = str(file_for(r, name, weights, say))
         except ModelError as e:
             why = str(e).split(" (")[0].removeprefix("model.weights: ").removeprefix("model.name: ")
             why_not += [why] if why not in why_not else []
     if not files:
+        missing = [r for r in RUNTIMES if f"{r} is not installed" in why_not]
+        if missing and len(missing) == len(why_not):
+            raise ModelError(_missing(missing[-1]))
         raise ModelError(f"model.runtime: no installed runtime can run {weights}: "
                          + "; ".join(why_not))
     if len(files) == 1:
         (only, file), = files.items()
-        return ModelPlan(only, file, f"auto: the only runtime here that runs it ({'; '.join(why_not)})")
+        why = f" ({'; '.join(why_not)})" if why_not else ""
+        return ModelPlan(only, file, f"auto: the only runtime here that runs it{why}")
     ms = measured(model_cfg, weights, files, input_size, cores, threads, say)
     best = min(ms, key=ms.get)
     others = sorted((r for r in ms if r != best), key=ms.get)

@@ -200,9 +200,10 @@ class _Converter:
         m = onnx.ModelProto()
         m.CopyFrom(model)
         dims = m.graph.input[0].type.tensor_type.shape.dim
-        for d in dims[2:]:
-            d.Clear()
-            d.dim_value = size
+        for i, d in enumerate(dims):  # batch 1, height and width `size`
+            if i != 1:
+                d.Clear()
+                d.dim_value = 1 if i == 0 else size
         inferred = onnx.shape_inference.infer_shapes(m, data_prop=True)
         out = {}
         for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:

@@ -7,6 +7,7 @@ both cores busy by itself, and ten consumers reading 250 results a second each t
 time from capture's core (tools/bench/consumers.py measures that case).
 Throughput with consumers is compared with the same run's throughput without them just before and
 after, so a machine that is slow or loaded (by anything) is so on both sides of the comparison.
+The two throughput tests share one pipeline, started after the crash test's own has ended.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import signal
 import subprocess
 import sys
 import time
+
+import pytest
 
 from tests.support.assets import BOTTLE, ROOT, WEIGHTS, need
 from tests.support.processes import pipeline_cmd, read_jsonl
@@ -32,35 +35,41 @@ ATTACH = [sys.executable, "-m", "pipeline.cli.attach"]
 # The consumers receive at the lowest priority (nice 19): what is measured is whether the pipeline
 # waits for them, not the CPU time they take on a machine that has none to spare.
 WARMUP_S, WINDOW_S, ATTEMPTS = 2.0, 5.0, 5
-RECORDED_S = 2.0  # the record is written in blocks: what a window classified is there this much later
+RECORDED_S = 30.0  # the record is written in blocks: at most this long to hold a window's results
 STEADY = 0.8  # the slower of the two windows without consumers has at least this share of the faster
 HOLDS = 0.8  # the share of that throughput kept with consumers
 
 
-def _fast_run(tmp_path, tag: str, measure, key: str) -> tuple[list[dict], list[dict]]:
-    """A pipeline classifying as fast as this machine can, recorded, with `measure(name, before)`
-    run beside it until the throughput in its window `key` holds (see _until_held). All the
-    recorded results and the attempts."""
-    record = tmp_path / f"{tag}.jsonl"
-    args = ["--name", f"fast{tag}", "--quiet", "--record", str(record),
+@pytest.fixture(scope="module")
+def fast(tmp_path_factory):
+    """A pipeline classifying as fast as this machine can, recorded, warmed up: its name and its
+    record. The throughput tests share it, each measuring its own windows; it exits cleanly."""
+    record = tmp_path_factory.mktemp("fast") / "fast.jsonl"
+    args = ["--name", "fastiso", "--quiet", "--record", str(record),
             "--set", f"source.path={need(BOTTLE)}", "--set", f"model.weights={need(WEIGHTS)}",
             "--set", "source.loop=true", "--set", "source.realtime=false",
             "--set", "model.runtime=torch"]
     proc = subprocess.Popen(pipeline_cmd("video.toml", *args), cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
     try:
         deadline = time.monotonic() + 120
         while not (record.exists() and record.stat().st_size > 0):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
             time.sleep(0.1)
         time.sleep(WARMUP_S)
-        recorded = functools.partial(_results_so_far, record)
-        attempts = _until_held(recorded, functools.partial(measure, f"fast{tag}"), key)
+        yield "fastiso", record
     finally:
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
+
+
+def _fast_run(fast, measure, key: str) -> tuple[list[dict], list[dict]]:
+    """`measure(name, before)` run beside the fast pipeline until the throughput in its window
+    `key` holds (see _until_held). All the recorded results and the attempts."""
+    name, record = fast
+    recorded = functools.partial(_results_so_far, record)
+    attempts = _until_held(recorded, functools.partial(measure, name), key)
     return _results_so_far(record), attempts
 
 
@@ -99,8 +108,7 @@ def _until_held(recorded, measure, key: str) -> list[dict]:
     attempts, before = [], _window(WINDOW_S)
     for _ in range(ATTEMPTS):
         windows, extra = measure(before)
-        time.sleep(RECORDED_S)
-        results = recorded()
+        results = _recorded_past(recorded, windows["after"][1])
         fps = {k: _fps(results, w) for k, w in windows.items()}
         attempts.append({"windows": windows, "fps": fps, "extra": extra})
         if _steady(fps) and _holds(fps, key):
@@ -109,13 +117,41 @@ def _until_held(recorded, measure, key: str) -> list[dict]:
     return attempts
 
 
+def _recorded_past(recorded, t: int) -> list[dict]:
+    """The recorded results once they include one classified 0.2 s after `t` (a result of another
+    worker finished before `t` is not written after it)."""
+    deadline = time.monotonic() + RECORDED_S
+    while not (results := recorded()) or results[-1]["t"]["inference_end"] < t + 200_000_000:
+        assert time.monotonic() < deadline, f"nothing recorded past the window in {RECORDED_S:.0f} s"
+        time.sleep(0.1)
+    return results
+
+
 def _assert_held(attempts: list[dict], key: str) -> dict:
     last = attempts[-1]["fps"]
     assert _steady(last) and _holds(last, key), [a["fps"] for a in attempts]
     return attempts[-1]
 
 
-def test_ten_consumers_all_receive_and_throughput_holds(tmp_path):
+def test_supervised_consumer_that_crashes_is_reported_and_the_pipeline_runs_on(tmp_path):
+    crasher = tmp_path / "crasher.py"
+    crasher.write_text("n = 0\n\ndef on_result(result):\n    global n\n    n += 1\n"
+                       "    if n == 5:\n        raise RuntimeError('consumer bug')\n")
+    record = tmp_path / "all.jsonl"
+    p = subprocess.run(pipeline_cmd(
+        "demo.toml", "--set", "model.weights=none", "--duration", "4", "--quiet",
+        "--name", "crashy", "--set",
+        f'consumers=[{{kind="{crasher}:on_result"}}, {{kind="jsonl", out="{record}"}}]',
+        "--summary-json", str(tmp_path / "s.json")), cwd=ROOT, capture_output=True, text=True,
+        timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "consumer " in p.stderr and "ended (exit code 1); the pipeline runs on" in p.stderr
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["stopped_by"] == "duration" and s["results_received"] > 60
+    assert len(read_jsonl(record)) == s["results_received"]  # the other consumer saw everything
+
+
+def test_ten_consumers_all_receive_and_throughput_holds(fast, tmp_path):
     def ten_consumers(name: str, before: tuple[int, int]) -> tuple[dict, list]:
         outs = [tmp_path / f"c{len(list(tmp_path.glob('c*')))}-{i}.jsonl" for i in range(10)]
         consumers = [subprocess.Popen([*ATTACH, "--name", name, "--consumer", "jsonl", "--out", str(o)],
@@ -138,7 +174,7 @@ def test_ten_consumers_all_receive_and_throughput_holds(tmp_path):
             c.communicate(timeout=30)
         return {"before": before, "during": during, "after": _window(WINDOW_S)}, outs
 
-    results, attempts = _fast_run(tmp_path, "ten", ten_consumers, "during")
+    results, attempts = _fast_run(fast, ten_consumers, "during")
     steady = _assert_held(attempts, "during")
     print(f"fps without consumers, with 10, without again: {[a['fps'] for a in attempts]}")
     published = {r["t"]["inference_end"] for r in _done_between(results, *steady["windows"]["during"])}
@@ -147,7 +183,13 @@ def test_ten_consumers_all_receive_and_throughput_holds(tmp_path):
         assert len(published & received) >= 0.9 * len(published), (o.name, len(published))
 
 
-def test_sigstopped_consumer_reports_its_gap_and_slows_nothing(tmp_path):
+def _caught_up(text: str) -> bool:
+    """The text consumer has said what it missed and printed 20 results after that."""
+    after = text.rpartition("\n... missed ")[2]
+    return after != text and after.count("\n") > 20
+
+
+def test_sigstopped_consumer_reports_its_gap_and_slows_nothing(fast, tmp_path):
     def stall_a_consumer(name: str, before: tuple[int, int]) -> tuple[dict, tuple[str, str]]:
         out = tmp_path / f"stalled{len(list(tmp_path.glob('stalled*')))}.txt"
         consumer = subprocess.Popen([*ATTACH, "--name", name, "--format", "text"], cwd=ROOT,
@@ -159,12 +201,14 @@ def test_sigstopped_consumer_reports_its_gap_and_slows_nothing(tmp_path):
         consumer.send_signal(signal.SIGSTOP)
         stopped = _window(5.0)
         consumer.send_signal(signal.SIGCONT)
-        time.sleep(3)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not _caught_up(out.read_text()):
+            time.sleep(0.1)
         consumer.send_signal(signal.SIGINT)
         _, err = consumer.communicate(timeout=60)
         return {"before": before, "stopped": stopped, "after": _window(WINDOW_S)}, (out.read_text(), err)
 
-    results, attempts = _fast_run(tmp_path, "stop", stall_a_consumer, "stopped")
+    results, attempts = _fast_run(fast, stall_a_consumer, "stopped")
     steady = _assert_held(attempts, "stopped")  # the stopped consumer held nothing up
     text, err = steady["extra"]
     report = err.strip().splitlines()[-1]
@@ -176,21 +220,3 @@ def test_sigstopped_consumer_reports_its_gap_and_slows_nothing(tmp_path):
     t_stop, t_cont = steady["windows"]["stopped"]
     lost = _done_between(results, t_stop + 500_000_000, t_cont - 2_500_000_000)
     assert len(lost) > 0 and missed >= len(lost), (missed, len(lost))
-
-
-def test_supervised_consumer_that_crashes_is_reported_and_the_pipeline_runs_on(tmp_path):
-    crasher = tmp_path / "crasher.py"
-    crasher.write_text("n = 0\n\ndef on_result(result):\n    global n\n    n += 1\n"
-                       "    if n == 5:\n        raise RuntimeError('consumer bug')\n")
-    record = tmp_path / "all.jsonl"
-    p = subprocess.run(pipeline_cmd(
-        "demo.toml", "--set", "model.weights=none", "--duration", "4", "--quiet",
-        "--name", "crashy", "--set",
-        f'consumers=[{{kind="{crasher}:on_result"}}, {{kind="jsonl", out="{record}"}}]',
-        "--summary-json", str(tmp_path / "s.json")), cwd=ROOT, capture_output=True, text=True,
-        timeout=120)
-    assert p.returncode == 0, p.stderr
-    assert "consumer " in p.stderr and "ended (exit code 1); the pipeline runs on" in p.stderr
-    s = json.loads((tmp_path / "s.json").read_text())
-    assert s["stopped_by"] == "duration" and s["results_received"] > 60
-    assert len(read_jsonl(record)) == s["results_received"]  # the other consumer saw everything

@@ -71,3 +71,18 @@ def test_onnxruntime_loads_the_format_with_fast_kernels_on_this_cpu():
     assert loaded == want
     assert isinstance(model, bytes) == (want != "int8"), "rewritten only where the CPU needs it"
 
+
+
+def test_what_onnxruntime_loads_here_runs_every_convolution_and_add_in_int8(tmp_path):
+    """onnxruntime's optimizer fuses each DequantizeLinear -> Conv/Add -> QuantizeLinear into its
+    int8 kernel only for the activation type it has kernels for on this CPU (int8 on Arm, uint8 on
+    x86-64): what `for_this_cpu` gives it is fused whole, no convolution left in float."""
+    from collections import Counter
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(for_this_cpu(str(builtin_onnx()))[0], opts, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 52 and ops["QLinearAdd"] == 10, ops
+    assert ops["Conv"] == 0 and ops["Add"] == 0, ops

@@ -203,6 +203,20 @@ def test_other_weights_are_exported_once_and_cached_by_their_hash(tmp_path, monk
                       said.append) == plan and not said
 
 
+def test_auto_leaves_out_a_runtime_that_fails_and_says_why(tmp_path, monkeypatch):
+    """An installed runtime that cannot load the model (here a damaged cached .tflite) is named in
+    the reason; the others are measured and the fastest runs."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    weights = tmp_path / "copy.onnx"
+    weights.write_bytes(builtin_onnx().read_bytes())
+    cached = tmp_path / "edge-pipeline" / "tflite" / f"copy-{file_sha256(weights)[:16]}-f1.tflite"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(builtin_tflite().read_bytes()[:4096])
+    plan = plan_model(Model(weights=str(weights)), 224, [0], 1, print)
+    assert plan.runtime == "onnxruntime" and set(plan.measured_ms) == {"onnxruntime"}
+    assert plan.reason.startswith("auto: the only runtime here that runs it (litert failed: ")
+
+
 def test_plan_errors_are_one_line(tmp_path):
     with pytest.raises(ModelError, match="ONNX file, which the torch runtime cannot run"):
         plan_model(Model(weights=str(builtin_onnx()), runtime="torch"), 224, [0], 1, print)

@@ -212,7 +212,14 @@ def _choose(model_cfg: Any, input_size: int, cores: list[int], threads: int,
         (only, file), = files.items()
         why = f" ({'; '.join(why_not)})" if why_not else ""
         return ModelPlan(only, file, f"auto: the only runtime here that runs it{why}")
-    ms = measured(model_cfg, weights, files, input_size, cores, threads, say)
+    ms, failed = measured(model_cfg, weights, files, input_size, cores, threads, say)
+    why_not += [f"{r} failed: {why}" for r, why in failed.items()]
+    if not ms:
+        raise ModelError(f"model.runtime: no runtime could run {weights}: " + "; ".join(why_not))
+    if len(ms) == 1:
+        only = next(iter(ms))
+        return ModelPlan(only, files[only], f"auto: the only runtime here that runs it "
+                                            f"({'; '.join(why_not)})", ms)
     best = min(ms, key=ms.get)
     others = sorted((r for r in ms if r != best), key=ms.get)
     reason = f"auto: {best} won, {ms[best]:.1f} ms a frame against " + \
@@ -318,9 +325,9 @@ def _child_env() -> dict[str, str]:
 
 
 def measured(model_cfg: Any, weights: str, files: dict[str, str], size: int, cores: list[int],
-             threads: int, say: Callable[[str], None]) -> dict[str, float]:
-    """ms per frame (p50) of each runtime in `files` (runtime -> what it loads): from the cache,
-    else measured now in a probe process."""
+             threads: int, say: Callable[[str], None]) -> tuple[dict[str, float], dict[str, str]]:
+    """(ms per frame (p50) of each runtime in `files` (runtime -> what it loads), why each other
+    one failed): from the cache, else measured now in a probe process."""
     key = "|".join([machine_id(), f"cores={len(cores)}", f"threads={threads}", model_cfg.name,
                     weights_id(weights), f"size={size}", f"engine={model_cfg.engine}",
                     f"jit={model_cfg.jit}", f"channels_last={model_cfg.channels_last}",
@@ -333,7 +340,7 @@ def measured(model_cfg: Any, weights: str, files: dict[str, str], size: int, cor
     except (OSError, ValueError):
         known = {}
     if key in known:
-        return known[key]["ms"]
+        return known[key]["ms"], known[key].get("failed", {})
     names = list(files)
     say(f"measuring {', '.join(names[:-1])} and {names[-1]} for {model_cfg.name} at {size}x{size}, "
         f"{threads} thread(s), to pick the fastest (once; remembered in {path}) ...")
@@ -346,11 +353,13 @@ def measured(model_cfg: Any, weights: str, files: dict[str, str], size: int, cor
         err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         raise ModelError(f"model.runtime: measuring the runtimes failed: {err}; set "
                          f"model.runtime to one of {', '.join(map(repr, names))}")
-    ms = json.loads(lines[-1])
-    say("measured: " + ", ".join(f"{r} {v:.1f} ms" for r, v in ms.items()))
-    known[key] = {"ms": ms, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+    out = json.loads(lines[-1])
+    ms, failed = out["ms"], out["failed"]
+    say("measured: " + ", ".join([f"{r} {v:.1f} ms" for r, v in ms.items()] +
+                                 [f"{r} failed ({why})" for r, why in failed.items()]))
+    known[key] = {"ms": ms, "failed": failed, "measured_at": time.strftime("%Y-%m-%d %H:%M:%S")}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".runtimes.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(known, indent=1))
     os.replace(tmp, path)
-    return ms
+    return ms, failed

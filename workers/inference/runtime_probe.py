@@ -1,7 +1,8 @@
 """Times each runtime on the same model, input size, cores and threads as the worker will have:
-`python -m workers.inference.runtime_probe JSON-ARGS` prints `{"torch": ms, "onnxruntime": ms,
-"litert": ms}` for the runtimes in its `files` (p50 of about a second of frames each, after
-warm-up, one runtime loaded at a time). Run by `model_plan.measured` in its own process,
+`python -m workers.inference.runtime_probe JSON-ARGS` prints `{"ms": {"torch": ms, "onnxruntime":
+ms, "litert": ms}, "failed": {runtime: why}}` for the runtimes in its `files` (p50 of about a
+second of frames each, after warm-up, one runtime loaded at a time; one that fails is named, not
+fatal). Run by `model_plan.measured` in its own process,
 so the torch it loads dies with it.
 """
 
@@ -37,21 +38,23 @@ def main() -> int:
     x = np.random.default_rng(0).standard_normal((1, 3, args["size"], args["size"])).astype(np.float32)
     from workers.inference.classifier import LiteRTClassifier, OnnxClassifier, TorchClassifier
 
-    out = {}
-    for runtime, file in args["files"].items():  # torch last: it stays loaded once imported
+    def load(runtime: str, file: str):
         if runtime == "onnxruntime":
-            clf = OnnxClassifier(file, args["threads"])
-        elif runtime == "litert":
-            clf = LiteRTClassifier(file, args["threads"])
-        else:
-            continue
-        out[runtime] = p50_ms(clf.logits, x)
-        del clf
-    if "torch" in args["files"]:
-        clf = TorchClassifier(args["model"], args["files"]["torch"], args["engine"], args["jit"],
-                              args["threads"], args["channels_last"])
-        out["torch"] = p50_ms(clf.logits, x)
-    print(json.dumps(out))
+            return OnnxClassifier(file, args["threads"])
+        if runtime == "litert":
+            return LiteRTClassifier(file, args["threads"])
+        return TorchClassifier(args["model"], file, args["engine"], args["jit"], args["threads"],
+                               args["channels_last"])
+
+    ms: dict[str, float] = {}
+    failed: dict[str, str] = {}
+    # torch last: once imported it stays loaded, and its threads with it
+    for runtime in sorted(args["files"], key=lambda r: r == "torch"):
+        try:  # a runtime that is installed but cannot load or run the model is left out, not fatal
+            ms[runtime] = p50_ms(load(runtime, args["files"][runtime]).logits, x)
+        except Exception as e:
+            failed[runtime] = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    print(json.dumps({"ms": ms, "failed": failed}))
     return 0
 
 

@@ -19,7 +19,7 @@ import zmq.auth
 from pipeline.transport.ring import Ring
 from pipeline.transport.tcp_edge import TcpEdgeReader, TcpEdgeWriter
 from tests.support.assets import BOTTLE, ROOT, WEIGHTS, need
-from tests.support.processes import read_jsonl
+from tests.support.processes import read_jsonl, wait_running
 from tests.support.topologies import WATER_BOTTLE, finish, free_port, lines, up, wait_for, write_config
 
 
@@ -152,8 +152,7 @@ def test_curve_admits_only_clients_whose_key_is_in_the_folder(tmp_path, clean_ma
     box = None
     zctx = zmq.Context()
     try:
-        time.sleep(3)
-        assert cam.poll() is None, cam.communicate()
+        wait_running(cam)  # its frames edge listens
         plain = zctx.socket(zmq.PULL)  # no keys at all
         impostor = zctx.socket(zmq.PULL)  # a key pair the capture host never saw
         pub, sec = zmq.auth.load_certificate(str(strangers / "box.key_secret"))
@@ -187,8 +186,7 @@ def test_a_port_in_use_is_one_clear_line_and_leaves_nothing(tmp_path, clean_mach
     cfg = two_host_config(tmp_path / "port.toml", port)
     first = up(cfg, "--host", "cam", "--quiet")
     try:
-        time.sleep(3)
-        assert first.poll() is None
+        wait_running(first)  # it holds the port
         p = subprocess.run([sys.executable, "-m", "pipeline.cli.up", str(cfg), "--name", "second",
                             "--host", "cam"], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert p.returncode == 1

@@ -31,9 +31,9 @@ SUMMARY = re.compile(r"collect: saved (\d+) examples to .*; skipped (\d+) as too
                      r"near-duplicates, (\d+) without a usable frame")
 
 
-def write_config(path: Path, source: dict, collect: dict, name: str) -> Path:
+def write_config(path: Path, source: dict, collect: dict, name: str, edges: list[str] = ()) -> Path:
     lines = [f'name = "{name}"', "[source]", *[f"{k} = {toml_value(v)}" for k, v in source.items()],
-             "[model]", *[f"{k} = {toml_value(v)}" for k, v in MODEL.items()],
+             "[model]", *[f"{k} = {toml_value(v)}" for k, v in MODEL.items()], *edges,
              "[[consumers]]", 'kind = "collect"', *[f"{k} = {toml_value(v)}" for k, v in collect.items()]]
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -76,12 +76,15 @@ def jpeg_shape(path: Path) -> tuple[int, ...]:
 @pytest.fixture(scope="module")
 def bottle_run(tmp_path_factory):
     """The bottle video read as fast as it decodes, its region of interest collected with the
-    defaults (1 s, cap 200)."""
+    defaults (1 s, cap 200). Two frames in flight rather than one (edges.credits) keep capture,
+    preprocess and the model busy at once; a ring of 16 frames keeps each one there for the
+    collect consumer that reads it after its result."""
     need(BOTTLE)
     tmp = tmp_path_factory.mktemp("collect")
     config = write_config(tmp / "bottle.toml", {"kind": "video", "path": str(BOTTLE), "realtime": False,
                                                 "roi": ROI},
-                          {"out": str(tmp / "ds"), "verbose": True}, "collbottle")
+                          {"out": str(tmp / "ds"), "verbose": True}, "collbottle",
+                          edges=["[edges]", "credits = 2", "[edges.frames]", "slots = 16"])
     p, counts = run_offline(config)
     return config, tmp / "ds", p, counts
 

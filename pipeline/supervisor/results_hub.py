@@ -10,11 +10,13 @@ per subscriber. The end-of-stream marker comes only from the supervisor, through
 The workers draw `result_seq` from one counter: a number that never reaches the hub is a result
 the pipeline lost (a worker's queue overflowed while the supervisor was stopped, a worker died
 mid-result). Results are published in `result_seq` order: one that overtook an earlier number
-(another worker's, still on its way) waits for it. A number still missing LATE_S after a later
+(another worker's, still on its way) waits for it. A number still missing a while after a later
 one came, with nothing else waiting to be read, is given up: counted as lost, and dropped should
-it come after all. So the running count stamped on each result (`dropped`) counts losses only,
-never decreases, and has already risen over every gap a subscriber sees: it tells its own losses
-from the pipeline's.
+it come after all. The while is LATE_S, or twice the slowest recent inference if longer: a
+worker draws its number before its model runs, so on a slow model (a second a frame on a small
+board) a result may come that much after a later one of a faster worker. So the running count
+stamped on each result (`dropped`) counts losses only, never decreases, and has already risen
+over every gap a subscriber sees: it tells its own losses from the pipeline's.
 """
 
 from __future__ import annotations
@@ -44,7 +46,10 @@ RESULTS_HWM = 1000  # results queued per subscriber (about 1 MB) before it start
 RESULTS_SNDBUF = 8 * 1024  # bytes of kernel buffer per subscriber connection
 RECORD_HWM = 20000  # results queued for the supervisor's recorder (its main thread)
 REORDER = 10000  # how far behind the newest a result of another worker may still arrive
-LATE_S = 1.0  # a missing result_seq is given up this long after a later one arrived
+LATE_S = 1.0  # a missing result_seq is given up at least this long after a later one arrived
+LATE_INFERENCES = 2.0  # ... and at least this many times the slowest recent inference
+LATE_MAX_S = 30.0  # ... but never longer (a forged result's times cannot stall the others more)
+SLOWEST_DECAY = 0.99  # the slowest inference seen forgets itself by this much a result
 BACKLOG = 100  # results read at once: a backlog (the supervisor was stopped); its gaps wait anew
 END_QUIET_S = 0.02  # no result for this long after the end: the workers' last ones are in
 END_WAIT_S = 0.5
@@ -68,6 +73,8 @@ class ResultsHub:
         self._held: dict[int, dict[str, Any]] = {}  # received ahead of _next, waiting for it
         self._missing: dict[int, float] = {}  # below _highest, not received: since when (monotonic)
         self._given_up: set[int] = set()  # recent numbers counted as lost (a late one is dropped)
+        self._slowest_s = 0.0  # the slowest recent inference (decaying), from results' own times
+        self.late_s = LATE_S  # how long a missing number is awaited after a later one came
         self._zctx = zctx
         self._ctl_endpoint = f"inproc://results-hub-{id(self)}"
         self._ended = threading.Event()
@@ -121,7 +128,7 @@ class ResultsHub:
         poller.register(sock_in, zmq.POLLIN)
         poller.register(ctl, zmq.POLLIN)
         while True:
-            events = dict(poller.poll(int(LATE_S * 250) if self._missing else None))
+            events = dict(poller.poll(int(self.late_s * 250) if self._missing else None))
             if sock_in in events or self._missing:
                 self._forward(sock_in, out, record, 0.0)
             if ctl in events:
@@ -137,7 +144,7 @@ class ResultsHub:
                  quiet_s: float) -> None:
         """Every waiting result; with `quiet_s`, until none has come for that long (or for at
         most END_WAIT_S: a worker that has not stopped does not hold the end back). Then, with
-        nothing left to read, the numbers missing for LATE_S are given up."""
+        nothing left to read, the numbers missing for `late_s` are given up."""
         deadline = time.monotonic() + END_WAIT_S
         read = 0
         while True:
@@ -155,7 +162,7 @@ class ResultsHub:
         if read >= BACKLOG:  # other workers' queues may still hold the missing ones: wait anew
             now = time.monotonic()
             self._missing = dict.fromkeys(self._missing, now)
-        for data in self._give_up(time.monotonic() - LATE_S):
+        for data in self._give_up(time.monotonic() - self.late_s):
             self._publish(data, out, record)
 
     def _publish(self, data: bytes, out: zmq.Socket, record: zmq.Socket) -> None:
@@ -178,6 +185,10 @@ class ResultsHub:
         if problem:
             return self._drop(f"malformed result ({problem})")
         rseq = msg["result_seq"]
+        t = msg["t"]
+        self._slowest_s = max((t["inference_end"] - t["inference_start"]) / 1e9,
+                              self._slowest_s * SLOWEST_DECAY)
+        self.late_s = min(LATE_MAX_S, max(LATE_S, LATE_INFERENCES * self._slowest_s))
         self.issued = int(self._issued[0])
         if rseq > self.issued:
             return self._drop("result with a result_seq no worker drew")

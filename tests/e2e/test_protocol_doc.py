@@ -20,6 +20,7 @@ import zmq
 from pipeline import attach
 from pipeline.observe.format import format_status
 from pipeline.observe.report import RunReport
+from pipeline.supervisor import results_hub
 from pipeline.supervisor.results_hub import ResultsHub
 from pipeline.transport.rundir import NotRunning, find_pipeline
 from pipeline.transport.workqueue import SharedCounter
@@ -109,14 +110,14 @@ def test_every_drop_reason_the_code_counts_is_documented():
 
 # -- the results hub: `dropped` counts losses only, never decreases, and covers every gap ------
 
-def _result(rseq: int) -> bytes:
-    """A result as docs/protocol.md defines it, numbered `rseq`."""
+def _result(rseq: int, inference_s: float = 0.0) -> bytes:
+    """A result as docs/protocol.md defines it, numbered `rseq`, its model run `inference_s` long."""
     return msgpack.packb({
         "schema": 1, "type": "result", "pipeline": "hubdoc", "source": "synthetic",
         "result_seq": rseq, "worker": "inference", "seq": rseq, "frame": rseq - 1, "frame_slot": 0,
         "frame_shape": [240, 320, 3], "captured_at": time.time(),
         "t": {"capture": 1, "preprocess_start": 2, "preprocess_end": 3, "inference_start": 4,
-              "inference_end": 5},
+              "inference_end": 5 + int(inference_s * 1e9)},
         "queue": {"preprocess": 0, "inference": 0}, "latency_ms": 4.2, "model": "mobilenet_v2",
         "input_size": 224, "runtime": "onnxruntime",
         "top": [{"index": 898, "label": "water bottle", "prob": 0.9}]}, use_bin_type=True)
@@ -179,6 +180,45 @@ def test_dropped_counts_only_losses_and_never_decreases_with_two_workers():
     assert [r["dropped"] for r in results] == [0, 0, 1, 2, 2]
     assert end["type"] == "eos" and end["result_seq"] == 7 and end["dropped"] == 2
     assert rejected == []  # the late one is a loss already counted, not a forgery
+
+
+def test_a_slow_models_result_overtaken_by_another_workers_is_awaited_longer():
+    """A worker draws its number before its model runs: with a model taking longer than the
+    hub's usual wait (a second a frame on a small board), a result may come that long after a
+    later one of another worker. The hub waits twice the slowest recent inference, so it is
+    published, in order, not counted lost."""
+    slow = 2 * results_hub.LATE_S  # each model run; a result may come this much behind
+    with tempfile.TemporaryDirectory() as tmp:
+        zctx = zmq.Context()
+        hub = ResultsHub(zctx, f"ipc://{tmp}/in.sock", f"ipc://{tmp}/out.sock",
+                         Path(tmp) / "result_seq", lambda kind: None)
+        taken = zctx.socket(zmq.PULL)
+        taken.connect(hub.record_endpoint)
+        worker = zctx.socket(zmq.XPUB)
+        worker.connect(f"ipc://{tmp}/in.sock")
+        assert worker.poll(30000), "the hub never subscribed"
+        worker.recv()
+        counter = SharedCounter(str(Path(tmp) / "result_seq"))
+        try:
+            worker.send(_result(counter.next(), slow))  # the hub learns how slow the model is
+            assert taken.poll(30000)
+            first = msgpack.unpackb(taken.recv())
+            a, b = counter.next(), counter.next()
+            worker.send(_result(b, slow))  # overtakes `a` ...
+            time.sleep(1.5 * results_hub.LATE_S)  # ... by longer than the usual wait
+            worker.send(_result(a, slow))
+            got = []
+            for _ in range(2):
+                assert taken.poll(30000)
+                got.append(msgpack.unpackb(taken.recv()))
+        finally:
+            counter.close()
+            hub.close()
+            worker.close(0)
+            taken.close(0)
+            zctx.term()
+    assert first["dropped"] == 0
+    assert [(r["result_seq"], r["dropped"]) for r in got] == [(a, 0), (b, 0)]
 
 
 # -- presence rules against a running pipeline: two workers, a stage restart -------------------

@@ -242,7 +242,7 @@ def _check_status(status: dict[str, Any], stages: list[str], message: set[str],
         if m["state"] == "restarting":
             assert m["heartbeat_age_s"] is None and m["cpu_percent"] is None, (name, m)
         if kind == "inference":
-            assert m["runtime"] in ("torch", "onnxruntime"), (name, m)
+            assert m["runtime"] in ("torch", "onnxruntime", "litert"), (name, m)
     for per in status["sources"].values():
         assert set(per) == per_source
     assert set(status["totals"]) == totals

@@ -63,22 +63,30 @@ def test_weights_of_minus_128_become_minus_127_and_only_those():
     assert after.min() == -127 and np.array_equal(after.reshape(-1)[5:], q.reshape(-1)[5:])
 
 
-def test_onnxruntime_loads_the_format_with_fast_kernels_on_this_cpu():
-    clf = OnnxClassifier(str(builtin_onnx()))
+def test_onnxruntime_loads_the_format_with_fast_kernels_on_this_cpu(tmp_path, monkeypatch):
+    """Rewritten only where the CPU needs it, once: kept in the cache, found there next time."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     want = cpu_activation_type()
-    assert clf.engine == f"cpu, {'S8S8' if want == 'int8' else 'U8S8'}"
     model, loaded = for_this_cpu(str(builtin_onnx()))
     assert loaded == want
-    assert isinstance(model, bytes) == (want != "int8"), "rewritten only where the CPU needs it"
+    assert (model == str(builtin_onnx())) == (want == "int8")
+    if want != "int8":
+        assert model.startswith(str(tmp_path)) and model.endswith(f".{want}.onnx")
+        assert activation_type(onnx.load(model)) == want
+        again = for_this_cpu(str(builtin_onnx()))
+        assert again == (model, want) and for_this_cpu(model) == (model, want)
+    clf = OnnxClassifier(str(builtin_onnx()))
+    assert clf.engine == f"cpu, {'S8S8' if want == 'int8' else 'U8S8'}"
 
 
 
-def test_what_onnxruntime_loads_here_runs_every_convolution_and_add_in_int8(tmp_path):
+def test_what_onnxruntime_loads_here_runs_every_convolution_and_add_in_int8(tmp_path, monkeypatch):
     """onnxruntime's optimizer fuses each DequantizeLinear -> Conv/Add -> QuantizeLinear into its
     int8 kernel only for the activation type it has kernels for on this CPU (int8 on Arm, uint8 on
     x86-64): what `for_this_cpu` gives it is fused whole, no convolution left in float."""
     from collections import Counter
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     opts.log_severity_level = 3

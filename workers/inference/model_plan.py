@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipeline.config.classes import imagenet_classes
+from workers.inference.cache import cache_dir
 from workers.inference.errors import ModelError
 from workers.inference.model_files import BUILTIN_MODEL, builtin_onnx, builtin_tflite, builtin_weights
 from workers.inference.model_meta import (
@@ -69,11 +70,6 @@ class ModelPlan:
     @classmethod
     def from_json(cls, text: str) -> "ModelPlan":
         return cls(**json.loads(text))
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "edge-pipeline"
 
 
 def installed(runtime: str) -> bool:

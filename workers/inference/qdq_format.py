@@ -10,7 +10,8 @@ exact, but onnxruntime's kernels differ by CPU:
 - x86-64: int8-activation convolutions are left unfused (`QDQIsInt8Allowed()` is false there) and
   run in float; fused they are slower still. uint8 activations run its VNNI/AVX2 U8S8 kernels.
   Measured here (AVX-512 VNNI): 4.2 ms U8S8 against 7.2 ms S8S8 for MobileNetV2 (41 ms fused).
-So files are written S8S8 and an x86-64 machine loads them as U8S8 (`for_this_cpu`).
+So files are written S8S8 and an x86-64 machine loads them as U8S8 (`for_this_cpu`: rewritten
+once, kept in the cache).
 
 Weights are kept in [-127, 127]: Arm's int8 kernels (onnxruntime's and XNNPACK's) add pairs of
 int8 products in 16 bits, where two -128 x -128 overflow; torch's symmetric observer allows -128.
@@ -19,9 +20,12 @@ int8 products in 16 bits, where two -128 x -128 overflow; torch's symmetric obse
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipeline.outputs import replacing
 
 X86 = ("x86_64", "amd64", "i386", "i686")
 
@@ -100,14 +104,28 @@ def clamp_weights(proto: Any) -> int:
     return clamped
 
 
-def for_this_cpu(path: str) -> tuple[str | bytes, str | None]:
-    """(what onnxruntime should load: the path, or the model rewritten for this CPU; the
-    activation type it then has)."""
+def for_this_cpu(path: str) -> tuple[str, str | None]:
+    """(the file onnxruntime should load: `path`, or its rewrite for this CPU, made once and kept
+    in the cache beside the other exports; the activation type it then has). A worker finds the
+    rewrite there at every start without loading onnx."""
+    from workers.inference.cache import cache_dir
+    from workers.inference.onnx_export import file_sha256
+
+    want = cpu_activation_type()
+    source = Path(path)
+    if source.stem.endswith(f".{want}"):  # a rewrite already
+        return path, want
+    target = cache_dir() / "onnx" / f"{source.stem}-{file_sha256(source)[:16]}.{want}.onnx"
+    if target.is_file():
+        return str(target), want
     import onnx
 
     proto = onnx.load(path)
-    have, want = activation_type(proto), cpu_activation_type()
+    have = activation_type(proto)
     if have is None or have == want:
         return path, have
     set_activation_type(proto, want)
-    return proto.SerializeToString(), want
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(str(target)) as tmp:
+        onnx.save(proto, tmp)
+    return str(target), want

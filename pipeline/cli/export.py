@@ -16,6 +16,7 @@ import time
 
 from pipeline.cli.describe import description
 from pipeline.config import MODEL_NAMES
+from pipeline.errors import UserError
 from workers.inference.model_files import builtin_weights
 
 
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"--out: cannot write into {folder}")
     say = (lambda _: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
     t0 = time.monotonic()
-    from workers.inference.onnx_export import ExportError, export
-    from workers.inference.tflite_export import ConvertError, convert
+    from workers.inference.onnx_export import export
+    from workers.inference.tflite_export import convert
 
     try:
         if tflite:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             say(f"exporting {args.model} ({weights}) to {out} ...")
             meta = export(args.model, weights, out, args.engine)
-    except (ExportError, ConvertError, ModelError) as e:
+    except UserError as e:  # ExportError, ConvertError, ModelError, an unreadable model file
         return fail(str(e))
     except ImportError as e:
         return fail(f"exporting needs torch, torchvision and onnx ({e}): "

@@ -107,6 +107,12 @@ def test_export_refuses_bad_arguments(tmp_path):
     p = export(tmp_path, "--weights", str(builtin_tflite()), "--out", str(tmp_path / "m.tflite"))
     assert p.returncode == 2 and "is already a TFLite file" in p.stderr
     assert not list(tmp_path.iterdir()), "nothing left behind"
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"not a model")
+    p = export(tmp_path, "--weights", str(garbage), "--out", str(tmp_path / "g.tflite"))
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+        f"pipeline-export: model.weights: {garbage} is not an ONNX model"), p.stderr
+    assert "Traceback" not in p.stderr and list(tmp_path.iterdir()) == [garbage]
 
 
 def test_the_shipped_tflite_is_the_conversion_of_the_shipped_onnx(tmp_path):

@@ -204,18 +204,16 @@ def _choose(model_cfg: Any, input_size: int, cores: list[int], threads: int,
             raise ModelError(_missing(missing[-1]))
         raise ModelError(f"model.runtime: no installed runtime can run {weights}: "
                          + "; ".join(why_not))
-    if len(files) == 1:
-        (only, file), = files.items()
+    ms: dict[str, float] = {}
+    if len(files) > 1:
+        ms, failed = measured(model_cfg, weights, files, input_size, cores, threads, say)
+        why_not += [f"{r} failed: {why}" for r, why in failed.items()]
+        if not ms:
+            raise ModelError(f"model.runtime: no runtime could run {weights}: " + "; ".join(why_not))
+    if len(files) == 1 or len(ms) == 1:
+        only = next(iter(ms or files))
         why = f" ({'; '.join(why_not)})" if why_not else ""
-        return ModelPlan(only, file, f"auto: the only runtime here that runs it{why}")
-    ms, failed = measured(model_cfg, weights, files, input_size, cores, threads, say)
-    why_not += [f"{r} failed: {why}" for r, why in failed.items()]
-    if not ms:
-        raise ModelError(f"model.runtime: no runtime could run {weights}: " + "; ".join(why_not))
-    if len(ms) == 1:
-        only = next(iter(ms))
-        return ModelPlan(only, files[only], f"auto: the only runtime here that runs it "
-                                            f"({'; '.join(why_not)})", ms)
+        return ModelPlan(only, files[only], f"auto: the only runtime here that runs it{why}", ms)
     best = min(ms, key=ms.get)
     others = sorted((r for r in ms if r != best), key=ms.get)
     reason = f"auto: {best} won, {ms[best]:.1f} ms a frame against " + \
